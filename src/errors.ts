@@ -1,0 +1,100 @@
+// One error base class for all of Thaw. Every error carries a stable `code`
+// (listed once, below, and documented in docs/ERRORS.md), a `kind` that says
+// whether the caller (user) or Thaw/the host (system) is at fault, an HTTP
+// status for the control API, and an optional `cause`.
+
+export type ErrorKind = 'user' | 'system';
+
+interface CodeInfo {
+  kind: ErrorKind;
+  status: number;
+  hint: string;
+}
+
+/** Every error code Thaw can produce. Adding a code here is the only way to create one. */
+export const ERROR_CODES = {
+  // --- user input -----------------------------------------------------------
+  INVALID_APP_NAME: { kind: 'user', status: 400, hint: 'Use 1-40 chars: lowercase letters, digits and dashes, starting with a letter.' },
+  INVALID_REQUEST: { kind: 'user', status: 400, hint: 'Check the request body against the API schema in docs/API.md.' },
+  INVALID_ENV_KEY: { kind: 'user', status: 400, hint: 'Env keys match [A-Za-z_][A-Za-z0-9_]* and are at most 128 chars.' },
+  ENV_VALUE_TOO_LARGE: { kind: 'user', status: 400, hint: 'Env values are limited to 32 KiB each, 256 KiB in total.' },
+  APP_DIR_MISSING: { kind: 'user', status: 400, hint: 'Pass a readable folder that contains package.json.' },
+  APP_NO_PACKAGE_JSON: { kind: 'user', status: 400, hint: 'The app folder needs a package.json at its root.' },
+  APP_NO_START_SCRIPT: { kind: 'user', status: 400, hint: 'Add "scripts": {"start": "node server.js"} to package.json.' },
+  APP_SYMLINK_ESCAPES: { kind: 'user', status: 400, hint: 'Symlinks must point inside the app folder.' },
+  APP_TOO_LARGE: { kind: 'user', status: 413, hint: 'Shrink the app (drop dev dependencies) or raise the image size limit.' },
+  APP_DEPS_INSTALL_FAILED: { kind: 'user', status: 400, hint: 'Run `npm ci --omit=dev` in the app folder yourself and read its error.' },
+  TARBALL_INVALID: { kind: 'user', status: 400, hint: 'Upload a gzip or plain tar of the app folder (tar czf app.tgz -C DIR .).' },
+  TARBALL_TOO_LARGE: { kind: 'user', status: 413, hint: 'Tarballs are limited in size; leave node_modules out and ship package-lock.json.' },
+  TARBALL_UNSAFE_ENTRY: { kind: 'user', status: 400, hint: 'Entries must be relative paths without "..", and only files, folders and inner symlinks.' },
+  APP_NOT_FOUND: { kind: 'user', status: 404, hint: 'List apps with `thaw apps`.' },
+  APP_EXISTS: { kind: 'user', status: 409, hint: 'Pick another name or delete the app first.' },
+  APP_NOT_DEPLOYED: { kind: 'user', status: 409, hint: 'Deploy the app first: `thaw deploy DIR --name NAME`.' },
+  APP_BUSY: { kind: 'user', status: 409, hint: 'Another operation on this app is in progress; retry shortly.' },
+  UNAUTHORIZED: { kind: 'user', status: 401, hint: 'Pass the token from DATA/token as "Authorization: Bearer TOKEN" (the CLI does this for you).' },
+  NOT_FOUND: { kind: 'user', status: 404, hint: 'Check the URL.' },
+  // --- system: host, hypervisor, guest ---------------------------------------
+  HOST_MISSING_TOOL: { kind: 'system', status: 500, hint: 'Run `npm run setup` (installs QEMU, the guest kernel, busybox, e2fsprogs, zstd).' },
+  ASSETS_BUILD_FAILED: { kind: 'system', status: 500, hint: 'See the build log; run `npm run setup` and retry.' },
+  IMAGE_BUILD_FAILED: { kind: 'system', status: 500, hint: 'mkfs.ext4 failed; check free disk space.' },
+  VM_START_FAILED: { kind: 'system', status: 500, hint: 'QEMU exited during start; see the VM console log named in the error.' },
+  VM_TIMEOUT: { kind: 'system', status: 504, hint: 'The VM did not become ready in time; see its console log.' },
+  VM_GONE: { kind: 'system', status: 500, hint: 'The VM process exited unexpectedly.' },
+  QMP_ERROR: { kind: 'system', status: 500, hint: 'QEMU refused a QMP command; see the error text.' },
+  HYPERVISOR_UNSUPPORTED: { kind: 'system', status: 500, hint: 'This driver cannot run on this host.' },
+  AGENT_TIMEOUT: { kind: 'system', status: 504, hint: 'The guest agent did not answer in time.' },
+  AGENT_PROTOCOL: { kind: 'system', status: 500, hint: 'The guest agent sent a message that does not match the schema.' },
+  AGENT_ERROR: { kind: 'system', status: 500, hint: 'The guest agent reported a failure; see the message.' },
+  APP_CRASHED: { kind: 'user', status: 502, hint: 'The app exited; read its logs with `thaw logs NAME`.' },
+  APP_START_TIMEOUT: { kind: 'user', status: 504, hint: 'The app did not listen on $PORT in time; check it binds 0.0.0.0:$PORT.' },
+  SEED_MISSING: { kind: 'system', status: 500, hint: 'No seed; the wake cold-boots.' },
+  SEED_CORRUPT: { kind: 'system', status: 500, hint: 'A seed file does not match its manifest; it is discarded.' },
+  SEED_MISMATCH: { kind: 'system', status: 500, hint: 'The seed was made by another kernel, initramfs or driver; it is discarded.' },
+  GATE_FAILED: { kind: 'system', status: 500, hint: 'The liveness gate found a disk that does not match the memory image.' },
+  BAKE_FAILED: { kind: 'system', status: 500, hint: 'Baking the seed failed; the app is put to sleep without a seed.' },
+  WAKE_FAILED: { kind: 'system', status: 502, hint: 'Neither a thaw nor a cold boot produced a healthy app.' },
+  WAKE_TIMEOUT: { kind: 'system', status: 503, hint: 'The app is still waking; retry after the Retry-After seconds.' },
+  TOO_MANY_HELD: { kind: 'system', status: 503, hint: 'Too many requests are waiting for this app to wake; retry shortly.' },
+  S3_ERROR: { kind: 'system', status: 502, hint: 'Object storage failed; check --s3-endpoint and credentials.' },
+  STORE_ERROR: { kind: 'system', status: 500, hint: 'The state database failed.' },
+  NO_NODE: { kind: 'system', status: 503, hint: 'No live node with capacity; start one with `thaw node`.' },
+  NOT_RUNNING: { kind: 'user', status: 400, hint: 'Start Thaw with `thaw up` (same --data folder).' },
+  SHUTTING_DOWN: { kind: 'system', status: 503, hint: 'Thaw is shutting down; retry against the new instance.' },
+  INTERNAL: { kind: 'system', status: 500, hint: 'A bug in Thaw; please report it with the log.' },
+} as const satisfies Record<string, CodeInfo>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class ThawError extends Error {
+  readonly code: ErrorCode;
+  readonly kind: ErrorKind;
+  readonly status: number;
+  readonly hint: string;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, opts: { cause?: unknown; details?: Record<string, unknown> } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'ThawError';
+    const info: CodeInfo = ERROR_CODES[code];
+    this.code = code;
+    this.kind = info.kind;
+    this.status = info.status;
+    this.hint = info.hint;
+    this.details = opts.details;
+  }
+
+  toJSON(): { code: ErrorCode; kind: ErrorKind; message: string; hint: string; details?: Record<string, unknown> } {
+    return { code: this.code, kind: this.kind, message: this.message, hint: this.hint, ...(this.details ? { details: this.details } : {}) };
+  }
+}
+
+/** Wrap anything thrown into a ThawError, keeping ThawErrors as they are. */
+export function asThawError(err: unknown, code: ErrorCode = 'INTERNAL'): ThawError {
+  if (err instanceof ThawError) return err;
+  const msg = err instanceof Error ? err.message : String(err);
+  return new ThawError(code, msg, { cause: err });
+}
+
+export function isThawError(err: unknown, code?: ErrorCode): err is ThawError {
+  return err instanceof ThawError && (code === undefined || err.code === code);
+}

@@ -1,0 +1,181 @@
+// Guest assets: the kernel (Debian linux-image-amd64), a small initramfs that
+// loads the virtio and ext4 modules and switches to the root disk, and a base
+// root filesystem folder (busybox, the host's node binary with its libraries,
+// the guest agent). Built by the project itself and cached under a hash of
+// every input, so tests and `thaw up` build them once.
+import { createHash } from 'node:crypto';
+import { execFile as execFileCb } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, copyFile, mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { ThawError } from '../errors.ts';
+import { sha256File } from '../seed/files.ts';
+import { bundleAgent } from './bundle.ts';
+import { INITRAMFS_INIT, ROOT_INIT, MODULES } from './scripts.ts';
+
+const execFile = promisify(execFileCb);
+const ASSETS_FORMAT = 3; // bump when the layout below changes
+
+export interface GuestAssets {
+  dir: string;
+  kernel: string;
+  initrd: string;
+  /** Base root filesystem folder, read-only; the image builder copies it under each app. */
+  rootfs: string;
+  kernelSha256: string;
+  initrdSha256: string;
+  key: string;
+}
+
+export function cacheRoot(): string {
+  return process.env.THAW_CACHE ?? path.join(os.homedir(), '.cache', 'thaw');
+}
+
+/** The newest installed guest kernel that has a matching module tree. */
+export async function findKernel(): Promise<{ version: string; vmlinuz: string; modules: string }> {
+  const boots = (await readdir('/boot').catch(() => [] as string[])).filter((f) => f.startsWith('vmlinuz-'));
+  const versions = boots
+    .map((f) => f.slice('vmlinuz-'.length))
+    .filter((v) => existsSync(`/lib/modules/${v}/kernel`))
+    .sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+  const version = versions.at(-1);
+  if (!version) throw new ThawError('HOST_MISSING_TOOL', 'no guest kernel: /boot/vmlinuz-* with /lib/modules/* is missing (apt-get install linux-image-amd64)');
+  return { version, vmlinuz: `/boot/vmlinuz-${version}`, modules: `/lib/modules/${version}` };
+}
+
+async function which(bin: string): Promise<string> {
+  try {
+    const { stdout } = await execFile('sh', ['-c', `command -v ${bin}`]);
+    return stdout.trim();
+  } catch {
+    throw new ThawError('HOST_MISSING_TOOL', `${bin} is not installed`);
+  }
+}
+
+async function findModule(modules: string, name: string): Promise<string | null> {
+  const { stdout } = await execFile('find', [modules, '-name', `${name}.ko*`]);
+  return stdout.split('\n').find(Boolean) ?? null;
+}
+
+async function nodeLibs(nodeBin: string): Promise<string[]> {
+  const { stdout } = await execFile('ldd', [nodeBin]);
+  const libs = new Set<string>();
+  for (const line of stdout.split('\n')) {
+    const m = /=>\s+(\/\S+)/.exec(line) ?? /^\s*(\/\S+)\s+\(/.exec(line);
+    if (m?.[1]) libs.add(m[1]);
+  }
+  return [...libs];
+}
+
+/** Build (or reuse) the guest assets. Concurrent callers in one process share one build. */
+let pending: Promise<GuestAssets> | null = null;
+export function ensureAssets(log: (l: string) => void = () => {}): Promise<GuestAssets> {
+  pending ??= buildAssets(log).catch((err) => {
+    pending = null;
+    throw err;
+  });
+  return pending;
+}
+
+async function buildAssets(log: (l: string) => void): Promise<GuestAssets> {
+  const kernel = await findKernel();
+  const busybox = await which('busybox');
+  const nodeBin = process.execPath;
+  const agentJs = await bundleAgent();
+  const mods: string[] = [];
+  for (const m of MODULES) {
+    const f = await findModule(kernel.modules, m);
+    if (f) mods.push(f);
+  }
+  const libs = await nodeLibs(nodeBin);
+  const inputs = [kernel.vmlinuz, busybox, nodeBin, ...mods, ...libs];
+  const h = createHash('sha256').update(`format ${ASSETS_FORMAT}\n${INITRAMFS_INIT}\n${ROOT_INIT}\n${agentJs}\n`);
+  for (const f of inputs) {
+    const st = await stat(f);
+    h.update(`${f} ${st.size} ${st.mtimeMs}\n`);
+  }
+  const key = h.digest('hex').slice(0, 16);
+  const dir = path.join(cacheRoot(), 'assets', key);
+  const done = path.join(dir, 'ready.json');
+  if (existsSync(done)) {
+    const ready = JSON.parse(await readFile(done, 'utf8')) as { kernelSha256: string; initrdSha256: string };
+    const { kernelSha256, initrdSha256 } = ready;
+    return { dir, kernel: path.join(dir, 'vmlinuz'), initrd: path.join(dir, 'initrd.img'), rootfs: path.join(dir, 'rootfs'), key, kernelSha256, initrdSha256 };
+  }
+  log(`building guest assets ${key} (kernel ${kernel.version})`);
+  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  await mkdir(tmp, { recursive: true });
+  try {
+    await copyFile(kernel.vmlinuz, path.join(tmp, 'vmlinuz'));
+    await buildInitramfs(tmp, busybox, mods);
+    await buildRootfs(path.join(tmp, 'rootfs'), busybox, nodeBin, libs, agentJs);
+    const kernelSha256 = await sha256File(path.join(tmp, 'vmlinuz'));
+    const initrdSha256 = await sha256File(path.join(tmp, 'initrd.img'));
+    await writeFile(path.join(tmp, 'ready.json'), JSON.stringify({ kernelSha256, initrdSha256, kernel: kernel.version }));
+    await mkdir(path.dirname(dir), { recursive: true });
+    try {
+      await rename(tmp, dir);
+    } catch (err) {
+      // Another process finished first: use theirs.
+      if (!existsSync(done)) throw err;
+      await rm(tmp, { recursive: true, force: true });
+    }
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    throw new ThawError('ASSETS_BUILD_FAILED', `building guest assets failed: ${(err as Error).message}`, { cause: err });
+  }
+  return buildAssets(log);
+}
+
+async function buildInitramfs(out: string, busybox: string, mods: string[]): Promise<void> {
+  const root = path.join(out, 'initramfs');
+  await mkdir(path.join(root, 'bin'), { recursive: true });
+  await mkdir(path.join(root, 'lib', 'modules'), { recursive: true });
+  for (const d of ['proc', 'sys', 'dev', 'newroot']) await mkdir(path.join(root, d));
+  await copyFile(busybox, path.join(root, 'bin', 'busybox'));
+  await writeFile(path.join(root, 'init'), INITRAMFS_INIT, { mode: 0o755 });
+  for (const m of mods) {
+    const base = path.basename(m);
+    if (base.endsWith('.ko')) await copyFile(m, path.join(root, 'lib', 'modules', base));
+    else if (base.endsWith('.ko.xz')) await execFile('sh', ['-c', `xz -dc '${m}' > '${path.join(root, 'lib', 'modules', base.slice(0, -3))}'`]);
+    else if (base.endsWith('.ko.zst')) await execFile('sh', ['-c', `zstd -qdc '${m}' > '${path.join(root, 'lib', 'modules', base.slice(0, -4))}'`]);
+  }
+  await execFile('sh', ['-c', `cd '${root}' && find . | cpio -o -H newc --quiet | gzip -1 > '${path.join(out, 'initrd.img')}'`]);
+  await rm(root, { recursive: true, force: true });
+}
+
+async function buildRootfs(root: string, busybox: string, nodeBin: string, libs: string[], agentJs: string): Promise<void> {
+  for (const d of ['bin', 'sbin', 'etc', 'proc', 'sys', 'dev', 'run', 'tmp', 'root', 'app', 'var/lib/thaw', 'var/log', 'usr/local/bin', 'opt/thaw']) {
+    await mkdir(path.join(root, d), { recursive: true });
+  }
+  await chmod(path.join(root, 'tmp'), 0o1777);
+  await copyFile(busybox, path.join(root, 'bin', 'busybox'));
+  await chmod(path.join(root, 'bin', 'busybox'), 0o755);
+  const { stdout } = await execFile(busybox, ['--list-full']);
+  for (const rel of stdout.split('\n').filter(Boolean)) {
+    const dest = path.join(root, rel);
+    if (rel === 'bin/busybox' || existsSync(dest)) continue;
+    await mkdir(path.dirname(dest), { recursive: true });
+    await symlink('/bin/busybox', dest);
+  }
+  await copyFile(nodeBin, path.join(root, 'usr/local/bin/node'));
+  await chmod(path.join(root, 'usr/local/bin/node'), 0o755);
+  for (const lib of libs) {
+    const dest = path.join(root, lib);
+    await mkdir(path.dirname(dest), { recursive: true });
+    await copyFile(lib, dest);
+  }
+  // /lib64 -> the dynamic loader, as on the host.
+  await writeFile(path.join(root, 'sbin', 'thaw-init'), ROOT_INIT, { mode: 0o755 });
+  await writeFile(path.join(root, 'opt/thaw/agent.mjs'), agentJs);
+  await writeFile(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
+  await writeFile(path.join(root, 'etc/group'), 'root:x:0:\nnogroup:x:65534:\n');
+  await writeFile(path.join(root, 'etc/hosts'), '127.0.0.1 localhost\n::1 localhost\n');
+  await writeFile(path.join(root, 'etc/resolv.conf'), 'nameserver 10.0.2.3\n');
+  await writeFile(path.join(root, 'etc/hostname'), 'thaw\n');
+}
+
+export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');

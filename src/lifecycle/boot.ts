@@ -1,0 +1,91 @@
+// Cold path: boot kernel + init from a disk image, wait for the agent, deliver
+// env, start the app, wait for its port.
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { asThawError, ThawError } from '../errors.ts';
+import { AgentClient } from '../guest/channel.ts';
+import { KERNEL_CMDLINE } from '../guest/scripts.ts';
+import type { VmSpec } from '../hypervisor/types.ts';
+import { UndoStack } from '../undo.ts';
+import { sealEnv } from '../wire/seal.ts';
+import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+
+export interface ColdBootParams {
+  app: string;
+  deployId: string;
+  /** Read-only raw disk to boot from: the deploy's image, or a seed's disk copy. */
+  baseDisk: string;
+  env: Record<string, string>;
+}
+
+export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: string | null): VmSpec {
+  const dir = path.join(ctx.dataDir, 'vms', id);
+  return {
+    id,
+    dir,
+    kernel: ctx.assets.kernel,
+    initrd: ctx.assets.initrd,
+    cmdline: KERNEL_CMDLINE,
+    memMiB: ctx.memMiB,
+    vcpus: ctx.vcpus,
+    disk: path.join(dir, 'disk.qcow2'),
+    diskFormat: 'qcow2',
+    memFile: mem ?? path.join(dir, 'mem.ram'),
+    guestPort: ctx.guestPort,
+    hostPort,
+  };
+}
+
+/** Set the guest clock and reseed its RNG: both are stale after a restore. */
+export async function refreshGuest(agent: AgentClient): Promise<void> {
+  await Promise.all([
+    agent.request({ op: 'set_clock', epoch_ms: Date.now() }, 5000),
+    agent.request({ op: 'reseed', entropy_b64: randomBytes(64).toString('base64') }, 5000),
+  ]);
+}
+
+export async function startApp(ctx: NodeContext, agent: AgentClient, env: Record<string, string>): Promise<number> {
+  const pubkey = agent.lastHello?.pubkey;
+  if (!pubkey) throw new Error('startApp before the agent said hello');
+  const r = await agent.request(
+    { op: 'start_app', env: sealEnv(env, pubkey), port: ctx.guestPort, listen_timeout_ms: ctx.appStartTimeoutMs },
+    ctx.appStartTimeoutMs + 5000,
+  );
+  return r.pid;
+}
+
+/** On failure, attach the tail of the guest's serial console to the error. */
+export async function withConsole<T>(consoleLog: string, p: Promise<T>): Promise<T> {
+  try {
+    return await p;
+  } catch (err) {
+    const { readFile } = await import('node:fs/promises');
+    const text = await readFile(consoleLog, 'utf8').catch(() => '');
+    const e = asThawError(err);
+    throw new ThawError(e.code, `${e.message}; guest console: ${text.replace(/\x1b\[[0-9;?]*[a-zA-Z]/g, '').trim().slice(-800) || '(empty)'}`, { cause: err, details: e.details });
+  }
+}
+
+export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Stopwatch()): Promise<RunningVm> {
+  return UndoStack.run(async (undo) => {
+    const id = vmId(p.app);
+    const spec = vmSpec(ctx, id, await freePort(), null);
+    const { mkdir, rm } = await import('node:fs/promises');
+    await mkdir(spec.dir, { recursive: true });
+    undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
+    await createOverlay(p.baseDisk, spec.disk);
+    sw.lap('prepare_ms');
+    const vm = await ctx.hv.boot(spec);
+    undo.push('destroy vm', () => ctx.hv.destroy(vm));
+    const agent = new AgentClient(await ctx.hv.openAgentChannel(vm), vm.exited);
+    undo.push('close agent', () => agent.close());
+    sw.lap('vmm_start_ms');
+    await withConsole(vm.consoleLog, agent.ready(ctx.bootTimeoutMs));
+    sw.lap('boot_ms');
+    await refreshGuest(agent);
+    const appPid = await startApp(ctx, agent, p.env);
+    sw.lap('app_start_ms');
+    ctx.log.info({ app: p.app, vm: id, pid: vm.pid, appPid }, 'cold boot ready');
+    return { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'cold', seedId: null, startedAt: Date.now() };
+  });
+}

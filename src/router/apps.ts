@@ -1,0 +1,229 @@
+// Per-app router state: in-flight counts, requests held for a wake (one
+// single-flight wake per app), and the idle timer that puts an app to sleep.
+import type { Logger } from 'pino';
+import { ThawError, asThawError } from '../errors.ts';
+import type { Address, AppDirectory, AppStats, WakeResult } from './types.ts';
+import type { Exchange } from './upstream.ts';
+
+export type AppExchange = Exchange<AppState>;
+
+export class AppState {
+  inflight = 0;
+  readonly held = new Set<AppExchange>();
+  waking: Promise<void> | null = null;
+  sleeping: Promise<void> | null = null;
+  /** We believe a VM is serving this app (we proxied to it or woke it). */
+  awake = false;
+  /** Last upstream address we used; its pool is dropped when the app sleeps. */
+  address: Address | null = null;
+  idleMs = 0;
+  idleSince = 0;
+  idleTimer: NodeJS.Timeout | null = null;
+  wakes = 0;
+  sleeps = 0;
+  constructor(readonly name: string) {}
+}
+
+/** What the table asks the router to do with exchanges it releases. */
+export interface Sink {
+  forward(ex: AppExchange, address: Address, wake: WakeResult): void;
+  reject(ex: AppExchange, status: number, err: ThawError, retryAfterS?: number): void;
+  /** sleep(name) finished: the old address is gone. */
+  asleep(app: AppState, old: Address | null): void;
+}
+
+export interface TableOptions {
+  maxHeld: number;
+  wakeTimeoutMs: number;
+  log: Logger;
+}
+
+const WAKE_RETRY_AFTER_S = 2;
+
+function onHeldTimeout(table: AppTable, ex: AppExchange): void {
+  table.timeout(ex);
+}
+function onIdleTimer(table: AppTable, app: AppState): void {
+  table.idle(app);
+}
+
+export class AppTable {
+  readonly apps = new Map<string, AppState>();
+  inflight = 0;
+  held = 0;
+  wakes = 0;
+  wakeFailures = 0;
+  sleeps = 0;
+  closing = false;
+  private drainWaiters: Array<() => void> = [];
+
+  constructor(
+    private readonly dir: AppDirectory,
+    private readonly sink: Sink,
+    private readonly opts: TableOptions,
+  ) {}
+
+  get(name: string, idleTimeoutS: number): AppState {
+    let app = this.apps.get(name);
+    if (app === undefined) {
+      app = new AppState(name);
+      this.apps.set(name, app);
+    }
+    app.idleMs = idleTimeoutS > 0 ? idleTimeoutS * 1000 : 0;
+    return app;
+  }
+
+  begin(app: AppState): void {
+    app.inflight++;
+    this.inflight++;
+  }
+
+  end(app: AppState): void {
+    app.inflight--;
+    this.inflight--;
+    if (app.inflight === 0) {
+      app.idleSince = performance.now();
+      this.armIdle(app);
+    }
+    if (this.inflight === 0 && this.drainWaiters.length > 0) {
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** The app is served at `address` right now. */
+  markAwake(app: AppState, address: Address): void {
+    app.awake = true;
+    app.address = address;
+  }
+
+  /** Hold `ex` until its app is awake; starts the app's one wake if none runs. */
+  hold(ex: AppExchange): void {
+    const app = ex.app;
+    if (this.closing) return this.sink.reject(ex, 503, new ThawError('SHUTTING_DOWN', 'the router is shutting down'), 1);
+    if (app.held.size >= this.opts.maxHeld) {
+      const msg = `${app.held.size} requests are already waiting for app "${app.name}" to wake`;
+      return this.sink.reject(ex, 503, new ThawError('TOO_MANY_HELD', msg, { details: { app: app.name } }), 1);
+    }
+    app.held.add(ex);
+    this.held++;
+    ex.timer = setTimeout(onHeldTimeout, this.opts.wakeTimeoutMs, this, ex);
+    if (app.waking === null) app.waking = this.runWake(app);
+  }
+
+  /** Stop holding `ex` (its client left, or it is being answered). */
+  unhold(ex: AppExchange): void {
+    if (ex.timer !== null) {
+      clearTimeout(ex.timer);
+      ex.timer = null;
+    }
+    if (ex.app.held.delete(ex)) this.held--;
+  }
+
+  timeout(ex: AppExchange): void {
+    ex.timer = null;
+    this.unhold(ex);
+    const msg = `app "${ex.app.name}" did not wake within ${this.opts.wakeTimeoutMs} ms; it is still waking`;
+    this.sink.reject(ex, 503, new ThawError('WAKE_TIMEOUT', msg, { details: { app: ex.app.name } }), WAKE_RETRY_AFTER_S);
+  }
+
+  private async runWake(app: AppState): Promise<void> {
+    let result: WakeResult | null = null;
+    let failure: ThawError | null = null;
+    try {
+      // Never proxy to a VM that is being deleted: let sleep finish, then wake afresh.
+      if (app.sleeping !== null) await app.sleeping;
+      if (this.closing) return;
+      app.wakes++;
+      this.wakes++;
+      result = await this.dir.wake(app.name);
+    } catch (err) {
+      failure = asThawError(err, 'WAKE_FAILED');
+    } finally {
+      app.waking = null;
+    }
+    if (result !== null) {
+      this.markAwake(app, result.address);
+      this.opts.log.info({ app: app.name, bootMode: result.bootMode, wallMs: result.wallMs, held: app.held.size }, 'app woke');
+      for (const ex of app.held) {
+        this.unhold(ex);
+        this.sink.forward(ex, result.address, result);
+      }
+    } else if (failure !== null) {
+      this.wakeFailures++;
+      this.opts.log.warn({ app: app.name, code: failure.code, err: failure.message, held: app.held.size }, 'wake failed');
+      for (const ex of app.held) {
+        this.unhold(ex);
+        this.sink.reject(ex, 502, failure);
+      }
+    }
+    if (app.inflight === 0) {
+      app.idleSince = performance.now();
+      this.armIdle(app);
+    }
+  }
+
+  private armIdle(app: AppState, ms = app.idleMs): void {
+    if (!app.awake || app.idleTimer !== null || this.closing || app.idleMs === 0) return;
+    app.idleTimer = setTimeout(onIdleTimer, ms, this, app);
+    app.idleTimer.unref();
+  }
+
+  /** The idle timer fired. In-flight requests only bump counters, so re-check here. */
+  idle(app: AppState): void {
+    app.idleTimer = null;
+    if (this.closing || app.inflight > 0 || !app.awake || app.waking !== null || app.sleeping !== null) return;
+    const rest = app.idleSince + app.idleMs - performance.now();
+    if (rest > 2) return this.armIdle(app, Math.ceil(rest));
+    this.startSleep(app);
+  }
+
+  private startSleep(app: AppState): void {
+    app.awake = false;
+    app.sleeps++;
+    this.sleeps++;
+    const old = app.address;
+    app.address = null;
+    this.opts.log.info({ app: app.name, idleMs: app.idleMs }, 'app idle; sleeping');
+    let p: Promise<void>;
+    try {
+      p = this.dir.sleep(app.name);
+    } catch (err) {
+      p = Promise.reject(err);
+    }
+    app.sleeping = p
+      .catch((err: unknown) => {
+        this.opts.log.warn({ app: app.name, err: asThawError(err).message }, 'sleep failed');
+      })
+      .then(() => {
+        app.sleeping = null;
+        this.sink.asleep(app, old);
+      });
+  }
+
+  /** Stop: answer every held request with 503 SHUTTING_DOWN and clear idle timers. */
+  close(): void {
+    this.closing = true;
+    const err = new ThawError('SHUTTING_DOWN', 'the router is shutting down');
+    for (const app of this.apps.values()) {
+      if (app.idleTimer !== null) clearTimeout(app.idleTimer);
+      app.idleTimer = null;
+      for (const ex of app.held) {
+        this.unhold(ex);
+        this.sink.reject(ex, 503, err, 1);
+      }
+    }
+  }
+
+  /** Resolves when no request is in flight (held ones included). */
+  drain(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  appStats(app: AppState): AppStats {
+    const state = app.sleeping !== null ? 'sleeping' : app.waking !== null ? 'waking' : app.awake ? 'awake' : 'asleep';
+    return { inflight: app.inflight, held: app.held.size, state, wakes: app.wakes, sleeps: app.sleeps };
+  }
+}

@@ -1,0 +1,56 @@
+// The router's view of the rest of Thaw. The router depends only on this
+// interface: the control plane implements it, tests fake it.
+import type { Logger } from 'pino';
+
+export interface Address {
+  host: string;
+  port: number;
+}
+
+export interface WakeResult {
+  address: { host: string; port: number };
+  bootMode: 'snapshot' | 'cold';
+  wallMs: number;
+  wakeId: string;
+}
+
+export interface AppDirectory {
+  /** null when no such app. `address` is set when the app is running right now. */
+  lookup(name: string): { address: { host: string; port: number } | null; idleTimeoutS: number } | null;
+  /** Wake an asleep app; resolves when it is ready to serve. Rejects with a ThawError (its toJSON goes in the 502 body; details may include the wake record). */
+  wake(name: string): Promise<WakeResult>;
+  /** Called when the app had no in-flight request for its idle timeout. */
+  sleep(name: string): Promise<void>;
+}
+
+export interface RouterOptions {
+  dir: AppDirectory;
+  /** Host suffix after the app name; `NAME.<suffix>`. Default `localhost`. */
+  suffix?: string;
+  /** Held (waiting-for-wake) requests per app before 503 TOO_MANY_HELD. Default 1000. */
+  maxHeld?: number;
+  /** How long one request is held for a wake before 503 WAKE_TIMEOUT. Default 60000. */
+  wakeTimeoutMs?: number;
+  /** How long close() waits for in-flight requests before cutting connections. Default 5000. */
+  closeGraceMs?: number;
+  log?: Logger;
+}
+
+export interface AppStats {
+  inflight: number;
+  held: number;
+  state: 'awake' | 'asleep' | 'waking' | 'sleeping';
+  wakes: number;
+  sleeps: number;
+}
+
+export interface RouterStats {
+  inflight: number;
+  held: number;
+  proxied: number;
+  wakes: number;
+  wakeFailures: number;
+  sleeps: number;
+  upstreamErrors: number;
+  apps: Record<string, AppStats>;
+}

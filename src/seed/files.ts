@@ -1,0 +1,68 @@
+// Seed file helpers: SHA-256 of (sparse) files, allocated size, and verifying
+// a seed folder against its manifest.
+import { createHash } from 'node:crypto';
+import { open, readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { ThawError } from '../errors.ts';
+import { Manifest, SEED_FILES, type FileEntry } from './manifest.ts';
+
+const CHUNK = 4 * 1024 * 1024;
+
+/** SHA-256 of a file's full content (holes read as zeros), streaming in 4 MiB chunks. */
+export async function sha256File(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  const fh = await open(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(CHUNK);
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, CHUNK, null);
+      if (bytesRead === 0) break;
+      hash.update(bytesRead === CHUNK ? buf : buf.subarray(0, bytesRead));
+    }
+  } finally {
+    await fh.close();
+  }
+  return hash.digest('hex');
+}
+
+export async function fileEntry(file: string): Promise<FileEntry> {
+  const [st, sha256] = await Promise.all([stat(file), sha256File(file)]);
+  return { bytes: st.size, allocated: st.blocks * 512, sha256 };
+}
+
+export async function readManifest(seedDir: string): Promise<Manifest> {
+  let raw: string;
+  try {
+    raw = await readFile(path.join(seedDir, 'manifest.json'), 'utf8');
+  } catch (err) {
+    throw new ThawError('SEED_MISSING', `no manifest in ${seedDir}`, { cause: err });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch (err) {
+    throw new ThawError('SEED_CORRUPT', `manifest of ${seedDir} is not JSON`, { cause: err });
+  }
+  const parsed = Manifest.safeParse(json);
+  if (!parsed.success) throw new ThawError('SEED_CORRUPT', `manifest of ${seedDir} is invalid: ${parsed.error.message}`);
+  return parsed.data;
+}
+
+/**
+ * Full check: every file's size and SHA-256 match the manifest. Used when a
+ * seed is created or lands on a node (after a pull); costs a read of every byte.
+ */
+export async function verifySeedFull(seedDir: string, manifest: Manifest): Promise<void> {
+  await Promise.all(
+    SEED_FILES.map(async (name) => {
+      const want = manifest.files[name];
+      const file = path.join(seedDir, name);
+      const st = await stat(file).catch((err) => {
+        throw new ThawError('SEED_CORRUPT', `seed file ${name} is missing`, { cause: err });
+      });
+      if (st.size !== want.bytes) throw new ThawError('SEED_CORRUPT', `seed file ${name} has ${st.size} bytes, manifest says ${want.bytes}`);
+      const got = await sha256File(file);
+      if (got !== want.sha256) throw new ThawError('SEED_CORRUPT', `seed file ${name} SHA-256 ${got} does not match manifest ${want.sha256}`);
+    }),
+  );
+}
