@@ -117,6 +117,7 @@ export class AgentClient extends EventEmitter<{ hello: [Hello]; app_exit: [AppEx
         else resolve(h!);
       };
       const onHello = (h: Hello) => {
+        this.lastHello = h;
         if (notPid === undefined || h.agent_pid !== notPid) finish(null, h);
       };
       const onClose = () => finish(this.gone ?? new ThawError('VM_GONE', 'agent channel closed'));

@@ -10,7 +10,7 @@ export const MODULES = [
 
 /** Kernel command line. init_on_free=1: freed pages are zeroed, so a stopped app leaves no secret in RAM. */
 export const KERNEL_CMDLINE =
-  'console=ttyS0 quiet loglevel=3 reboot=t panic=-1 tsc=reliable no_timer_check init_on_free=1 random.trust_cpu=on';
+  'console=ttyS0 quiet loglevel=3 edd=off reboot=t panic=-1 tsc=reliable no_timer_check init_on_free=1 random.trust_cpu=on';
 
 export const INITRAMFS_INIT = `#!/bin/busybox sh
 B=/bin/busybox

@@ -21,7 +21,7 @@ const PROBE_TIMEOUT_MS = 20_000;
 
 export async function probeFile(binary: string, kernel: string): Promise<string> {
   const [k] = await Promise.all([stat(kernel)]);
-  const key = `${path.basename(binary)}-${k.size}-${Math.round(k.mtimeMs)}`.replace(/[^a-zA-Z0-9.-]/g, '_');
+  const key = `${path.basename(binary)}-${k.size}`.replace(/[^a-zA-Z0-9.-]/g, '_');
   return path.join(cacheRoot(), 'kvm-probe', `${key}.json`);
 }
 

@@ -69,6 +69,7 @@ export class QemuDriver implements Hypervisor {
       '-device', 'virtio-rng-pci',
       '-device', 'vmgenid,guid=auto',
       '-qmp', `unix:${path.join(spec.dir, 'qmp.sock')},server=on,wait=off`,
+      '-pidfile', path.join(spec.dir, 'vmm.pid'),
       ...(incoming ? ['-S', '-incoming', 'defer'] : []),
     ];
   }

@@ -188,7 +188,7 @@ export class AppTable {
     this.opts.log.info({ app: app.name, idleMs: app.idleMs }, 'app idle; sleeping');
     let p: Promise<void>;
     try {
-      p = this.dir.sleep(app.name);
+      p = this.dir.sleep(app.name).then(() => undefined);
     } catch (err) {
       p = Promise.reject(err);
     }

@@ -20,7 +20,7 @@ export interface AppDirectory {
   /** Wake an asleep app; resolves when it is ready to serve. Rejects with a ThawError (its toJSON goes in the 502 body; details may include the wake record). */
   wake(name: string): Promise<WakeResult>;
   /** Called when the app had no in-flight request for its idle timeout. */
-  sleep(name: string): Promise<void>;
+  sleep(name: string): Promise<unknown>;
 }
 
 export interface RouterOptions {

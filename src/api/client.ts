@@ -1,0 +1,221 @@
+// Typed client for the control API (used by the CLI). Responses are parsed
+// with the same zod schemas the server uses; error bodies become ThawErrors
+// with the server's code; a refused connection becomes NOT_RUNNING.
+import type { Readable } from 'node:stream';
+import { Agent, request } from 'undici';
+import type { z } from 'zod';
+import { ERROR_CODES, ThawError, type ErrorCode } from '../errors.ts';
+import {
+  AppResponse,
+  AppsResponse,
+  DeployResultWire,
+  EnvListResponse,
+  ErrorBody,
+  OkResponse,
+  ProgressLine,
+  SeedsResponse,
+  SleepResponse,
+  WakeResponse,
+  WakesResponse,
+  type AppWire,
+  type EnvKeyWire,
+  type SeedWire,
+  type WakeWire,
+} from './schemas.ts';
+
+export interface DeployOpts {
+  env?: Record<string, string>;
+  idleTimeoutS?: number;
+  /** When set, the server streams progress lines (`?progress=1`). */
+  onProgress?: (line: string) => void;
+}
+
+/** What the CLI needs from the API; ApiClient implements it, tests fake it. */
+export interface ThawApi {
+  health(): Promise<{ ok: true }>;
+  metrics(): Promise<string>;
+  listApps(): Promise<AppWire[]>;
+  createApp(name: string, opts?: { idleTimeoutS?: number }): Promise<AppWire>;
+  getApp(name: string): Promise<AppWire>;
+  deleteApp(name: string): Promise<void>;
+  deploy(name: string, tarball: Buffer | Readable, opts?: DeployOpts): Promise<DeployResultWire>;
+  listEnv(name: string): Promise<EnvKeyWire[]>;
+  setEnv(name: string, vars: Record<string, string>): Promise<void>;
+  unsetEnv(name: string, keys: string[]): Promise<void>;
+  sleep(name: string): Promise<{ baked: boolean; seed: SeedWire | null }>;
+  wake(name: string): Promise<WakeWire>;
+  wakes(name: string, limit?: number): Promise<WakeWire[]>;
+  seeds(): Promise<SeedWire[]>;
+  /** Log text; with follow, keeps yielding until `signal` aborts or the server ends the stream. */
+  logs(name: string, opts?: { follow?: boolean; signal?: AbortSignal }): Promise<AsyncIterable<string>>;
+  close(): Promise<void>;
+}
+
+type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
+type Res = Awaited<ReturnType<typeof request>>;
+const REFUSED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENOENT']);
+
+/** Rebuild a ThawError from an error body `{error:{code,...}}` (INTERNAL when the code is unknown here). */
+export function errorFromBody(status: number, body: unknown): ThawError {
+  const r = ErrorBody.safeParse(body);
+  if (!r.success) return new ThawError('INTERNAL', `control API answered HTTP ${status} without an error body`, { details: { status } });
+  const e = r.data.error;
+  if (e.code in ERROR_CODES) return new ThawError(e.code as ErrorCode, e.message, e.details ? { details: e.details } : {});
+  return new ThawError('INTERNAL', `${e.code}: ${e.message}`, { details: { status, remote: e } });
+}
+
+export class ApiClient implements ThawApi {
+  readonly url: string;
+  readonly #token: string;
+  readonly #agent = new Agent({ connect: { timeout: 5000 } });
+
+  constructor(opts: { url: string; token: string }) {
+    this.url = opts.url.replace(/\/+$/, '');
+    this.#token = opts.token;
+  }
+
+  async close(): Promise<void> {
+    await this.#agent.close();
+  }
+
+  async #send(method: Method, path: string, opts: { json?: unknown; body?: Buffer | Readable; headers?: Record<string, string>; signal?: AbortSignal } = {}): Promise<Res> {
+    const headers: Record<string, string> = { authorization: `Bearer ${this.#token}`, ...opts.headers };
+    let body: string | Buffer | Readable | undefined = opts.body;
+    if (opts.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(opts.json);
+    }
+    try {
+      return await request(`${this.url}${path}`, { method, headers, body, dispatcher: this.#agent, ...(opts.signal ? { signal: opts.signal } : {}) });
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException };
+      const code = e?.code ?? e?.cause?.code ?? '';
+      if (REFUSED.has(code)) {
+        throw new ThawError('NOT_RUNNING', `nothing answers at ${this.url} (${code}); is \`thaw up\` running?`, { cause: err, details: { url: this.url } });
+      }
+      if (e?.name === 'AbortError') throw err;
+      throw new ThawError('INTERNAL', `control API request ${method} ${path} failed: ${e?.message ?? String(err)}`, { cause: err, details: { url: this.url } });
+    }
+  }
+
+  async #json<S extends z.ZodType>(schema: S, method: Method, path: string, json?: unknown): Promise<z.output<S>> {
+    const res = await this.#send(method, path, json === undefined ? {} : { json });
+    return parseResponse(schema, res, path);
+  }
+
+  health() {
+    return this.#json(OkResponse, 'GET', '/healthz');
+  }
+
+  async metrics(): Promise<string> {
+    const res = await this.#send('GET', '/metrics');
+    if (res.statusCode !== 200) throw errorFromBody(res.statusCode, await res.body.json().catch(() => null));
+    return res.body.text();
+  }
+
+  async listApps() {
+    return (await this.#json(AppsResponse, 'GET', '/v1/apps')).apps;
+  }
+
+  async createApp(name: string, opts: { idleTimeoutS?: number } = {}) {
+    const body = { name, ...(opts.idleTimeoutS !== undefined ? { idle_timeout_s: opts.idleTimeoutS } : {}) };
+    return (await this.#json(AppResponse, 'POST', '/v1/apps', body)).app;
+  }
+
+  async getApp(name: string) {
+    return (await this.#json(AppResponse, 'GET', `/v1/apps/${enc(name)}`)).app;
+  }
+
+  async deleteApp(name: string): Promise<void> {
+    await this.#json(OkResponse, 'DELETE', `/v1/apps/${enc(name)}`);
+  }
+
+  async deploy(name: string, tarball: Buffer | Readable, opts: DeployOpts = {}) {
+    const headers: Record<string, string> = { 'content-type': 'application/gzip' };
+    if (opts.env && Object.keys(opts.env).length > 0) headers['x-thaw-env'] = Buffer.from(JSON.stringify(opts.env), 'utf8').toString('base64');
+    if (opts.idleTimeoutS !== undefined) headers['x-thaw-idle-timeout'] = String(opts.idleTimeoutS);
+    const path = `/v1/apps/${enc(name)}/deploys${opts.onProgress ? '?progress=1' : ''}`;
+    const res = await this.#send('POST', path, { body: tarball, headers });
+    if (!opts.onProgress || res.statusCode !== 200) return parseResponse(DeployResultWire, res, path);
+    let buf = '';
+    let result: DeployResultWire | undefined;
+    const handle = (line: string) => {
+      if (line.trim() === '') return;
+      const msg = ProgressLine.parse(JSON.parse(line));
+      if ('progress' in msg) opts.onProgress!(msg.progress);
+      else if ('result' in msg) result = msg.result;
+      else throw errorFromBody(200, msg);
+    };
+    res.body.setEncoding('utf8');
+    for await (const chunk of res.body as AsyncIterable<string>) {
+      buf += chunk;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        handle(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+      }
+    }
+    handle(buf);
+    if (!result) throw new ThawError('INTERNAL', 'the deploy progress stream ended without a result');
+    return result;
+  }
+
+  async listEnv(name: string) {
+    return (await this.#json(EnvListResponse, 'GET', `/v1/apps/${enc(name)}/env`)).vars;
+  }
+
+  async setEnv(name: string, vars: Record<string, string>): Promise<void> {
+    await this.#json(OkResponse, 'PUT', `/v1/apps/${enc(name)}/env`, { vars });
+  }
+
+  async unsetEnv(name: string, keys: string[]): Promise<void> {
+    await this.#json(OkResponse, 'DELETE', `/v1/apps/${enc(name)}/env`, { keys });
+  }
+
+  sleep(name: string) {
+    return this.#json(SleepResponse, 'POST', `/v1/apps/${enc(name)}/sleep`);
+  }
+
+  async wake(name: string) {
+    return (await this.#json(WakeResponse, 'POST', `/v1/apps/${enc(name)}/wake`)).wake;
+  }
+
+  async wakes(name: string, limit?: number) {
+    return (await this.#json(WakesResponse, 'GET', `/v1/apps/${enc(name)}/wakes${limit !== undefined ? `?limit=${limit}` : ''}`)).wakes;
+  }
+
+  async seeds() {
+    return (await this.#json(SeedsResponse, 'GET', '/v1/seeds')).seeds;
+  }
+
+  async logs(name: string, opts: { follow?: boolean; signal?: AbortSignal } = {}): Promise<AsyncIterable<string>> {
+    const path = `/v1/apps/${enc(name)}/logs${opts.follow ? '?follow=1' : ''}`;
+    const res = await this.#send('GET', path, opts.signal ? { signal: opts.signal } : {});
+    if (res.statusCode !== 200) throw errorFromBody(res.statusCode, await res.body.json().catch(() => null));
+    res.body.setEncoding('utf8');
+    const signal = opts.signal;
+    return (async function* () {
+      try {
+        for await (const chunk of res.body as AsyncIterable<string>) yield chunk;
+      } catch (err) {
+        if (!signal?.aborted) throw err; // an abort is the normal end of `logs -f`
+      }
+    })();
+  }
+}
+
+const enc = (s: string) => encodeURIComponent(s);
+
+async function parseResponse<S extends z.ZodType>(schema: S, res: Res, path: string): Promise<z.output<S>> {
+  const text = await res.body.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new ThawError('INTERNAL', `control API answered ${path} with HTTP ${res.statusCode} and a non-JSON body`, { details: { status: res.statusCode } });
+  }
+  if (res.statusCode >= 400) throw errorFromBody(res.statusCode, json);
+  const r = schema.safeParse(json);
+  if (!r.success) throw new ThawError('INTERNAL', `control API response for ${path} does not match its schema`, { details: { issues: r.error.issues.map((i) => ({ path: i.path.map(String), message: i.message })) } });
+  return r.data;
+}

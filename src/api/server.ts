@@ -1,0 +1,140 @@
+// Thaw's control HTTP API: a thin Fastify layer over ControlService. JSON in
+// and out (snake_case on the wire, see schemas.ts), bearer-token auth on
+// everything but /healthz and /metrics, and one error shape for every failure:
+// `{ "error": { code, kind, message, hint, details? } }`. docs/API.md lists the routes.
+import { Readable } from 'node:stream';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import { ThawError } from '../errors.ts';
+import type { ControlService } from '../control/types.ts';
+import { bearerChecker } from './auth.ts';
+import { registerDeploy } from './deploy.ts';
+import {
+  CreateAppBody,
+  LogsQuery,
+  NameParams,
+  SetEnvBody,
+  UnsetEnvBody,
+  WakesQuery,
+  parseOrThrow,
+  toAppWire,
+  toSeedWire,
+  toWakeWire,
+} from './schemas.ts';
+
+export interface ApiServerOptions {
+  service: ControlService;
+  /** Clients send `Authorization: Bearer <token>`. At least 16 characters. */
+  token: string;
+  logger?: Logger | false;
+  /** Upload cap for deploy tarballs; default 256 MiB. */
+  maxTarballBytes?: number;
+}
+
+export const DEFAULT_MAX_TARBALL_BYTES = 256 * 1024 * 1024;
+const PUBLIC_ROUTES = new Set(['/healthz', '/metrics']);
+
+/** Map anything thrown in a handler, hook or body parser onto a ThawError. */
+export function toApiError(err: unknown): ThawError {
+  if (err instanceof ThawError) return err;
+  const e = err as Partial<FastifyError> & { message?: string };
+  const status = typeof e?.statusCode === 'number' ? e.statusCode : 500;
+  if (status === 404) return new ThawError('NOT_FOUND', e.message ?? 'not found');
+  if (status >= 400 && status < 500) {
+    const reason = e.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err instanceof SyntaxError ? 'malformed JSON body' : (e.message ?? 'bad request');
+    return new ThawError('INVALID_REQUEST', reason, { details: { where: 'request', ...(e.code ? { reason: e.code } : {}) } });
+  }
+  return new ThawError('INTERNAL', `internal error: ${e?.message ?? String(err)}`);
+}
+
+export async function createApiServer(opts: ApiServerOptions): Promise<FastifyInstance> {
+  const { service } = opts;
+  const checkAuth = bearerChecker(opts.token);
+  const app = Fastify({
+    ...(opts.logger ? { loggerInstance: opts.logger as never } : { logger: false }),
+    bodyLimit: 1024 * 1024, // JSON bodies; tarballs have their own cap
+  }) as unknown as FastifyInstance;
+
+  app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {
+    const te = toApiError(err);
+    if (te.kind === 'system') req.log.error({ err }, 'request failed');
+    // An unread request body (e.g. an oversized upload refused early) must not be drained: close instead.
+    if (!req.raw.complete) reply.header('connection', 'close');
+    void reply.code(te.status).type('application/json; charset=utf-8').send({ error: te.toJSON() });
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const te = new ThawError('NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`);
+    void reply.code(404).send({ error: te.toJSON() });
+  });
+  app.addHook('onRequest', async (req) => {
+    if (PUBLIC_ROUTES.has(req.routeOptions.url ?? '')) return;
+    checkAuth(req.headers.authorization);
+  });
+
+  const nameOf = (req: FastifyRequest) => parseOrThrow(NameParams, req.params, 'path').name;
+
+  app.get('/healthz', async () => ({ ok: true }));
+  app.get('/metrics', async (_req, reply) => {
+    const m = await service.metrics();
+    return reply.type(m.contentType).send(m.body);
+  });
+
+  // ---- apps -----------------------------------------------------------------------
+  app.get('/v1/apps', async () => ({ apps: (await service.listApps()).map(toAppWire) }));
+  app.post('/v1/apps', async (req, reply) => {
+    const body = parseOrThrow(CreateAppBody, req.body, 'body');
+    const view = await service.createApp(body.name, body.idle_timeout_s !== undefined ? { idleTimeoutS: body.idle_timeout_s } : {});
+    return reply.code(201).send({ app: toAppWire(view) });
+  });
+  app.get('/v1/apps/:name', async (req) => ({ app: toAppWire(await service.getApp(nameOf(req))) }));
+  app.delete('/v1/apps/:name', async (req) => {
+    await service.deleteApp(nameOf(req));
+    return { ok: true };
+  });
+  registerDeploy(app, service, opts.maxTarballBytes ?? DEFAULT_MAX_TARBALL_BYTES);
+
+  // ---- env (values are write-only) -------------------------------------------------
+  app.get('/v1/apps/:name/env', async (req) => {
+    const keys = await service.listEnv(nameOf(req));
+    return { vars: keys.map((k) => ({ key: k.key, updated_at: k.updatedAt })) };
+  });
+  app.put('/v1/apps/:name/env', async (req) => {
+    const name = nameOf(req);
+    await service.setEnv(name, parseOrThrow(SetEnvBody, req.body, 'body').vars);
+    return { ok: true };
+  });
+  app.delete('/v1/apps/:name/env', async (req) => {
+    const name = nameOf(req);
+    await service.unsetEnv(name, parseOrThrow(UnsetEnvBody, req.body, 'body').keys);
+    return { ok: true };
+  });
+
+  // ---- lifecycle -------------------------------------------------------------------
+  app.post('/v1/apps/:name/sleep', async (req) => {
+    const r = await service.sleep(nameOf(req));
+    return { baked: r.baked, seed: r.seed ? toSeedWire(r.seed) : null };
+  });
+  app.post('/v1/apps/:name/wake', async (req) => ({ wake: toWakeWire(await service.wake(nameOf(req))) }));
+  app.get('/v1/apps/:name/wakes', async (req) => {
+    const name = nameOf(req);
+    const { limit } = parseOrThrow(WakesQuery, req.query, 'query');
+    return { wakes: (await service.wakes(name, limit)).map(toWakeWire) };
+  });
+  app.get('/v1/seeds', async () => ({ seeds: (await service.seeds()).map(toSeedWire) }));
+
+  // ---- logs ------------------------------------------------------------------------
+  app.get('/v1/apps/:name/logs', async (req, reply) => {
+    const name = nameOf(req);
+    const { follow } = parseOrThrow(LogsQuery, req.query, 'query');
+    const ac = new AbortController();
+    // 'close' fires on client disconnect (and after a normal finish, when aborting is harmless).
+    // MUT
+    const text = await service.logs(name, { follow, signal: ac.signal });
+    const stream = Readable.from(text);
+    stream.on('error', (err) => req.log.warn({ err }, 'log stream failed'));
+    return reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store').header('x-content-type-options', 'nosniff').send(stream);
+  });
+
+  await app.ready();
+  return app;
+}

@@ -1,0 +1,32 @@
+// `thaw apps`, `thaw rm NAME`.
+import type { Command } from 'commander';
+import { validateAppName } from '../image/validate.ts';
+import type { Ctx } from './context.ts';
+import { table } from './format.ts';
+
+export function registerApps(program: Command, ctx: Ctx): void {
+  program
+    .command('apps')
+    .description('list apps')
+    .action(async (_opts, cmd: Command) => {
+      const apps = await ctx.withApi(cmd, (api) => api.listApps());
+      ctx.print(cmd, apps, () =>
+        apps.length === 0
+          ? 'no apps yet; deploy one with `thaw deploy DIR --name NAME`'
+          : table(
+              ['NAME', 'STATE', 'URL', 'IDLE', 'LAST WAKE'],
+              apps.map((a) => [a.name, a.error ? `${a.state} (${a.error})` : a.state, a.url, `${a.idle_timeout_s}s`, a.last_wake_at]),
+            ),
+      );
+    });
+
+  program
+    .command('rm')
+    .description('delete an app: its VM, images, seeds, env and history')
+    .argument('<name>', 'app name')
+    .action(async (name: string, _opts, cmd: Command) => {
+      validateAppName(name);
+      await ctx.withApi(cmd, (api) => api.deleteApp(name));
+      ctx.print(cmd, { ok: true, deleted: name }, () => `deleted ${name}`);
+    });
+}

@@ -1,0 +1,148 @@
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
+import { ThawError } from '../errors.ts';
+import type { ThawApi } from '../api/client.ts';
+import { FakeService, TEST_TOKEN, appView, startServer } from '../api/testing.ts';
+import { toAppWire } from '../api/schemas.ts';
+import { run } from './main.ts';
+import { readInstance, writeInstance } from './instance.ts';
+
+const ROUTER = 'http://localhost:8080';
+
+/** Runs the CLI in-process with a fake API; `api` overrides the methods a test needs. */
+async function cli(args: string[], api: Partial<ThawApi> = {}, extra: { importModule?: (url: string) => Promise<unknown> } = {}) {
+  let stdout = '';
+  let stderr = '';
+  const fake = { close: async () => {}, ...api } as ThawApi;
+  const code = await run(['node', 'thaw', ...args], {
+    stdout: (s) => void (stdout += s),
+    stderr: (s) => void (stderr += s),
+    connect: async (dataDir) => ({ api: fake, instance: { dataDir, apiUrl: 'http://127.0.0.1:1', routerUrl: ROUTER, pid: process.pid, token: 't' } }),
+    ...extra,
+  });
+  return { code, stdout, stderr };
+}
+
+async function tmpDir(t: TestContext): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'thaw-cli-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('apps --json prints the raw JSON; apps prints a table', async () => {
+  const apps = [toAppWire(appView('web')), toAppWire(appView('api', { state: 'running' }))];
+  const j = await cli(['apps', '--json'], { listApps: async () => apps });
+  assert.equal(j.code, 0, j.stderr);
+  assert.deepEqual(JSON.parse(j.stdout), apps);
+  const h = await cli(['apps'], { listApps: async () => apps });
+  assert.equal(h.code, 0);
+  assert.match(h.stdout, /NAME\s*│?\s*STATE/);
+  assert.match(h.stdout, /api.*running.*http:\/\/api\.localhost:8080\//);
+});
+
+test('errors: stderr text and exit code by kind', async () => {
+  const user = await cli(['rm', 'ghost'], { deleteApp: async () => Promise.reject(new ThawError('APP_NOT_FOUND', 'no app ghost')) });
+  assert.equal(user.code, 1);
+  assert.equal(user.stderr, 'error APP_NOT_FOUND: no app ghost\nhint: List apps with `thaw apps`.\n');
+  assert.equal(user.stdout, '');
+  const sys = await cli(['wake', 'web'], { wake: async () => Promise.reject(new ThawError('WAKE_FAILED', 'both failed')) });
+  assert.equal(sys.code, 2);
+  assert.match(sys.stderr, /^error WAKE_FAILED: both failed\nhint: /);
+  const bug = await cli(['seeds'], { seeds: async () => Promise.reject(new TypeError('oops')) });
+  assert.equal(bug.code, 2);
+  assert.match(bug.stderr, /^error INTERNAL: oops/);
+  const badName = await cli(['sleep', 'Bad_Name'], {});
+  assert.equal(badName.code, 1);
+  assert.match(badName.stderr, /^error INVALID_APP_NAME/);
+});
+
+test('env set splits K=V on the first "=" only', async () => {
+  let got: { name: string; vars: Record<string, string> } | undefined;
+  const r = await cli(['env', 'set', 'web', 'A=1', 'URL=postgres://h/db?x=y==', 'EMPTY='], { setEnv: async (name, vars) => void (got = { name, vars }) });
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(got, { name: 'web', vars: { A: '1', URL: 'postgres://h/db?x=y==', EMPTY: '' } });
+  const bad = await cli(['env', 'set', 'web', 'NOEQUALS'], { setEnv: async () => assert.fail('must not be called') });
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /^error INVALID_REQUEST: expected KEY=VALUE/);
+  const unset = await cli(['env', 'unset', 'web', 'A', 'B', '--json'], { unsetEnv: async (_n, keys) => assert.deepEqual(keys, ['A', 'B']) });
+  assert.deepEqual(JSON.parse(unset.stdout), { ok: true, app: 'web', keys: ['A', 'B'] });
+});
+
+test('usage errors exit 64', async () => {
+  assert.equal((await cli(['wakes'])).code, 64);
+  assert.equal((await cli(['wakes', 'web', '--limit', 'many'])).code, 64);
+  assert.equal((await cli(['frobnicate'])).code, 64);
+  assert.equal((await cli(['deploy', '.'])).code, 64); // --name is required
+  const help = await cli(['--help']);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /Usage: thaw/);
+});
+
+test('deploy packs the folder, shows progress and prints the URL', async (t) => {
+  const dir = await tmpDir(t);
+  await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'x', scripts: { start: 'node server.js' } }));
+  await writeFile(path.join(dir, 'server.js'), 'require("http").createServer((q, s) => s.end("hi")).listen(process.env.PORT)');
+  let seen: { name: string; size: number; opts: unknown } | undefined;
+  const r = await cli(['deploy', dir, '--name', 'web', '--env', 'A=b=c', '--env', 'B=2', '--idle-timeout', '60'], {
+    deploy: async (name, tarball, opts) => {
+      seen = { name, size: (tarball as Buffer).length, opts: { env: opts?.env, idleTimeoutS: opts?.idleTimeoutS } };
+      opts?.onProgress?.('building image');
+      return { app: name, deploy: { id: 'd1', app: name, image_path: '/i', image_bytes: 1024, created_at: 'now' }, purged_seed: null, build_ms: 1500 };
+    },
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(seen?.name, 'web');
+  assert.ok(seen!.size > 100);
+  assert.deepEqual(seen?.opts, { env: { A: 'b=c', B: '2' }, idleTimeoutS: 60 });
+  assert.match(r.stderr, /building image/);
+  assert.match(r.stdout, /^http:\/\/web\.localhost:8080\/$/m);
+  const missing = await cli(['deploy', path.join(dir, 'nope'), '--name', 'web'], { deploy: async () => assert.fail('must not upload') });
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /^error APP_DIR_MISSING/);
+});
+
+test('up loads runUp with the parsed flags', async (t) => {
+  const dir = await tmpDir(t);
+  let got: { url: string; opts: unknown } | undefined;
+  const importModule = async (url: string) => ({ runUp: async (opts: unknown) => void (got = { url, opts }) });
+  const r = await cli(['--data', dir, 'up', '--port', '9000', '--no-local-node', '--s3-bucket', 'seeds'], {}, { importModule });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(got!.url, /\/src\/control\/up\.ts$/);
+  assert.deepEqual(got!.opts, { data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, s3Bucket: 'seeds', noLocalNode: true });
+  const none = await cli(['up'], {}, { importModule: async () => ({}) });
+  assert.equal(none.code, 2);
+});
+
+test('instance files: NOT_RUNNING when missing or stale, exit 3', async (t) => {
+  const dir = await tmpDir(t);
+  let stderr = '';
+  const code = await run(['node', 'thaw', '--data', dir, 'apps'], { stderr: (s) => void (stderr += s), stdout: () => {} });
+  assert.equal(code, 3);
+  assert.match(stderr, /^error NOT_RUNNING: .*\nhint: Start Thaw with `thaw up`/);
+
+  const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+  await writeInstance(dir, { api_url: 'http://127.0.0.1:7070', router_url: ROUTER, pid: dead }, TEST_TOKEN);
+  assert.equal((await stat(path.join(dir, 'token'))).mode & 0o777, 0o600);
+  await assert.rejects(readInstance(dir), (e: unknown) => e instanceof ThawError && e.code === 'NOT_RUNNING' && /stale/.test(e.message));
+});
+
+test('end to end: the real client against a real API server', async (t) => {
+  const dir = await tmpDir(t);
+  const service = new FakeService();
+  service.apps.set('web', appView('web'));
+  const { app, url } = await startServer(service);
+  t.after(() => app.close());
+  await writeInstance(dir, { api_url: url, router_url: ROUTER, pid: process.pid }, TEST_TOKEN);
+  let stdout = '';
+  const code = await run(['node', 'thaw', '--json', '--data', dir, 'apps'], { stdout: (s) => void (stdout += s), stderr: () => {} });
+  assert.equal(code, 0);
+  assert.deepEqual(JSON.parse(stdout).map((a: { name: string }) => a.name), ['web']);
+  let err = '';
+  const c2 = await run(['node', 'thaw', '--data', dir, 'env', 'list', 'ghost'], { stdout: () => {}, stderr: (s) => void (err += s) });
+  assert.equal(c2, 1);
+  assert.match(err, /^error APP_NOT_FOUND/);
+});

@@ -1,0 +1,38 @@
+// The control plane's service interface: what the HTTP control API (src/api)
+// exposes and what `thaw up` implements (src/control/service.ts). The control
+// plane decides WHERE and THAT an app runs; node agents own HOW.
+import type { Readable } from 'node:stream';
+import type { AppRow, DeployRow, SeedRow, WakeRow } from '../store/types.ts';
+
+export type AppView = AppRow & { url: string };
+
+export interface DeployResult {
+  app: string;
+  deploy: DeployRow;
+  /** The previous deploy's seed, deleted because it froze old code. */
+  purgedSeed: string | null;
+  buildMs: number;
+}
+
+export interface ControlService {
+  createApp(name: string, opts?: { idleTimeoutS?: number }): Promise<AppView>;
+  listApps(): Promise<AppView[]>;
+  getApp(name: string): Promise<AppView>;
+  /** Stops its VM, deletes images and seeds (locally, on every node, in object storage). */
+  deleteApp(name: string): Promise<void>;
+  /** Creates the app when it does not exist. `tarball`: gzip or plain tar of the app folder. */
+  deploy(name: string, tarball: Readable, opts?: { env?: Record<string, string>; idleTimeoutS?: number; onProgress?: (line: string) => void }): Promise<DeployResult>;
+  setEnv(name: string, vars: Record<string, string>): Promise<void>;
+  unsetEnv(name: string, keys: string[]): Promise<void>;
+  listEnv(name: string): Promise<{ key: string; updatedAt: string }[]>;
+  /** Bake (first idle after a deploy) and delete the VM. */
+  sleep(name: string): Promise<{ baked: boolean; seed: SeedRow | null }>;
+  /** Wake now (thaw, or cold boot); resolves with the wake record. */
+  wake(name: string): Promise<WakeRow>;
+  wakes(name: string, limit?: number): Promise<WakeRow[]>;
+  seeds(): Promise<SeedRow[]>;
+  /** App log text so far; with follow, an iterable that yields new text until the signal aborts. */
+  logs(name: string, opts: { follow: boolean; signal?: AbortSignal }): Promise<AsyncIterable<string>>;
+  /** Prometheus exposition text. */
+  metrics(): Promise<{ contentType: string; body: string }>;
+}

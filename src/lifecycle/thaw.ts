@@ -1,0 +1,85 @@
+// Thaw: restore a seed's memory and CPU/device state onto the seed's OWN disk
+// (a copy-on-write overlay over the read-only disk.img), resume, refresh the
+// clock and RNG, deliver the current env, start the app as a NEW process, and
+// pass the liveness gate before a single request is routed.
+import path from 'node:path';
+import { mkdir, rm } from 'node:fs/promises';
+import { AgentClient } from '../guest/channel.ts';
+import { ThawError } from '../errors.ts';
+import type { Manifest } from '../seed/manifest.ts';
+import { UndoStack } from '../undo.ts';
+import type { GateResult } from '../wire/agent.ts';
+import { refreshGuest, startApp, vmSpec, withConsole } from './boot.ts';
+import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+
+export interface ThawParams {
+  app: string;
+  deployId: string;
+  seedDir: string;
+  manifest: Manifest;
+  env: Record<string, string>;
+  /**
+   * TEST ONLY: restore the memory image over this disk instead of the seed's
+   * own (reproduces the incident: memory and disk that are not a pair).
+   */
+  unsafeDiskOverride?: string;
+}
+
+export interface ThawOutcome {
+  run: RunningVm;
+  gate: GateResult;
+}
+
+export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()): Promise<ThawOutcome> {
+  return UndoStack.run(async (undo) => {
+    const id = vmId(p.app);
+    const mem = path.join(p.seedDir, 'mem.ram');
+    const spec = { ...vmSpec(ctx, id, await freePort(), mem), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline };
+    await mkdir(spec.dir, { recursive: true });
+    undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
+    await createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk);
+    sw.lap('prepare_ms');
+
+    const vm = await ctx.hv.restore(spec, { state: path.join(p.seedDir, 'state.bin'), mem });
+    undo.push('destroy vm', () => ctx.hv.destroy(vm));
+    const agent = new AgentClient(await ctx.hv.openAgentChannel(vm), vm.exited);
+    undo.push('close agent', () => agent.close());
+    sw.lap('restore_ms');
+    await ctx.hv.resume(vm);
+    const hello = await withConsole(vm.consoleLog, agent.ready(10_000, { ping: true }));
+    sw.lap('agent_ms');
+    if (hello.app_pid !== null) throw new ThawError('SEED_CORRUPT', 'seed has a running app; a bake always stops it');
+
+    // Clock and RNG first (the app must not see bake-time clock or entropy);
+    // then the gate and the app start run side by side: nothing is routed
+    // until both are done, and a failed gate destroys the VM.
+    await refreshGuest(agent);
+    sw.lap('refresh_ms');
+    const t = performance.now();
+    let gateMs = 0;
+    let appMs = 0;
+    const gateP = agent.request({ op: 'gate', canary_sha256: p.manifest.canary.sha256 }, 20_000).then((g) => {
+      gateMs = performance.now() - t;
+      return g;
+    });
+    const appP = startApp(ctx, agent, p.env).then((pid) => {
+      appMs = performance.now() - t;
+      return pid;
+    });
+    const [gateR, appR] = await Promise.allSettled([gateP, appP]);
+    sw.stages.gate_ms = Math.round(gateMs);
+    sw.stages.app_start_ms = Math.round(appMs);
+    sw.lap('parallel_ms');
+    if (gateR.status === 'rejected') throw gateR.reason;
+    const gate = gateR.value;
+    if (!gate.ok) {
+      throw new ThawError('GATE_FAILED', `liveness gate failed: ${gate.reason ?? 'unknown'}`, { details: { gate } });
+    }
+    if (appR.status === 'rejected') throw appR.reason;
+    ctx.log.info({ app: p.app, vm: id, appPid: appR.value, stages: sw.stages }, 'thawed');
+    return {
+      run: { app: p.app, deployId: p.deployId, vm, agent, appPid: appR.value, bootMode: 'snapshot', seedId: p.manifest.seed_id, startedAt: Date.now() },
+      gate,
+    };
+  });
+}

@@ -1,0 +1,141 @@
+// The node agent: owns HOW apps run on this host. It keeps the running VMs,
+// the seed folder, and turns wake/sleep requests into the lifecycle steps
+// (src/lifecycle/*). The control plane decides WHERE and THAT.
+import { existsSync } from 'node:fs';
+import { appendFile, mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { ThawError } from '../errors.ts';
+import type { NodeContext, RunningVm } from '../lifecycle/context.ts';
+import { destroyVm } from '../lifecycle/destroy.ts';
+import { sleepVm } from '../lifecycle/sleep.ts';
+import { seedsDir } from '../lifecycle/bake.ts';
+import { wake, type WakeOutcome, type WakeParams } from '../lifecycle/wake.ts';
+import type { AppExitEvent } from '../guest/channel.ts';
+
+export interface NodeWakeRequest {
+  app: string;
+  deployId: string;
+  image: string;
+  seedId: string | null;
+  env: Record<string, string>;
+  unsafeDiskOverride?: string;
+}
+
+export class LocalNode {
+  readonly running = new Map<string, RunningVm>();
+  onAppExit: (app: string, e: AppExitEvent) => void = () => {};
+
+  constructor(readonly ctx: NodeContext, readonly name = 'local') {}
+
+  seedDir(seedId: string): string {
+    return path.join(seedsDir(this.ctx), seedId);
+  }
+
+  hasSeed(seedId: string | null): boolean {
+    return !!seedId && existsSync(path.join(this.seedDir(seedId), 'manifest.json'));
+  }
+
+  private logFile(app: string): string {
+    return path.join(this.ctx.dataDir, 'logs', `${app}.log`);
+  }
+
+  async wake(req: NodeWakeRequest, extra: Pick<WakeParams, 'seedSource' | 'seedUnavailable'> = { seedSource: 'local' }): Promise<WakeOutcome> {
+    if (this.running.has(req.app)) throw new ThawError('APP_BUSY', `${req.app} already runs on node ${this.name}`);
+    const seedDir = this.hasSeed(req.seedId) ? this.seedDir(req.seedId!) : null;
+    const out = await wake(this.ctx, {
+      app: req.app,
+      deployId: req.deployId,
+      image: req.image,
+      seedDir,
+      seedSource: seedDir ? extra.seedSource : 'none',
+      seedUnavailable: extra.seedUnavailable ?? (req.seedId && !seedDir ? `SEED_MISSING: seed ${req.seedId} is not on node ${this.name}` : undefined),
+      env: req.env,
+      node: this.name,
+      unsafeDiskOverride: req.unsafeDiskOverride,
+    });
+    this.running.set(req.app, out.run);
+    out.run.agent.on('app_exit', (e) => {
+      if (this.running.get(req.app) === out.run) this.onAppExit(req.app, e);
+    });
+    return out;
+  }
+
+  /** Keep the app's log (it lives on the guest's tmpfs and goes away with the VM). */
+  private async saveLogs(run: RunningVm): Promise<void> {
+    try {
+      const { text } = await run.agent.request({ op: 'logs', max_bytes: 1 << 20 }, 3000);
+      if (!text) return;
+      await mkdir(path.dirname(this.logFile(run.app)), { recursive: true });
+      await appendFile(this.logFile(run.app), text);
+    } catch {
+      /* the VM may already be gone */
+    }
+  }
+
+  async sleep(app: string, opts: { haveSeed: boolean }): Promise<Awaited<ReturnType<typeof sleepVm>>> {
+    const run = this.running.get(app);
+    if (!run) return { baked: null, error: null };
+    this.running.delete(app);
+    await this.saveLogs(run);
+    return sleepVm(this.ctx, run, opts);
+  }
+
+  /** Delete the VM without baking (deploy, delete, crash, shutdown). */
+  async stop(app: string): Promise<void> {
+    const run = this.running.get(app);
+    if (!run) return;
+    this.running.delete(app);
+    await this.saveLogs(run);
+    await destroyVm(this.ctx, run);
+  }
+
+  async logs(app: string): Promise<string> {
+    const saved = await readFile(this.logFile(app), 'utf8').catch(() => '');
+    const run = this.running.get(app);
+    if (!run) return saved;
+    const live = await run.agent.request({ op: 'logs', max_bytes: 1 << 20 }, 3000).then((r) => r.text, () => '');
+    return saved + live;
+  }
+
+  async deleteSeed(seedId: string): Promise<void> {
+    await rm(this.seedDir(seedId), { recursive: true, force: true });
+  }
+
+  async deleteLogs(app: string): Promise<void> {
+    await rm(this.logFile(app), { force: true });
+  }
+
+  /** Remove what a killed predecessor left: VM folders (and their QEMU processes), half-baked seeds. */
+  async recover(): Promise<{ killed: number; removed: number }> {
+    let killed = 0;
+    let removed = 0;
+    const vms = path.join(this.ctx.dataDir, 'vms');
+    for (const d of await readdir(vms).catch(() => [] as string[])) {
+      const pid = Number((await readFile(path.join(vms, d, 'vmm.pid'), 'utf8').catch(() => '')).trim());
+      if (pid > 0) {
+        try {
+          const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8');
+          if (cmd.includes(d)) {
+            process.kill(pid, 'SIGKILL');
+            killed++;
+          }
+        } catch {
+          /* not running */
+        }
+      }
+      await rm(path.join(vms, d), { recursive: true, force: true });
+      removed++;
+    }
+    for (const d of await readdir(seedsDir(this.ctx)).catch(() => [] as string[])) {
+      if (d.startsWith('.bake-') || !existsSync(path.join(seedsDir(this.ctx), d, 'manifest.json'))) {
+        await rm(path.join(seedsDir(this.ctx), d), { recursive: true, force: true });
+        removed++;
+      }
+    }
+    return { killed, removed };
+  }
+
+  async shutdown(): Promise<void> {
+    await Promise.all([...this.running.keys()].map((app) => this.stop(app)));
+  }
+}
