@@ -128,7 +128,7 @@ export async function createApiServer(opts: ApiServerOptions): Promise<FastifyIn
     const { follow } = parseOrThrow(LogsQuery, req.query, 'query');
     const ac = new AbortController();
     // 'close' fires on client disconnect (and after a normal finish, when aborting is harmless).
-    // MUT
+    reply.raw.once('close', () => ac.abort());
     const text = await service.logs(name, { follow, signal: ac.signal });
     const stream = Readable.from(text);
     stream.on('error', (err) => req.log.warn({ err }, 'log stream failed'));

@@ -1,0 +1,100 @@
+// Shared by the VM tests: guest assets and the demo app's disk image are built
+// once per machine and cached under a hash of their inputs; each test gets its
+// own data folder and removes it, and checks that no QEMU process is left.
+import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pino from 'pino';
+import { cacheRoot, ensureAssets, type GuestAssets } from '../../src/guest/assets.ts';
+import { QemuDriver } from '../../src/hypervisor/qemu.ts';
+import { buildAppImage } from '../../src/image/build.ts';
+import type { NodeContext } from '../../src/lifecycle/context.ts';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const HELLO = path.join(ROOT, 'examples', 'hello');
+
+async function dirHash(dir: string): Promise<string> {
+  const h = createHash('sha256');
+  for (const f of (await readdir(dir, { recursive: true })).sort()) {
+    const p = path.join(dir, f);
+    try {
+      h.update(f).update(await readFile(p));
+    } catch {
+      /* folder */
+    }
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
+/** A read-only disk image of an app folder, cached by assets + app content. */
+export async function appImage(assets: GuestAssets, appDir: string): Promise<string> {
+  const out = path.join(cacheRoot(), 'test-images', `${assets.key}-${await dirHash(appDir)}.img`);
+  if (existsSync(out)) return out;
+  await mkdir(path.dirname(out), { recursive: true });
+  const tmp = `${out}.tmp-${process.pid}`;
+  await buildAppImage({ appDir, baseRootfs: assets.rootfs, out: tmp, diskMiB: 1024, maxAppBytes: 256 << 20 });
+  await chmod(tmp, 0o444);
+  await rename(tmp, out);
+  return out;
+}
+
+export interface Fixture {
+  assets: GuestAssets;
+  ctx: NodeContext;
+  image: string;
+  dataDir: string;
+  cleanup(): Promise<void>;
+}
+
+export async function fixture(): Promise<Fixture> {
+  const assets = await ensureAssets();
+  const hv = new QemuDriver({ probeAssets: async () => assets });
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'thaw-vmtest-'));
+  const ctx: NodeContext = {
+    hv,
+    assets,
+    dataDir,
+    log: pino({ level: process.env.THAW_TEST_LOG ?? 'silent' }),
+    memMiB: 512,
+    vcpus: 1,
+    guestPort: 8080,
+    appStartTimeoutMs: 60_000,
+    bootTimeoutMs: 90_000,
+  };
+  return { assets, ctx, image: await appImage(assets, HELLO), dataDir, cleanup: () => rm(dataDir, { recursive: true, force: true }) };
+}
+
+/** QEMU processes whose command line mentions `needle` (a data dir or VM id). */
+export function qemuProcesses(needle: string): string[] {
+  try {
+    return execFileSync('pgrep', ['-af', 'qemu-system'], { encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => l.includes(needle));
+  } catch {
+    return [];
+  }
+}
+
+export async function getJson(port: number, init?: RequestInit & { host?: string }): Promise<{ status: number; body: any; headers: Headers }> {
+  const res = await fetch(`http://127.0.0.1:${port}/`, { ...init, headers: { ...(init?.host ? { host: init.host } : {}), ...(init?.headers as Record<string, string> | undefined) } });
+  const text = await res.text();
+  let body: unknown = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    /* text */
+  }
+  return { status: res.status, body, headers: res.headers };
+}
+
+export async function countOccurrences(file: string, needle: string): Promise<number> {
+  const buf = await readFile(file);
+  const n = Buffer.from(needle);
+  let count = 0;
+  for (let i = buf.indexOf(n); i >= 0; i = buf.indexOf(n, i + 1)) count++;
+  return count;
+}
