@@ -48,6 +48,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((err) => {
-  console.error(err);
+  console.error(err instanceof ThawError ? `error ${err.code}: ${err.message}` : err);
   process.exitCode = 1;
 });

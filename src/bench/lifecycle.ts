@@ -164,7 +164,7 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
       await sleepVm(ctx, t.out.run, { haveSeed: true });
     }
 
-    const stageNames = [...new Set(thaws.flatMap((t) => Object.keys(t.stages)))];
+    const stageNames = [...new Set(thaws.flatMap((t) => Object.keys(t.stages)))].filter((k) => k.endsWith('_ms')); // not the 0/1 flags
     const stage_medians = Object.fromEntries(stageNames.map((k) => [k, r1(median(thaws.map((t) => t.stages[k]).filter((v): v is number => v !== undefined)))]));
     const medianThaw = r1(median(thaws.map((t) => t.wall_ms)));
     const result: LifecycleResult = {
@@ -194,7 +194,7 @@ export function lifecycleTable(r: LifecycleResult): string {
   const rows: (string | number)[][] = [
     ['cold wake (wake -> first 200)', fmt(r.cold.wall_ms, 0), r.cold.boot_mode],
     ['bake', fmt(r.bake.ms, 0), `pause ${r.bake.pause_ms} ms, seed ${MiB(r.bake.seed_bytes_apparent)} apparent / ${MiB(r.bake.seed_bytes_on_disk)} on disk`],
-    ...r.thaws.map((t, i) => [`thaw ${i + 1}`, fmt(t.wall_ms, 0), `${t.boot_mode}, gate ${t.gate_ms ?? 'n/a'} ms, app start ${t.app_start_ms} ms, pid ${t.pid} (was ${t.pid_before}), who=${String(t.who)}`]),
+    ...r.thaws.map((t, i) => [`thaw ${i + 1}`, fmt(t.wall_ms, 0), `${t.boot_mode}, gate ${t.gate_ms ?? 'n/a'} ms, app start ${t.app_start_ms} ms, pid ${t.pid} (was ${t.pid_before}), who=${String(t.who)}, marker ${t.marker === MARKER ? 'kept' : String(t.marker)}`]),
     ['median thaw', fmt(r.median_thaw_ms, 0), `cold/thaw ${fmt(r.cold_over_thaw, 2)}x, platform share ${fmt(r.platform_share_ms, 0)} ms`],
   ];
   return markdownTable(['step', 'ms', 'notes'], rows);

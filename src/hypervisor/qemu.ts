@@ -92,7 +92,11 @@ export class QemuDriver implements Hypervisor {
     let qmp: Qmp;
     try {
       qmp = await Promise.race([
-        Qmp.connect(path.join(spec.dir, 'qmp.sock'), ac.signal),
+        // query-status is answered only once machine init (kernel load, devices) succeeded.
+        Qmp.connect(path.join(spec.dir, 'qmp.sock'), ac.signal).then(async (q) => {
+          await q.execute('query-status');
+          return q;
+        }, () => new Promise<never>(() => {})), // QMP dropped: QEMU is exiting; the exit branch reports why
         exited.then(async () => {
           await new Promise((r) => log.end(r));
           const text = await import('node:fs/promises').then((fs) => fs.readFile(logPath, 'utf8')).catch(() => '');
