@@ -73,7 +73,7 @@ export interface DoctorReport {
 export function demoContext(dataDir: string, assets: GuestAssets, hv = new QemuDriver({ probeAssets: async () => assets })): NodeContext {
   return {
     hv, assets, dataDir, log: pino({ level: 'warn' }, pino.destination(2)),
-    memMiB: Number(process.env.THAW_VM_MEM_MIB ?? 512), vcpus: 1, guestPort: 8080,
+    memMiB: Number(process.env.THAW_VM_MEM_MIB ?? 512), vcpus: Number(process.env.THAW_VM_VCPUS ?? 2), guestPort: 8080,
     appStartTimeoutMs: 60_000, bootTimeoutMs: 90_000,
   };
 }

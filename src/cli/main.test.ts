@@ -109,10 +109,10 @@ test('up loads runUp with the parsed flags', async (t) => {
   const dir = await tmpDir(t);
   let got: { url: string; opts: unknown } | undefined;
   const importModule = async (url: string) => ({ runUp: async (opts: unknown) => void (got = { url, opts }) });
-  const r = await cli(['--data', dir, 'up', '--port', '9000', '--no-local-node', '--s3-bucket', 'seeds'], {}, { importModule });
+  const r = await cli(['--data', dir, 'up', '--port', '9000', '--database', 'postgres://x@127.0.0.1/db'], {}, { importModule });
   assert.equal(r.code, 0, r.stderr);
   assert.match(got!.url, /\/src\/control\/up\.ts$/);
-  assert.deepEqual(got!.opts, { data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, s3Bucket: 'seeds', noLocalNode: true });
+  assert.deepEqual(got!.opts, { data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db' });
   const none = await cli(['up'], {}, { importModule: async () => ({}) });
   assert.equal(none.code, 2);
 });

@@ -20,12 +20,8 @@ export interface UpOptions {
   apiPort: number;
   domain: string;
   idleTimeout: number;
+  /** postgres://... for the state store; default SQLite in the data folder. */
   database?: string;
-  s3Endpoint?: string;
-  s3Bucket?: string;
-  s3Region?: string;
-  noLocalNode?: boolean;
-  seedCacheBytes?: number;
   /** Bind address of the router and API (default 127.0.0.1). */
   host?: string;
 }
@@ -49,9 +45,6 @@ async function secret(file: string, make: () => string): Promise<string> {
 
 /** Start everything; resolves once the API and the router listen. */
 export async function startThaw(o: UpOptions, log: Logger = pino({ level: process.env.THAW_LOG_LEVEL ?? 'info' })): Promise<Running> {
-  if (o.noLocalNode || o.s3Endpoint) {
-    log.warn('multi-node options (--no-local-node, --s3-*) are not wired into `thaw up` yet; running one local node');
-  }
   const data = path.resolve(o.data);
   await mkdir(data, { recursive: true, mode: 0o700 });
   const token = await secret(path.join(data, 'token'), () => randomBytes(24).toString('base64url'));
@@ -67,7 +60,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
     dataDir: path.join(data, 'node'),
     log,
     memMiB: Number(process.env.THAW_VM_MEM_MIB ?? 512),
-    vcpus: 1,
+    vcpus: Number(process.env.THAW_VM_VCPUS ?? 2),
     guestPort: 8080,
     appStartTimeoutMs: 60_000,
     bootTimeoutMs: 90_000,

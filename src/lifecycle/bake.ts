@@ -47,7 +47,7 @@ export async function bake(ctx: NodeContext, run: RunningVm): Promise<BakeResult
       await agent.request({ op: 'scrub', canary_b64: canary.toString('base64') }, 30_000);
       const oldPid = agent.lastHello?.agent_pid;
       await agent.request({ op: 'respawn' }, 5000);
-      await agent.ready(30_000, { notPid: oldPid });
+      const fresh = await agent.ready(30_000, { notPid: oldPid });
 
       await mkdir(tmp, { recursive: true });
       undo.push('remove partial seed', () => rm(tmp, { recursive: true, force: true }));
@@ -76,6 +76,7 @@ export async function bake(ctx: NodeContext, run: RunningVm): Promise<BakeResult
         kernel_sha256: ctx.assets.kernelSha256,
         initrd_sha256: ctx.assets.initrdSha256,
         files: { 'mem.ram': memE, 'state.bin': stateE, 'disk.img': diskE },
+        agent_pubkey: fresh.pubkey,
         canary: { path: CANARY_PATH, sha256: createHash('sha256').update(canary).digest('hex') },
         bake: { pause_ms: pauseMs, total_ms: Math.round(performance.now() - t0) },
       };

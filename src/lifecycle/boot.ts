@@ -44,8 +44,7 @@ export async function refreshGuest(agent: AgentClient): Promise<void> {
   ]);
 }
 
-export async function startApp(ctx: NodeContext, agent: AgentClient, env: Record<string, string>): Promise<number> {
-  const pubkey = agent.lastHello?.pubkey;
+export async function startApp(ctx: NodeContext, agent: AgentClient, env: Record<string, string>, pubkey = agent.lastHello?.pubkey): Promise<number> {
   if (!pubkey) throw new Error('startApp before the agent said hello');
   const r = await agent.request(
     { op: 'start_app', env: sealEnv(env, pubkey), port: ctx.guestPort, listen_timeout_ms: ctx.appStartTimeoutMs },

@@ -46,27 +46,33 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     undo.push('close agent', () => agent.close());
     sw.lap('restore_ms');
     await ctx.hv.resume(vm);
-    const hello = await withConsole(vm.consoleLog, agent.ready(10_000, { ping: true }));
-    sw.lap('agent_ms');
-    if (hello.app_pid !== null) throw new ThawError('SEED_CORRUPT', 'seed has a running app; a bake always stops it');
-
-    // Clock and RNG first (the app must not see bake-time clock or entropy);
-    // then the gate and the app start run side by side: nothing is routed
-    // until both are done, and a failed gate destroys the VM.
-    await refreshGuest(agent);
-    sw.lap('refresh_ms');
+    // Everything is pipelined right after resume: the agent frozen in the seed
+    // already has its port open, and its public key is in the manifest. The
+    // ping proves it is that agent with no app running; the clock and RNG are
+    // refreshed (the agent starts the app only after the clock is set); the
+    // app start is sent before the gate, so the gate runs while the app boots. Nothing is routed
+    // until all are done, and a failed gate destroys the VM.
     const t = performance.now();
     let gateMs = 0;
     let appMs = 0;
+    const helloP = withConsole(vm.consoleLog, agent.ready(10_000, { ping: true })).then((h) => {
+      sw.stages.agent_ms = Math.round(performance.now() - t);
+      if (h.app_pid !== null) throw new ThawError('SEED_CORRUPT', 'seed has a running app; a bake always stops it');
+      if (h.pubkey !== p.manifest.agent_pubkey) throw new ThawError('SEED_CORRUPT', 'the agent in the memory image is not the one the manifest names');
+      return h;
+    });
+    const refreshP = refreshGuest(agent);
+    const appP = startApp(ctx, agent, p.env, p.manifest.agent_pubkey).then((pid) => {
+      appMs = performance.now() - t;
+      return pid;
+    });
     const gateP = agent.request({ op: 'gate', canary_sha256: p.manifest.canary.sha256 }, 20_000).then((g) => {
       gateMs = performance.now() - t;
       return g;
     });
-    const appP = startApp(ctx, agent, p.env).then((pid) => {
-      appMs = performance.now() - t;
-      return pid;
-    });
-    const [gateR, appR] = await Promise.allSettled([gateP, appP]);
+    const [helloR, refreshR, gateR, appR] = await Promise.allSettled([helloP, refreshP, gateP, appP]);
+    if (helloR.status === 'rejected') throw helloR.reason;
+    if (refreshR.status === 'rejected') throw refreshR.reason;
     sw.stages.gate_ms = Math.round(gateMs);
     sw.stages.app_start_ms = Math.round(appMs);
     sw.lap('parallel_ms');

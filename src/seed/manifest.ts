@@ -36,6 +36,8 @@ export const Manifest = z.object({
   files: z.object({ 'mem.ram': FileEntry, 'state.bin': FileEntry, 'disk.img': FileEntry }),
   /** Canary written inside the guest right before the bake; the liveness gate reads it back with O_DIRECT. */
   canary: z.object({ path: z.string(), sha256: z.string().regex(/^[0-9a-f]{64}$/) }),
+  /** Public X25519 key of the guest agent frozen in the seed: env for a thaw is sealed to it. */
+  agent_pubkey: z.string(),
   /** Timings of the bake, for the record. */
   bake: z.object({ pause_ms: z.number(), total_ms: z.number() }),
 });

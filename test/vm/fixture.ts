@@ -60,7 +60,7 @@ export async function fixture(): Promise<Fixture> {
     dataDir,
     log: pino({ level: process.env.THAW_TEST_LOG ?? 'silent' }),
     memMiB: 512,
-    vcpus: 1,
+    vcpus: Number(process.env.THAW_VM_VCPUS ?? 2),
     guestPort: 8080,
     appStartTimeoutMs: 60_000,
     bootTimeoutMs: 90_000,

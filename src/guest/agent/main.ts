@@ -7,7 +7,7 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, writeSync } fr
 import { APP_LOG, CANARY_PATH, PROTOCOL_VERSION, RequestEnvelope, type Hello, type Request } from '../../wire/agent.ts';
 import { generateAgentKey, openEnv } from '../../wire/seal.ts';
 import { App, tail } from './app.ts';
-import { kernelFsErrors, runGate } from './gate.ts';
+import { kernelFsErrors, openKernelLog, runGate } from './gate.ts';
 import { Port } from './port.ts';
 
 const startedAt = Date.now();
@@ -21,6 +21,9 @@ const bootId = (() => {
 })();
 const port = new Port();
 const app = new App();
+openKernelLog();
+/** The app never starts before a requested clock change is done. */
+let clockSet: Promise<unknown> = Promise.resolve();
 
 function hello(): Hello {
   return { version: PROTOCOL_VERSION, agent_pid: process.pid, boot_id: bootId, pubkey: key.publicB64, app_pid: app.pid, uptime_ms: Date.now() - startedAt };
@@ -41,6 +44,7 @@ async function handle(req: Request): Promise<unknown> {
       return hello();
     case 'start_app': {
       const env = openEnv(req.env, key);
+      await clockSet;
       const pid = app.start(env, req.port);
       const listen_ms = await app.waitListening(req.port, req.listen_timeout_ms);
       return { pid, listen_ms };
@@ -53,7 +57,7 @@ async function handle(req: Request): Promise<unknown> {
       const t0 = Date.now();
       if (app.pid !== null) throw Object.assign(new Error('stop the app before scrub'), { code: 'AGENT_ERROR' });
       app.scrubFiles();
-      const errors = await kernelFsErrors();
+      const errors = kernelFsErrors();
       if (errors.length) throw Object.assign(new Error(`refusing to bake a machine with filesystem errors: ${errors[0]}`), { code: 'GATE_FAILED' });
       mkdirSync('/var/lib/thaw', { recursive: true });
       const fd = openSync(CANARY_PATH, 'w', 0o600);
@@ -61,7 +65,6 @@ async function handle(req: Request): Promise<unknown> {
       fsyncSync(fd);
       closeSync(fd);
       await sh(['sync']);
-      await sh(['dmesg', '-c']);
       return { canary_path: CANARY_PATH, ms: Date.now() - t0 };
     }
     case 'respawn':
@@ -70,7 +73,9 @@ async function handle(req: Request): Promise<unknown> {
       setTimeout(() => process.kill(process.pid, 'SIGKILL'), 20);
       return { ok: true };
     case 'set_clock': {
-      const r = await sh(['date', '-u', '-s', `@${Math.round(req.epoch_ms / 1000)}`]);
+      const p = sh(['date', '-u', '-s', `@${Math.round(req.epoch_ms / 1000)}`]);
+      clockSet = p;
+      const r = await p;
       if (r.code !== 0) throw new Error(`date -s failed: ${r.stderr}`);
       return { ok: true };
     }
