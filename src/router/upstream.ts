@@ -6,6 +6,9 @@ import type { Duplex } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
 import type { Address, WakeResult } from './types.ts';
 
+/** Keep-alive connections per upstream VM (env THAW_UPSTREAM_CONNECTIONS). */
+const UPSTREAM_CONNECTIONS = Number(process.env.THAW_UPSTREAM_CONNECTIONS ?? 16);
+
 /** Headers that describe one connection, not the message (RFC 9110 7.6.1), plus ones undici refuses. */
 const HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization',
@@ -59,7 +62,11 @@ export class Upstreams {
     let pool = this.pools.get(key);
     if (pool === undefined) {
       // bodyTimeout 0: streaming responses (SSE, long downloads) may pause for as long as they like.
-      pool = new Pool(key, { keepAliveTimeout: 4_000, bodyTimeout: 0, headersTimeout: 300_000 });
+      // connections: a bounded set of keep-alive connections per VM, like nginx's upstream
+      // keepalive. A burst of held requests released by a wake would otherwise open one
+      // connection each through QEMU's user-mode network at once; under that burst a few
+      // guest-side handshakes were seen to stall for minutes.
+      pool = new Pool(key, { connections: UPSTREAM_CONNECTIONS, keepAliveTimeout: 4_000, bodyTimeout: 0, headersTimeout: 300_000 });
       this.pools.set(key, pool);
     }
     return pool;
