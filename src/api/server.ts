@@ -53,6 +53,8 @@ export async function createApiServer(opts: ApiServerOptions): Promise<FastifyIn
   const app = Fastify({
     ...(opts.logger ? { loggerInstance: opts.logger as never } : { logger: false }),
     bodyLimit: 1024 * 1024, // JSON bodies; tarballs have their own cap
+    // close() ends every connection (log followers included) instead of waiting for them.
+    forceCloseConnections: true,
   }) as unknown as FastifyInstance;
 
   app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {

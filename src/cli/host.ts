@@ -25,6 +25,11 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .addOption(new Option('--domain <domain>', 'apps are served at NAME.<domain>').env('THAW_DOMAIN').default('localhost'))
     .addOption(new Option('--idle-timeout <seconds>', 'default idle timeout of new apps').env('THAW_IDLE_TIMEOUT').argParser(intArg).default(300))
     .addOption(new Option('--database <url>', 'postgres://... (default: SQLite in the data folder)').env('THAW_DATABASE'))
+    .option('--s3-endpoint <url>', 'S3-compatible endpoint for seed replication (path-style; AWS_* env credentials)')
+    .option('--s3-bucket <bucket>', 'bucket for seeds (enables replication)')
+    .option('--s3-region <region>', 'bucket region (default us-east-1)')
+    .addOption(new Option('--seed-cache-bytes <n>', 'byte cap of the local seed cache (LRU)').argParser(intArg))
+    .addOption(new Option('--seed-ttl <seconds>', 'delete seeds of apps not woken for this long').argParser(intArg))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const runUp = await load<(opts: UpOpts) => Promise<void>>(ctx, '../control/up.ts', 'runUp');
       const str = (k: string) => (typeof o[k] === 'string' ? { [k]: o[k] as string } : {});
@@ -35,6 +40,11 @@ export function registerHost(program: Command, ctx: Ctx): void {
         domain: o.domain as string,
         idleTimeout: o.idleTimeout as number,
         ...str('database'),
+        ...str('s3Endpoint'),
+        ...str('s3Bucket'),
+        ...str('s3Region'),
+        ...(typeof o.seedCacheBytes === 'number' ? { seedCacheBytes: o.seedCacheBytes } : {}),
+        ...(typeof o.seedTtl === 'number' ? { seedTtl: o.seedTtl } : {}),
       };
       await runUp(opts);
     });

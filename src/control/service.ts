@@ -17,6 +17,7 @@ import type { AppRow, SeedRow, Store, WakeRow } from '../store/types.ts';
 import type { AppView, ControlService, DeployResult } from './types.ts';
 import { Metrics } from './metrics.ts';
 import { KeyedMutex } from './mutex.ts';
+import type { Replication } from './replication.ts';
 
 export interface ServiceOptions {
   store: Store;
@@ -29,6 +30,7 @@ export interface ServiceOptions {
   diskMiB: number;
   maxAppBytes: number;
   maxTarballBytes: number;
+  replication: Replication;
 }
 
 export class Service implements ControlService, AppDirectory {
@@ -98,8 +100,10 @@ export class Service implements ControlService, AppDirectory {
     await this.o.store.transition(name, ['asleep', 'failed'], 'waking', { error: null });
     try {
       const env = await this.o.store.getEnv(name);
-      const out = await this.o.node.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, seedId: app.seedId, env });
+      const where = await this.seedHere(name, app.seedId);
+      const out = await this.o.node.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, seedId: app.seedId, env }, where);
       await this.o.store.addWake(out.record);
+      if (out.record.bootMode === 'snapshot' && app.seedId) await this.seedUsed(name, app.seedId);
       const row = await this.o.store.transition(name, 'waking', 'running', { vmId: out.run.vm.id, hostPort: out.run.vm.appAddress.port, node: this.o.node.name });
       this.route(row);
       this.metrics_.wake(out.record);
@@ -111,6 +115,35 @@ export class Service implements ControlService, AppDirectory {
       this.route(row);
       throw e;
     }
+  }
+
+  /** Make sure this node holds the app's seed: pull it from object storage when it does not. */
+  private async seedHere(name: string, seedId: string | null): Promise<{ seedSource: 'local' | 'pulled'; seedUnavailable?: string }> {
+    if (!seedId || this.o.node.hasSeed(seedId)) return { seedSource: 'local' };
+    const row = await this.o.store.getSeed(name);
+    if (!row || row.id !== seedId || !row.replicated || !this.o.replication.s3) {
+      return { seedSource: 'local', seedUnavailable: `seed-unavailable: seed ${seedId} is not on node ${this.o.node.name} and has no replicated copy` };
+    }
+    try {
+      await this.o.replication.pull(row);
+      return { seedSource: 'pulled' };
+    } catch (err) {
+      const e = asThawError(err);
+      return { seedSource: 'local', seedUnavailable: `seed-unavailable: ${e.code}: ${e.message}` };
+    }
+  }
+
+  private async seedUsed(name: string, seedId: string): Promise<void> {
+    this.o.replication.used(seedId);
+    const row = await this.o.store.getSeed(name);
+    if (row?.id === seedId) await this.o.store.putSeed({ ...row, lastUsedAt: new Date().toISOString() });
+  }
+
+  /** A seed is gone for good (TTL, evicted without a durable copy): forget it; the next wake cold-boots. */
+  async seedGone(seed: SeedRow): Promise<void> {
+    await this.o.store.deleteSeed(seed.id);
+    const app = await this.o.store.findApp(seed.app);
+    if (app?.seedId === seed.id) await this.o.store.updateApp(seed.app, { seedId: null });
   }
 
   private async sleepLocked(name: string): Promise<{ baked: boolean; seed: SeedRow | null }> {
@@ -138,6 +171,7 @@ export class Service implements ControlService, AppDirectory {
         lastUsedAt: now,
       };
       await this.o.store.putSeed(seed);
+      await this.o.replication.added(seed);
     }
     const row = await this.o.store.transition(name, 'sleeping', 'asleep', { vmId: null, hostPort: null, ...(seed ? { seedId: seed.id } : {}), error: r.error });
     this.route(row);
@@ -171,7 +205,7 @@ export class Service implements ControlService, AppDirectory {
 
   private async purgeApp(app: AppRow): Promise<void> {
     await this.o.node.stop(app.name);
-    for (const s of (await this.o.store.listSeeds()).filter((s) => s.app === app.name)) await this.o.node.deleteSeed(s.id);
+    for (const s of (await this.o.store.listSeeds()).filter((s) => s.app === app.name)) await this.o.replication.purge(s);
     await rm(path.join(this.o.dataDir, 'apps', app.name), { recursive: true, force: true });
     await this.o.node.deleteLogs(app.name);
     await this.o.store.deleteApp(app.name);
@@ -211,7 +245,7 @@ export class Service implements ControlService, AppDirectory {
         const old = await this.o.store.getSeed(name);
         let purgedSeed: string | null = null;
         if (old) {
-          await this.o.node.deleteSeed(old.id);
+          await this.o.replication.purge(old);
           await this.o.store.deleteSeed(old.id);
           purgedSeed = old.id;
         }

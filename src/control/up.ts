@@ -12,6 +12,7 @@ import type { NodeContext } from '../lifecycle/context.ts';
 import { LocalNode } from '../node/local.ts';
 import { createRouter } from '../router/router.ts';
 import { openStore } from '../store/index.ts';
+import { Replication } from './replication.ts';
 import { Service } from './service.ts';
 
 export interface UpOptions {
@@ -22,6 +23,14 @@ export interface UpOptions {
   idleTimeout: number;
   /** postgres://... for the state store; default SQLite in the data folder. */
   database?: string;
+  /** S3-compatible object storage for seed replication (credentials from the AWS_* env vars). */
+  s3Endpoint?: string;
+  s3Bucket?: string;
+  s3Region?: string;
+  /** Byte cap of this node's seed cache (least recently used seeds not in use are evicted). */
+  seedCacheBytes?: number;
+  /** Seeds of apps not woken for this many seconds are deleted everywhere. */
+  seedTtl?: number;
   /** Bind address of the router and API (default 127.0.0.1). */
   host?: string;
 }
@@ -69,7 +78,18 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   const rec = await node.recover();
   if (rec.killed || rec.removed) log.warn(rec, 'cleaned up after a previous run');
   const host = o.host ?? '127.0.0.1';
-  const service = new Service({
+  let service: Service | null = null;
+  const replication = new Replication({
+    s3: o.s3Bucket ? { bucket: o.s3Bucket, ...(o.s3Endpoint ? { endpoint: o.s3Endpoint } : {}), ...(o.s3Region ? { region: o.s3Region } : {}) } : null,
+    capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3,
+    ttlMs: (o.seedTtl ?? 7 * 24 * 3600) * 1000,
+    store,
+    node,
+    log,
+    onSeedGone: async (seed) => service?.seedGone(seed),
+  });
+  await replication.start();
+  service = new Service({
     store,
     node,
     dataDir: data,
@@ -80,6 +100,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
     diskMiB: Number(process.env.THAW_DISK_MIB ?? 1024),
     maxAppBytes: 512 * 1024 * 1024,
     maxTarballBytes: 256 * 1024 * 1024,
+    replication,
   });
   await service.start();
   const router = createRouter({ dir: service, suffix: o.domain, log });
@@ -100,7 +121,8 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
       (stopping ??= (async () => {
         await api.close();
         await router.close();
-        await service.shutdown();
+        await service!.shutdown();
+        replication.stop();
         await store.close();
         await removeInstance(data);
       })()),
