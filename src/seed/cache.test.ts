@@ -32,7 +32,7 @@ function fakeManifest(id: string): unknown {
   return {
     version: 1, app: 'demo', deploy_id: 'd', seed_id: id, created_at: 'now', driver: 'qemu', accel: 'tcg',
     machine: { mem_mib: 256, vcpus: 1, cmdline: '', guest_port: 8080 }, kernel_sha256: 'k', initrd_sha256: 'i',
-    files: { 'mem.ram': f, 'state.bin': f, 'disk.img': f }, canary: { path: '/c', sha256: '0'.repeat(64) },
+    files: { 'mem.ram': f, 'state.bin': f, 'disk.img': f }, canary: { path: '/c', sha256: '0'.repeat(64) }, agent_pubkey: 'test-key',
     bake: { pause_ms: 1, total_ms: 1 },
   };
 }

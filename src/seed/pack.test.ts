@@ -34,7 +34,7 @@ async function makeSeed(dir: string, opts: { memMiB?: number; diskMiB?: number }
     version: 1, app: 'demo', deploy_id: 'd1', seed_id: path.basename(dir), created_at: new Date().toISOString(),
     driver: 'qemu', accel: 'tcg', machine: { mem_mib: memMiB, vcpus: 1, cmdline: 'console=ttyS0', guest_port: 8080 },
     kernel_sha256: 'k', initrd_sha256: 'i', files: { 'mem.ram': m, 'state.bin': s, 'disk.img': d },
-    canary: { path: '/var/thaw/canary', sha256: '0'.repeat(64) }, bake: { pause_ms: 1, total_ms: 2 },
+    canary: { path: '/var/thaw/canary', sha256: '0'.repeat(64) }, agent_pubkey: 'test-key', bake: { pause_ms: 1, total_ms: 2 },
   });
   await writeFile(path.join(dir, 'manifest.json'), JSON.stringify(manifest, null, 2));
   return manifest;
