@@ -35,7 +35,8 @@ export const EnvKey = z
   .refine((k) => k.length <= ENV_KEY_MAX && ENV_KEY_RE.test(k), coded('INVALID_ENV_KEY', `env keys match ${ENV_KEY_RE.source}, at most ${ENV_KEY_MAX} chars`));
 export const EnvValue = z
   .string()
-  .refine((v) => Buffer.byteLength(v, 'utf8') <= ENV_VALUE_MAX_BYTES, coded('ENV_VALUE_TOO_LARGE', `env values are at most ${ENV_VALUE_MAX_BYTES} bytes`));
+  .refine((v) => Buffer.byteLength(v, 'utf8') <= ENV_VALUE_MAX_BYTES, coded('ENV_VALUE_TOO_LARGE', `env values are at most ${ENV_VALUE_MAX_BYTES} bytes`))
+  .refine((v) => !v.includes('\0'), coded('INVALID_REQUEST', 'env values cannot contain NUL bytes'));
 export const EnvVars = z
   .record(EnvKey, EnvValue)
   .refine(

@@ -103,6 +103,14 @@ export class Replication {
   }
 
   private async tick(): Promise<void> {
+    try {
+      await this.tickOnce();
+    } catch (err) {
+      this.o.log.warn({ err: asThawError(err).message }, 'seed maintenance failed; will retry');
+    }
+  }
+
+  private async tickOnce(): Promise<void> {
     for (const s of [...this.pending.values()]) await this.upload(s);
     const cutoff = Date.now() - this.o.ttlMs;
     for (const s of await this.o.store.listSeeds()) {

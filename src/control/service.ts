@@ -35,6 +35,8 @@ export interface ServiceOptions {
 
 export class Service implements ControlService, AppDirectory {
   private readonly mutex = new KeyedMutex();
+  /** Seeds dropped while a VM may still use their disk; purged once the app's VM is gone. */
+  private readonly stale = new Map<string, SeedRow>();
   /** Mirror of what the router needs, kept in step with every write. */
   private readonly routes = new Map<string, { address: { host: string; port: number } | null; idleTimeoutS: number }>();
   readonly metrics_ = new Metrics();
@@ -103,14 +105,27 @@ export class Service implements ControlService, AppDirectory {
       const where = await this.seedHere(name, app.seedId);
       const out = await this.o.node.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, seedId: app.seedId, env }, where);
       await this.o.store.addWake(out.record);
+      let seedPatch = {};
       if (out.record.bootMode === 'snapshot' && app.seedId) await this.seedUsed(name, app.seedId);
-      const row = await this.o.store.transition(name, 'waking', 'running', { vmId: out.run.vm.id, hostPort: out.run.vm.appAddress.port, node: this.o.node.name });
+      else if (app.seedId) {
+        // The seed was not used (refused, failed its gate, unreachable): forget it, so
+        // the next idle bakes a fresh one. Its files may back this VM's disk: they are
+        // deleted once the VM is gone.
+        const old = await this.o.store.getSeed(name);
+        if (old) {
+          this.stale.set(old.id, old);
+          await this.o.store.deleteSeed(old.id);
+        }
+        seedPatch = { seedId: null };
+      }
+      const row = await this.o.store.transition(name, 'waking', 'running', { vmId: out.run.vm.id, hostPort: out.run.vm.appAddress.port, node: this.o.node.name, ...seedPatch });
       this.route(row);
       this.metrics_.wake(out.record);
       return { ...out.record, address: out.run.vm.appAddress, wakeId: out.record.id };
     } catch (err) {
       const e = asThawError(err, 'WAKE_FAILED');
       this.metrics_.wakeFailed();
+      await this.o.node.stop(name).catch(() => {}); // a VM that woke before a later step failed
       const row = await this.o.store.transition(name, 'waking', 'failed', { error: e.message.slice(0, 2000) }).catch(() => null);
       this.route(row);
       throw e;
@@ -151,31 +166,50 @@ export class Service implements ControlService, AppDirectory {
     if (app.state !== 'running') return { baked: false, seed: null };
     await this.o.store.transition(name, 'running', 'sleeping');
     this.route(await this.o.store.getApp(name));
-    const haveSeed = this.o.node.hasSeed(app.seedId);
-    const r = await this.o.node.sleep(name, { haveSeed });
     let seed: SeedRow | null = null;
-    if (r.baked) {
-      const now = new Date().toISOString();
-      const f = r.baked.manifest.files;
-      seed = {
-        id: r.baked.seedId,
-        app: name,
-        deployId: app.deployId ?? '',
-        node: this.o.node.name,
-        bytesApparent: f['mem.ram'].bytes + f['state.bin'].bytes + f['disk.img'].bytes,
-        bytesAllocated: f['mem.ram'].allocated + f['state.bin'].allocated + f['disk.img'].allocated,
-        bytesCompressed: null,
-        replicated: false,
-        manifestSha256: r.baked.manifestSha256,
-        createdAt: now,
-        lastUsedAt: now,
-      };
-      await this.o.store.putSeed(seed);
-      await this.o.replication.added(seed);
+    let error: string | null = null;
+    try {
+      const r = await this.o.node.sleep(name, { haveSeed: this.o.node.hasSeed(app.seedId) && !!app.seedId });
+      error = r.error;
+      if (r.baked) {
+        const now = new Date().toISOString();
+        const f = r.baked.manifest.files;
+        seed = {
+          id: r.baked.seedId,
+          app: name,
+          deployId: app.deployId ?? '',
+          node: this.o.node.name,
+          bytesApparent: f['mem.ram'].bytes + f['state.bin'].bytes + f['disk.img'].bytes,
+          bytesAllocated: f['mem.ram'].allocated + f['state.bin'].allocated + f['disk.img'].allocated,
+          bytesCompressed: null,
+          replicated: false,
+          manifestSha256: r.baked.manifestSha256,
+          createdAt: now,
+          lastUsedAt: now,
+        };
+        await this.o.store.putSeed(seed);
+        await this.o.replication.added(seed);
+      }
+    } catch (err) {
+      // Whatever failed, the VM is gone (node.sleep always deletes it): the app is asleep.
+      await this.o.node.stop(name).catch(() => {});
+      error = asThawError(err).message.slice(0, 2000);
+      this.o.log.error({ app: name, err: error }, 'sleep failed');
+    } finally {
+      const row = await this.o.store.transition(name, 'sleeping', 'asleep', { vmId: null, hostPort: null, ...(seed ? { seedId: seed.id } : {}), error });
+      this.route(row);
+      await this.purgeStale(name);
     }
-    const row = await this.o.store.transition(name, 'sleeping', 'asleep', { vmId: null, hostPort: null, ...(seed ? { seedId: seed.id } : {}), error: r.error });
-    this.route(row);
     return { baked: !!seed, seed };
+  }
+
+  /** Delete seeds dropped earlier whose files no VM of the app can be using any more. */
+  private async purgeStale(name: string): Promise<void> {
+    if (this.o.node.running.has(name)) return;
+    for (const s of [...this.stale.values()].filter((x) => x.app === name)) {
+      this.stale.delete(s.id);
+      await this.o.replication.purge(s).catch(() => {});
+    }
   }
 
   // ---- ControlService (API) --------------------------------------------------
@@ -205,6 +239,7 @@ export class Service implements ControlService, AppDirectory {
 
   private async purgeApp(app: AppRow): Promise<void> {
     await this.o.node.stop(app.name);
+    await this.purgeStale(app.name);
     for (const s of (await this.o.store.listSeeds()).filter((s) => s.app === app.name)) await this.o.replication.purge(s);
     await rm(path.join(this.o.dataDir, 'apps', app.name), { recursive: true, force: true });
     await this.o.node.deleteLogs(app.name);
@@ -223,6 +258,7 @@ export class Service implements ControlService, AppDirectory {
       if (app.state === 'running') {
         progress('stopping the running VM');
         await this.o.node.stop(name);
+        await this.purgeStale(name);
         app = await this.o.store.transition(name, 'running', 'asleep', { vmId: null, hostPort: null });
       }
       const prev = app;
@@ -315,13 +351,17 @@ export class Service implements ControlService, AppDirectory {
     return this.metrics_.render(apps, seeds);
   }
 
-  /** Stop every VM (graceful shutdown): their apps are asleep from now on. */
+  /** Stop every VM (graceful shutdown), waiting for wakes in flight: their apps are asleep from now on. */
   async shutdown(): Promise<void> {
-    for (const name of [...this.o.node.running.keys()]) {
-      await this.mutex.run(name, async () => {
-        await this.o.node.stop(name);
-        await this.o.store.transition(name, ['running', 'sleeping', 'waking'], 'asleep', { vmId: null, hostPort: null }).catch(() => {});
-      });
-    }
+    const apps = (await this.o.store.listApps()).map((a) => a.name);
+    await Promise.all(
+      apps.map((name) =>
+        this.mutex.run(name, async () => {
+          await this.o.node.stop(name);
+          await this.o.store.transition(name, ['running', 'sleeping', 'waking'], 'asleep', { vmId: null, hostPort: null }).catch(() => {});
+          await this.purgeStale(name);
+        }),
+      ),
+    );
   }
 }

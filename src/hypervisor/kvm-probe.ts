@@ -69,6 +69,10 @@ export async function probeAccel(binary: string, assets?: () => Promise<{ kernel
       }
     });
     p.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    p.on('error', (e) => {
+      clearTimeout(timer);
+      resolve({ ok: false, why: `cannot run ${binary}: ${e.message}` });
+    });
     p.on('exit', () => {
       clearTimeout(timer);
       resolve({ ok: out.includes('THAW-PROBE-OK'), why: out.includes('THAW-PROBE-OK') ? 'probe VM booted under KVM' : `QEMU exited under KVM: ${out.trim().slice(-200)}` });

@@ -29,6 +29,8 @@ interface QemuVm extends VmHandle {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A state migration is ~100 KB (RAM stays in its file): anything near this is a wedged QEMU. */
+const MIGRATION_DEADLINE_MS = 30_000;
 
 export class QemuDriver implements Hypervisor {
   readonly name = 'qemu' as const;
@@ -89,6 +91,7 @@ export class QemuDriver implements Hypervisor {
     });
     const ac = new AbortController();
     const timeoutMs = this.opts.startTimeoutMs ?? 10_000;
+    let timer: NodeJS.Timeout | undefined;
     let qmp: Qmp;
     try {
       qmp = await Promise.race([
@@ -102,16 +105,18 @@ export class QemuDriver implements Hypervisor {
           const text = await import('node:fs/promises').then((fs) => fs.readFile(logPath, 'utf8')).catch(() => '');
           throw new ThawError('VM_START_FAILED', `QEMU exited during start: ${text.trim().slice(-600) || 'no output'}`, { details: { log: logPath } });
         }),
-        sleep(timeoutMs).then(() => {
-          throw new ThawError('VM_TIMEOUT', `QEMU did not open QMP within ${timeoutMs} ms`, { details: { log: logPath } });
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new ThawError('VM_TIMEOUT', `QEMU did not open QMP within ${timeoutMs} ms`, { details: { log: logPath } })), timeoutMs);
         }),
       ]);
     } catch (err) {
+      clearTimeout(timer);
       ac.abort();
       child.kill('SIGKILL');
       await exited;
       throw err;
     }
+    clearTimeout(timer);
     ac.abort();
     return {
       id: spec.id,
@@ -135,7 +140,9 @@ export class QemuDriver implements Hypervisor {
     try {
       await vm.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
       await vm.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(snap.state)}` });
+      const deadline = Date.now() + MIGRATION_DEADLINE_MS;
       for (;;) {
+        if (Date.now() > deadline) throw new ThawError('VM_TIMEOUT', `restore did not finish within ${MIGRATION_DEADLINE_MS} ms`);
         const st = await vm.qmp.execute<{ status: string }>('query-status');
         if (st.status === 'paused' || st.status === 'postmigrate') break;
         if (st.status !== 'inmigrate') throw new ThawError('VM_START_FAILED', `restore ended in state ${st.status}`);
@@ -162,7 +169,9 @@ export class QemuDriver implements Hypervisor {
     const { qmp } = vm as QemuVm;
     await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
     await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(snap.state)}` });
+    const deadline = Date.now() + MIGRATION_DEADLINE_MS;
     for (;;) {
+      if (Date.now() > deadline) throw new ThawError('VM_TIMEOUT', `snapshot did not finish within ${MIGRATION_DEADLINE_MS} ms`);
       const mig = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
       if (mig.status === 'completed') break;
       if (mig.status === 'failed' || mig.status === 'cancelled') throw new ThawError('QMP_ERROR', `snapshot failed: ${mig['error-desc'] ?? mig.status}`);
@@ -185,7 +194,7 @@ export class QemuDriver implements Hypervisor {
     try {
       q.qmp.close();
       q.kill();
-      await Promise.race([vm.exited, sleep(5000)]);
+      await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 5000).unref())]);
     } catch {
       /* never throws */
     }

@@ -49,12 +49,9 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     // Everything is pipelined right after resume: the agent frozen in the seed
     // already has its port open, and its public key is in the manifest. The
     // ping proves it is that agent with no app running; the clock and RNG are
-    // refreshed (the agent starts the app only after the clock is set); the
-    // app start is sent before the gate, so the gate runs while the app boots. Nothing is routed
-    // until all are done, and a failed gate destroys the VM.
+    // refreshed (the agent starts the app only after the clock is set).
+    // Nothing is routed until all are done; the first failure destroys the VM.
     const t = performance.now();
-    let gateMs = 0;
-    let appMs = 0;
     const helloP = withConsole(vm.consoleLog, agent.ready(10_000, { ping: true })).then((h) => {
       sw.stages.agent_ms = Math.round(performance.now() - t);
       if (h.app_pid !== null) throw new ThawError('SEED_CORRUPT', 'seed has a running app; a bake always stops it');
@@ -62,29 +59,26 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
       return h;
     });
     const refreshP = refreshGuest(agent);
-    const appP = startApp(ctx, agent, p.env, p.manifest.agent_pubkey).then((pid) => {
-      appMs = performance.now() - t;
-      return pid;
-    });
+    // The gate is sent before the app start: the agent runs it as soon as it
+    // arrives and refuses to start the app after a failed gate, so an app never
+    // runs with its secrets on a disk that does not match the memory.
     const gateP = agent.request({ op: 'gate', canary_sha256: p.manifest.canary.sha256 }, 20_000).then((g) => {
-      gateMs = performance.now() - t;
+      sw.stages.gate_ms = Math.round(performance.now() - t);
+      if (!g.ok) throw new ThawError('GATE_FAILED', `liveness gate failed: ${g.reason ?? 'unknown'}`, { details: { gate: g } });
       return g;
     });
-    const [helloR, refreshR, gateR, appR] = await Promise.allSettled([helloP, refreshP, gateP, appP]);
-    if (helloR.status === 'rejected') throw helloR.reason;
-    if (refreshR.status === 'rejected') throw refreshR.reason;
-    sw.stages.gate_ms = Math.round(gateMs);
-    sw.stages.app_start_ms = Math.round(appMs);
+    const appP = startApp(ctx, agent, p.env, p.manifest.agent_pubkey).then((pid) => {
+      sw.stages.app_start_ms = Math.round(performance.now() - t);
+      return pid;
+    });
+    appP.catch(() => {}); // observed below; a failure elsewhere may come first
+    // First failure wins (and the undo stack deletes the VM); otherwise wait for the app.
+    const [, , gate] = await Promise.all([helloP, refreshP, gateP]);
+    const appPid = await appP;
     sw.lap('parallel_ms');
-    if (gateR.status === 'rejected') throw gateR.reason;
-    const gate = gateR.value;
-    if (!gate.ok) {
-      throw new ThawError('GATE_FAILED', `liveness gate failed: ${gate.reason ?? 'unknown'}`, { details: { gate } });
-    }
-    if (appR.status === 'rejected') throw appR.reason;
-    ctx.log.info({ app: p.app, vm: id, appPid: appR.value, stages: sw.stages }, 'thawed');
+    ctx.log.info({ app: p.app, vm: id, appPid, stages: sw.stages }, 'thawed');
     return {
-      run: { app: p.app, deployId: p.deployId, vm, agent, appPid: appR.value, bootMode: 'snapshot', seedId: p.manifest.seed_id, startedAt: Date.now() },
+      run: { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'snapshot', seedId: p.manifest.seed_id, startedAt: Date.now() },
       gate,
     };
   });

@@ -10,13 +10,13 @@ import { ThawError } from '../errors.ts';
 import { readManifest, verifySeedFull } from '../seed/files.ts';
 import { SEED_FILES, type Manifest } from '../seed/manifest.ts';
 
-type Identity = Record<string, { ino: number; size: number; mtimeMs: number }>;
+type Identity = Record<string, { ino: number; size: number; mtimeMs: number; ctimeMs: number }>;
 
 async function identity(dir: string): Promise<Identity> {
   const out: Identity = {};
   for (const f of [...SEED_FILES, 'manifest.json']) {
     const st = await stat(path.join(dir, f));
-    out[f] = { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
+    out[f] = { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs }; // ctime cannot be set back by a writer
   }
   return out;
 }
@@ -31,13 +31,14 @@ export async function writeVerified(dir: string, _manifest: Manifest): Promise<v
  */
 export async function checkSeed(
   dir: string,
-  expect: { kernelSha256: string; initrdSha256: string; driver: string },
+  expect: { kernelSha256: string; initrdSha256: string; driver: string; accel: string },
 ): Promise<{ manifest: Manifest; check: 'identity' | 'full' }> {
   const manifest = await readManifest(dir);
   if (manifest.kernel_sha256 !== expect.kernelSha256 || manifest.initrd_sha256 !== expect.initrdSha256) {
     throw new ThawError('SEED_MISMATCH', 'seed was baked with another guest kernel or initramfs');
   }
   if (manifest.driver !== expect.driver) throw new ThawError('SEED_MISMATCH', `seed was baked by the ${manifest.driver} driver`);
+  if (manifest.accel !== expect.accel) throw new ThawError('SEED_MISMATCH', `seed was baked under ${manifest.accel}, this host runs ${expect.accel}`);
   let now: Identity;
   try {
     now = await identity(dir);

@@ -45,7 +45,7 @@ export async function wake(ctx: NodeContext, p: WakeParams): Promise<WakeOutcome
   if (p.seedDir) {
     const sw = new Stopwatch();
     try {
-      const { manifest, check } = await checkSeed(p.seedDir, { kernelSha256: ctx.assets.kernelSha256, initrdSha256: ctx.assets.initrdSha256, driver: ctx.hv.name });
+      const { manifest, check } = await checkSeed(p.seedDir, { kernelSha256: ctx.assets.kernelSha256, initrdSha256: ctx.assets.initrdSha256, driver: ctx.hv.name, accel: await ctx.hv.accel() });
       seedCheck = check;
       sw.lap('seed_check_ms');
       if (manifest.deploy_id !== p.deployId) throw new ThawError('SEED_MISMATCH', `seed is of deploy ${manifest.deploy_id}, app runs ${p.deployId}`);

@@ -45,6 +45,7 @@ export function checkEnvVars(vars: Record<string, string>): void {
   for (const [k, v] of Object.entries(vars)) {
     if (!ENV_KEY_RE.test(k)) throw new ThawError('INVALID_ENV_KEY', `invalid env key: ${JSON.stringify(k.slice(0, 140))}`);
     if (typeof v !== 'string') throw new ThawError('INVALID_REQUEST', `env value of ${k} must be a string`);
+    if (v.includes('\0')) throw new ThawError('INVALID_REQUEST', `env value of ${k} contains a NUL byte, which no process environment can hold`);
     const n = Buffer.byteLength(v, 'utf8');
     if (n > ENV_VALUE_MAX) throw new ThawError('ENV_VALUE_TOO_LARGE', `env ${k} is ${n} bytes (limit ${ENV_VALUE_MAX})`);
     total += n;

@@ -96,7 +96,7 @@ describe('bake and thaw', { concurrency: false }, () => {
     const mem = path.join(seedDir, 'mem.ram');
     await flipByte(mem, 4096 * 10);
     try {
-      await assert.rejects(checkSeed(seedDir, { kernelSha256: f.assets.kernelSha256, initrdSha256: f.assets.initrdSha256, driver: 'qemu' }), { code: 'SEED_CORRUPT' });
+      await assert.rejects(checkSeed(seedDir, { kernelSha256: f.assets.kernelSha256, initrdSha256: f.assets.initrdSha256, driver: 'qemu', accel: await f.ctx.hv.accel() }), { code: 'SEED_CORRUPT' });
     } finally {
       await flipByte(mem, 4096 * 10);
     }

@@ -3,7 +3,7 @@
 // virtio-serial port.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { APP_LOG, CANARY_PATH, PROTOCOL_VERSION, RequestEnvelope, type Hello, type Request } from '../../wire/agent.ts';
 import { generateAgentKey, openEnv } from '../../wire/seal.ts';
 import { App, tail } from './app.ts';
@@ -24,9 +24,29 @@ const app = new App();
 openKernelLog();
 /** The app never starts before a requested clock change is done. */
 let clockSet: Promise<unknown> = Promise.resolve();
+/** Set by a failed liveness gate: this machine may lie, the app must not start on it. */
+let gateFailed: string | null = null;
 
 function hello(): Hello {
   return { version: PROTOCOL_VERSION, agent_pid: process.pid, boot_id: bootId, pubkey: key.publicB64, app_pid: app.pid, uptime_ms: Date.now() - startedAt };
+}
+
+/**
+ * Before a bake nothing of the app may survive: kill every user process but
+ * init and this agent (workers that left the app's process group, daemons it
+ * spawned), since their memory holds the env.
+ */
+function killStrays(): void {
+  for (const d of readdirSync('/proc')) {
+    const pid = Number(d);
+    if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`).length === 0) continue; // kernel thread
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
 }
 
 function sh(argv: string[], timeoutMs = 10_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -43,8 +63,10 @@ async function handle(req: Request): Promise<unknown> {
     case 'ping':
       return hello();
     case 'start_app': {
+      if (gateFailed) throw Object.assign(new Error(`refusing to start the app: ${gateFailed}`), { code: 'GATE_FAILED' });
       const env = openEnv(req.env, key);
       await clockSet;
+      if (gateFailed) throw Object.assign(new Error(`refusing to start the app: ${gateFailed}`), { code: 'GATE_FAILED' });
       const pid = app.start(env, req.port);
       const listen_ms = await app.waitListening(req.port, req.listen_timeout_ms);
       return { pid, listen_ms };
@@ -57,6 +79,8 @@ async function handle(req: Request): Promise<unknown> {
       const t0 = Date.now();
       if (app.pid !== null) throw Object.assign(new Error('stop the app before scrub'), { code: 'AGENT_ERROR' });
       app.scrubFiles();
+      killStrays();
+      for (const e of readdirSync('/tmp')) rmSync(`/tmp/${e}`, { recursive: true, force: true });
       const errors = kernelFsErrors();
       if (errors.length) throw Object.assign(new Error(`refusing to bake a machine with filesystem errors: ${errors[0]}`), { code: 'GATE_FAILED' });
       mkdirSync('/var/lib/thaw', { recursive: true });
@@ -85,8 +109,11 @@ async function handle(req: Request): Promise<unknown> {
       closeSync(fd);
       return { ok: true };
     }
-    case 'gate':
-      return runGate(req.canary_sha256);
+    case 'gate': {
+      const g = runGate(req.canary_sha256);
+      if (!g.ok) gateFailed = g.reason ?? 'liveness gate failed';
+      return g;
+    }
     case 'logs':
       return { text: tail(APP_LOG, req.max_bytes) };
     case 'exec':
