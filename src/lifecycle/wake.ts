@@ -1,8 +1,10 @@
 // Wake: thaw the seed when there is one; on ANY failure of the thaw, record
-// why and cold-boot instead. Cold boots use the seed's own disk copy when the
-// seed is intact (it is a consistent filesystem, so data written before the
-// bake survives), and the deploy's original image when there is no usable
-// seed. Every wake leaves a record.
+// why and cold-boot instead. Cold boots use the seed's own disk copy when its
+// files check out against the manifest (it is a consistent filesystem, so data
+// written before the bake survives), and the deploy's original image when the
+// seed is missing, corrupt or mismatched, or the guest kernel reported
+// filesystem errors. The control plane then drops a seed that was not used, so
+// the next idle bakes a fresh one. Every wake leaves a record.
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { asThawError, ThawError } from '../errors.ts';
@@ -68,9 +70,10 @@ export async function wake(ctx: NodeContext, p: WakeParams): Promise<WakeOutcome
       };
     } catch (err) {
       const e = asThawError(err);
-      if (SEED_BROKEN.has(e.code)) coldDisk = p.image;
       const gate = (e.details?.gate ?? null) as { fs_errors?: string[] } | null;
       fsErrors = gate?.fs_errors?.length ?? 0;
+      // A broken seed, or a disk the kernel reported errors on: boot the deploy's image.
+      if (SEED_BROKEN.has(e.code) || fsErrors > 0) coldDisk = p.image;
       fallbackReason = `${e.code}: ${e.message}`.slice(0, 1000);
       ctx.log.warn({ app: p.app, err: e.message, code: e.code }, 'thaw failed; falling back to cold boot');
     }

@@ -24,7 +24,7 @@ const StartApp = z.object({
   listen_timeout_ms: z.number().int().positive(),
 });
 const StopApp = z.object({ op: z.literal('stop_app'), timeout_ms: z.number().int().positive() });
-/** Before a bake: delete the env file and app log, write the canary, sync, drop caches. */
+/** Before a bake: delete the env file and app log, kill stray processes, empty /tmp, check the kernel log, write the canary, sync. */
 const Scrub = z.object({ op: z.literal('scrub'), canary_b64: z.string() });
 /** Agent replaces itself with a fresh process (so its heap, which saw secrets, is freed). */
 const Respawn = z.object({ op: z.literal('respawn') });
