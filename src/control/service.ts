@@ -40,6 +40,8 @@ export class Service implements ControlService, AppDirectory {
   /** Mirror of what the router needs, kept in step with every write. */
   private readonly routes = new Map<string, { address: { host: string; port: number } | null; idleTimeoutS: number }>();
   readonly metrics_ = new Metrics();
+  /** Told about every wake, so the router idles apps woken through the API too. */
+  onWoke: (name: string, address: { host: string; port: number }, idleTimeoutS: number) => void = () => {};
 
   constructor(private readonly o: ServiceOptions) {
     o.node.onAppExit = (app, e) => {
@@ -121,6 +123,7 @@ export class Service implements ControlService, AppDirectory {
       const row = await this.o.store.transition(name, 'waking', 'running', { vmId: out.run.vm.id, hostPort: out.run.vm.appAddress.port, node: this.o.node.name, ...seedPatch });
       this.route(row);
       this.metrics_.wake(out.record);
+      this.onWoke(name, out.run.vm.appAddress, row.idleTimeoutS);
       return { ...out.record, address: out.run.vm.appAddress, wakeId: out.record.id };
     } catch (err) {
       const e = asThawError(err, 'WAKE_FAILED');

@@ -104,6 +104,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   });
   await service.start();
   const router = createRouter({ dir: service, suffix: o.domain, log });
+  service!.onWoke = (name, address, idle) => router.adopt(name, address, idle);
   const routerPort = await router.listen(o.port, host);
   const api = await createApiServer({ service, token, logger: false });
   await api.listen({ port: o.apiPort, host });

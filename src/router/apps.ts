@@ -98,6 +98,17 @@ export class AppTable {
     app.address = address;
   }
 
+  /** Woken elsewhere (e.g. `thaw wake`): track it so it idles to zero like any other. */
+  adopt(name: string, address: Address, idleTimeoutS: number): void {
+    const app = this.get(name, idleTimeoutS);
+    if (app.waking !== null || app.sleeping !== null) return;
+    this.markAwake(app, address);
+    if (app.inflight === 0) {
+      app.idleSince = performance.now();
+      this.armIdle(app);
+    }
+  }
+
   /** Hold `ex` until its app is awake; starts the app's one wake if none runs. */
   hold(ex: AppExchange): void {
     const app = ex.app;

@@ -253,6 +253,15 @@ test('idle app is put to sleep exactly once; the next request wakes it', async (
   assert.equal(dir.wakeCalls, 1);
 });
 
+test('an app woken outside the router (adopt) idles to zero without any request', async (t) => {
+  const { dir, router } = await setup(t);
+  const up = await upstream(t, 'api');
+  dir.add('api', up, true, 1);
+  router.adopt('api', up, 1);
+  await until(() => dir.sleepCalls === 1, 'sleep() of an app no request ever reached');
+  assert.equal(router.stats().apps.api?.state, 'asleep');
+});
+
 test('a long request keeps the app awake past its idle timeout', async (t) => {
   const { dir, router, port } = await setup(t);
   dir.add('long', await upstream(t, 'long'), true, 1);

@@ -25,6 +25,8 @@ export interface Router {
   stats(): RouterStats;
   /** Resolves when nothing is in flight. */
   drain(): Promise<void>;
+  /** An app woken outside the router (API, CLI) is served at `address`: idle it to zero like the others. */
+  adopt(name: string, address: { host: string; port: number }, idleTimeoutS: number): void;
 }
 
 const HEALTH_PATH = '/__thaw/health';
@@ -248,6 +250,9 @@ export function createRouter(opts: RouterOptions): Router {
     },
     drain() {
       return table.drain();
+    },
+    adopt(name, address, idleTimeoutS) {
+      table.adopt(name, address, idleTimeoutS);
     },
   };
 }
