@@ -186,6 +186,11 @@ async function extract(input: Readable, dir: string, opts: UnpackOptions): Promi
     }
     throw new ThawError('SEED_CORRUPT', `seed archive is corrupt or truncated: ${err.message}`, { cause: err, details: { stderr: err.tool.stderr } });
   }
+  // A pipe between the tools broke (tar or zstd quit first): the archive made a tool give up.
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'EPIPE') {
+    throw new ThawError('SEED_CORRUPT', `seed archive is corrupt or truncated: ${tar.stderr.trim() || zstd.stderr.trim() || (err as Error).message}`, { cause: err });
+  }
   throw new ThawError('INTERNAL', `unpacking seed failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
 }
 
