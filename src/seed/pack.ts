@@ -162,7 +162,9 @@ async function extract(input: Readable, dir: string, opts: UnpackOptions): Promi
   let inputError: unknown;
   input.once('error', (err) => { inputError = err; });
   const zstd = sup.spawn('zstd', ['-d', '-q', '-c']);
-  const tar = sup.spawn('tar', ['-x', '-f', '-', '-C', dir, '--no-same-owner', '--no-same-permissions', '--no-wildcards', ...SEED_MEMBERS]);
+  // --ignore-zeros: tar reads to the end of its input instead of stopping at the
+  // end-of-archive blocks, so zstd never writes the trailing padding into a closed pipe.
+  const tar = sup.spawn('tar', ['-x', '-f', '-', '--ignore-zeros', '-C', dir, '--no-same-owner', '--no-same-permissions', '--no-wildcards', ...SEED_MEMBERS]);
   const limit = counter((n) => {
     tarBytes += n;
     if (opts.maxBytes !== undefined && tarBytes > opts.maxBytes) {

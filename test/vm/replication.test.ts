@@ -71,9 +71,9 @@ describe('seed replication', { concurrency: false }, () => {
 
     await dropLocalSeed(id); // this node no longer has it, like a fresh node
     const r = await get();
-    assert.equal(r.boot, 'snapshot');
-    assert.equal(r.json.marker, 'baked-on-a');
     const [w] = await api.wakes('hello', 1);
+    assert.equal(r.boot, 'snapshot', `fallback: ${w?.fallback_reason}`);
+    assert.equal(r.json.marker, 'baked-on-a');
     assert.equal(w!.seed_source, 'pulled');
     assert.equal(w!.boot_mode, 'snapshot');
     await api.sleep('hello');
