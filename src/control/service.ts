@@ -108,8 +108,7 @@ export class Service implements ControlService, AppDirectory {
       const out = await this.o.node.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, seedId: app.seedId, env }, where);
       await this.o.store.addWake(out.record);
       let seedPatch = {};
-      if (out.record.bootMode === 'snapshot' && app.seedId) await this.seedUsed(name, app.seedId);
-      else if (app.seedId) {
+      if (out.record.bootMode === 'cold' && app.seedId) {
         // The seed was not used (refused, failed its gate, unreachable): forget it, so
         // the next idle bakes a fresh one. Its files may back this VM's disk: they are
         // deleted once the VM is gone.
@@ -124,6 +123,10 @@ export class Service implements ControlService, AppDirectory {
       this.route(row);
       this.metrics_.wake(out.record);
       this.onWoke(name, out.run.vm.appAddress, row.idleTimeoutS);
+      // Bookkeeping for the LRU/TTL, off the wake's critical path.
+      if (out.record.bootMode === 'snapshot' && app.seedId) {
+        this.seedUsed(name, app.seedId).catch((err) => this.o.log.warn({ app: name, err: asThawError(err).message }, 'could not record seed use'));
+      }
       return { ...out.record, address: out.run.vm.appAddress, wakeId: out.record.id };
     } catch (err) {
       const e = asThawError(err, 'WAKE_FAILED');

@@ -5,7 +5,7 @@
 // QEMU binary and kernel, and shown by `thaw doctor`.
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
-import { access, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { cacheRoot } from '../guest/assets.ts';
 import type { Accel } from './types.ts';
@@ -28,7 +28,6 @@ export async function probeFile(binary: string, kernel: string): Promise<string>
 export async function lastProbe(): Promise<ProbeResult | null> {
   try {
     const dir = path.join(cacheRoot(), 'kvm-probe');
-    const { readdir } = await import('node:fs/promises');
     const files = await readdir(dir);
     const f = files.sort().at(-1);
     return f ? (JSON.parse(await readFile(path.join(dir, f), 'utf8')) as ProbeResult) : null;

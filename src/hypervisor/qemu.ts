@@ -5,7 +5,7 @@
 // x-ignore-shared, so the state stream is only CPU/device state (~100 KB).
 import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { link, mkdir, rm } from 'node:fs/promises';
+import { link, mkdir, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -102,7 +102,7 @@ export class QemuDriver implements Hypervisor {
         }, () => new Promise<never>(() => {})), // QMP dropped: QEMU is exiting; the exit branch reports why
         exited.then(async () => {
           await new Promise((r) => log.end(r));
-          const text = await import('node:fs/promises').then((fs) => fs.readFile(logPath, 'utf8')).catch(() => '');
+          const text = await readFile(logPath, 'utf8').catch(() => '');
           throw new ThawError('VM_START_FAILED', `QEMU exited during start: ${text.trim().slice(-600) || 'no output'}`, { details: { log: logPath } });
         }),
         new Promise<never>((_, reject) => {

@@ -83,7 +83,7 @@ export async function bake(ctx: NodeContext, run: RunningVm): Promise<BakeResult
       const manifestText = `${JSON.stringify(manifest, null, 2)}\n`;
       await Promise.all([mem, state, disk].map((f) => chmod(f, 0o444)));
       await writeFile(path.join(tmp, 'manifest.json'), manifestText, { mode: 0o444 });
-      await writeVerified(tmp, manifest);
+      await writeVerified(tmp);
       await rename(tmp, finalDir);
       ctx.log.info({ app: run.app, seedId, pauseMs, totalMs: manifest.bake.total_ms }, 'baked seed');
       return {

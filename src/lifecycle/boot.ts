@@ -1,6 +1,7 @@
 // Cold path: boot kernel + init from a disk image, wait for the agent, deliver
 // env, start the app, wait for its port.
 import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { asThawError, ThawError } from '../errors.ts';
 import { AgentClient } from '../guest/channel.ts';
@@ -58,7 +59,6 @@ export async function withConsole<T>(consoleLog: string, p: Promise<T>): Promise
   try {
     return await p;
   } catch (err) {
-    const { readFile } = await import('node:fs/promises');
     const text = await readFile(consoleLog, 'utf8').catch(() => '');
     const e = asThawError(err);
     throw new ThawError(e.code, `${e.message}; guest console: ${text.replace(/\x1b\[[0-9;?]*[a-zA-Z]/g, '').trim().slice(-800) || '(empty)'}`, { cause: err, details: e.details });
@@ -69,7 +69,6 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
   return UndoStack.run(async (undo) => {
     const id = vmId(p.app);
     const spec = vmSpec(ctx, id, await freePort(), null);
-    const { mkdir, rm } = await import('node:fs/promises');
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
     await createOverlay(p.baseDisk, spec.disk);

@@ -21,7 +21,7 @@ async function identity(dir: string): Promise<Identity> {
   return out;
 }
 
-export async function writeVerified(dir: string, _manifest: Manifest): Promise<void> {
+export async function writeVerified(dir: string): Promise<void> {
   await writeFile(path.join(dir, '.verified.json'), JSON.stringify(await identity(dir)));
 }
 
@@ -50,6 +50,6 @@ export async function checkSeed(
     .catch(() => null);
   if (recorded && JSON.stringify(recorded) === JSON.stringify(now)) return { manifest, check: 'identity' };
   await verifySeedFull(dir, manifest);
-  await writeVerified(dir, manifest);
+  await writeVerified(dir);
   return { manifest, check: 'full' };
 }

@@ -2,7 +2,7 @@
 // "thaw.agent"). Reads return 0 while the host end is not connected (e.g. right
 // after a restore, before the new QEMU's socket is connected); the agent then
 // announces itself with a hello, whose write blocks until the host connects.
-import { closeSync, openSync, readdirSync, readFileSync, read, write } from 'node:fs';
+import { openSync, readdirSync, readFileSync, read, write } from 'node:fs';
 import { AGENT_PORT_NAME } from '../../wire/agent.ts';
 
 export function findPortDevice(): string | null {
@@ -88,10 +88,5 @@ export class Port {
         }),
     );
     return this.writing;
-  }
-
-  close(): void {
-    if (this.fd >= 0) closeSync(this.fd);
-    this.fd = -1;
   }
 }
