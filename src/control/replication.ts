@@ -27,6 +27,7 @@ export class Replication {
   readonly s3: SeedStore | null;
   readonly cache: SeedCache;
   private readonly pending = new Map<string, SeedRow>();
+  private readonly uploading = new Set<string>();
   private timer: NodeJS.Timeout | null = null;
 
   constructor(private readonly o: ReplicationOptions) {
@@ -73,7 +74,10 @@ export class Replication {
   }
 
   private async upload(seed: SeedRow): Promise<void> {
-    if (!this.s3 || !this.pending.has(seed.id)) return;
+    // One upload per seed at a time: the retry timer must not start a second one
+    // that rewrites the object while the first completes (or a node reads it).
+    if (!this.s3 || !this.pending.has(seed.id) || this.uploading.has(seed.id)) return;
+    this.uploading.add(seed.id);
     try {
       const r = await this.s3.upload(this.o.node.seedDir(seed.id), this.s3.key(seed.app, seed.id));
       this.pending.delete(seed.id);
@@ -82,6 +86,8 @@ export class Replication {
       this.o.log.info({ seedId: seed.id, bytes: r.bytesCompressed, ms: r.ms }, 'seed replicated');
     } catch (err) {
       this.o.log.warn({ seedId: seed.id, err: asThawError(err).message }, 'seed upload failed; will retry');
+    } finally {
+      this.uploading.delete(seed.id);
     }
   }
 
