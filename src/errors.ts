@@ -57,6 +57,7 @@ export const ERROR_CODES = {
   TOO_MANY_HELD: { kind: 'system', status: 503, hint: 'Too many requests are waiting for this app to wake; retry shortly.' },
   S3_ERROR: { kind: 'system', status: 502, hint: 'Object storage failed; check --s3-endpoint and credentials.' },
   STORE_ERROR: { kind: 'system', status: 500, hint: 'The state database failed.' },
+  NODE_UNREACHABLE: { kind: 'system', status: 502, hint: 'A node agent did not answer; the wake is retried on another node. Check `thaw nodes`.' },
   NO_NODE: { kind: 'system', status: 503, hint: 'No live node with capacity; start one with `thaw node`.' },
   NOT_RUNNING: { kind: 'user', status: 400, hint: 'Start Thaw with `thaw up` (same --data folder).' },
   SHUTTING_DOWN: { kind: 'system', status: 503, hint: 'Thaw is shutting down; retry against the new instance.' },

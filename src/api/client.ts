@@ -22,6 +22,7 @@ import {
   type SeedWire,
   type WakeWire,
 } from './schemas.ts';
+import { NodesResponse, type NodeInfo } from '../wire/node.ts';
 
 export interface DeployOpts {
   env?: Record<string, string>;
@@ -46,6 +47,7 @@ export interface ThawApi {
   wake(name: string): Promise<WakeWire>;
   wakes(name: string, limit?: number): Promise<WakeWire[]>;
   seeds(): Promise<SeedWire[]>;
+  nodes(): Promise<NodeInfo[]>;
   /** Log text; with follow, keeps yielding until `signal` aborts or the server ends the stream. */
   logs(name: string, opts?: { follow?: boolean; signal?: AbortSignal }): Promise<AsyncIterable<string>>;
   close(): Promise<void>;
@@ -186,6 +188,10 @@ export class ApiClient implements ThawApi {
 
   async seeds() {
     return (await this.#json(SeedsResponse, 'GET', '/v1/seeds')).seeds;
+  }
+
+  async nodes() {
+    return (await this.#json(NodesResponse, 'GET', '/v1/nodes')).nodes;
   }
 
   async logs(name: string, opts: { follow?: boolean; signal?: AbortSignal } = {}): Promise<AsyncIterable<string>> {

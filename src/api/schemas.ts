@@ -104,6 +104,7 @@ export const WakeWire = z.object({
   fallback_reason: z.string().nullable(),
   node: z.string().nullable(),
   seed_source: z.enum(['local', 'pulled', 'none']),
+  placement: z.string().nullable().optional(),
   stages: z.record(z.string(), z.number()),
 });
 export const DeployResultWire = z.object({ app: z.string(), deploy: DeployWire, purged_seed: z.string().nullable(), build_ms: z.number() });
@@ -196,6 +197,7 @@ export function toWakeWire(w: WakeRow): WakeWire {
     fallback_reason: w.fallbackReason,
     node: w.node,
     seed_source: w.seedSource,
+    placement: w.placement ?? null,
     stages: w.stages,
   };
 }

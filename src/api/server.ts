@@ -9,6 +9,8 @@ import { ThawError } from '../errors.ts';
 import type { ControlService } from '../control/types.ts';
 import { bearerChecker } from './auth.ts';
 import { registerDeploy } from './deploy.ts';
+import { NodeStatus } from '../wire/node.ts';
+import { z } from 'zod';
 import {
   CreateAppBody,
   LogsQuery,
@@ -123,6 +125,16 @@ export async function createApiServer(opts: ApiServerOptions): Promise<FastifyIn
     return { wakes: (await service.wakes(name, limit)).map(toWakeWire) };
   });
   app.get('/v1/seeds', async () => ({ seeds: (await service.seeds()).map(toSeedWire) }));
+
+  // ---- nodes -----------------------------------------------------------------------
+  app.get('/v1/nodes', async () => ({ nodes: await service.nodes() }));
+  app.post('/v1/nodes/heartbeat', async (req) => service.heartbeat(parseOrThrow(NodeStatus, req.body, 'body')));
+  app.get('/v1/apps/:name/deploys/:id/image', async (req, reply) => {
+    const name = nameOf(req);
+    const { id } = parseOrThrow(z.object({ id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/) }), req.params, 'path');
+    const img = await service.deployImage(name, id);
+    return reply.type('application/zstd').header('x-image-bytes', String(img.bytes)).send(img.stream);
+  });
 
   // ---- logs ------------------------------------------------------------------------
   app.get('/v1/apps/:name/logs', async (req, reply) => {

@@ -1,6 +1,7 @@
 // Test helpers: an in-memory fake ControlService and a started API server on
 // 127.0.0.1:0. Used by the api and cli tests only.
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
+import type { NodeInfo, NodeStatus } from '../wire/node.ts';
 import type { FastifyInstance } from 'fastify';
 import type { AddressInfo } from 'node:net';
 import { ThawError } from '../errors.ts';
@@ -120,6 +121,17 @@ export class FakeService implements ControlService {
     })();
   }
   async metrics() { return { contentType: 'text/plain; version=0.0.4', body: 'thaw_up 1\n' }; }
+  async heartbeat(st: NodeStatus) {
+    this.calls.push({ method: 'heartbeat', args: [st] });
+    return { stop: [] };
+  }
+  async nodes(): Promise<NodeInfo[]> {
+    return [{ name: 'local', url: 'in-process', state: 'up', local: true, capacity: 4, running: 0, seeds: 1, last_heartbeat_at: null }];
+  }
+  async deployImage(name: string, deployId: string) {
+    this.#get(name);
+    return { stream: Readable.from([Buffer.from(`image ${deployId}`)]), bytes: 14 };
+  }
 }
 
 /** A listening API server over `service`; closed by the caller (t.after). */

@@ -1,4 +1,4 @@
-// `thaw apps`, `thaw rm NAME`.
+// `thaw apps`, `thaw nodes`, `thaw rm NAME`.
 import type { Command } from 'commander';
 import { validateAppName } from '../image/validate.ts';
 import type { Ctx } from './context.ts';
@@ -17,6 +17,19 @@ export function registerApps(program: Command, ctx: Ctx): void {
               ['NAME', 'STATE', 'URL', 'IDLE', 'LAST WAKE'],
               apps.map((a) => [a.name, a.error ? `${a.state} (${a.error})` : a.state, a.url, `${a.idle_timeout_s}s`, a.last_wake_at]),
             ),
+      );
+    });
+
+  program
+    .command('nodes')
+    .description('node agents: state, capacity, running VMs, cached seeds')
+    .action(async (_opts, cmd: Command) => {
+      const nodes = await ctx.withApi(cmd, (api) => api.nodes());
+      ctx.print(cmd, nodes, () =>
+        table(
+          ['NAME', 'STATE', 'URL', 'RUNNING', 'CAPACITY', 'SEEDS', 'LAST HEARTBEAT'],
+          nodes.map((n) => [n.local ? `${n.name} (in-process)` : n.name, n.state, n.url, String(n.running), String(n.capacity), String(n.seeds), n.last_heartbeat_at]),
+        ),
       );
     });
 

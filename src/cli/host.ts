@@ -30,6 +30,8 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .option('--s3-region <region>', 'bucket region (default us-east-1)')
     .addOption(new Option('--seed-cache-bytes <n>', 'byte cap of the local seed cache (LRU)').argParser(intArg))
     .addOption(new Option('--seed-ttl <seconds>', 'delete seeds of apps not woken for this long').argParser(intArg))
+    .option('--no-local-node', 'control plane and router only; VMs run on `thaw node` processes')
+    .addOption(new Option('--node-timeout <ms>', 'mark a `thaw node` down after this long without a heartbeat').argParser(intArg).default(5000))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const runUp = await load<(opts: UpOpts) => Promise<void>>(ctx, '../control/up.ts', 'runUp');
       const str = (k: string) => (typeof o[k] === 'string' ? { [k]: o[k] as string } : {});
@@ -45,8 +47,47 @@ export function registerHost(program: Command, ctx: Ctx): void {
         ...str('s3Region'),
         ...(typeof o.seedCacheBytes === 'number' ? { seedCacheBytes: o.seedCacheBytes } : {}),
         ...(typeof o.seedTtl === 'number' ? { seedTtl: o.seedTtl } : {}),
+        localNode: o.localNode !== false,
+        nodeDownAfterMs: o.nodeTimeout as number,
       };
       await runUp(opts);
+    });
+
+  program
+    .command('node')
+    .description('run a node agent that joins a control plane (`thaw up`) and runs VMs for it')
+    .requiredOption('--control <url>', 'control API URL of `thaw up`, e.g. http://10.0.0.1:7070')
+    .requiredOption('--name <name>', 'unique node name (lowercase letters, digits, dashes)')
+    .addOption(new Option('--token-file <file>', "the control plane's token file (DATA/token of `thaw up`)"))
+    .addOption(new Option('--token <token>', 'the control plane token').env('THAW_TOKEN'))
+    .addOption(new Option('--host <addr>', 'bind address of the node API and VM ports').default('127.0.0.1'))
+    .addOption(new Option('--port <n>', 'node API port (0: any free port)').argParser(intArg).default(0))
+    .option('--advertise <url>', 'URL the control plane reaches this node at (default http://HOST:PORT)')
+    .option('--s3-endpoint <url>', 'S3-compatible endpoint for seed replication (path-style; AWS_* env credentials)')
+    .option('--s3-bucket <bucket>', 'bucket for seeds')
+    .option('--s3-region <region>', 'bucket region (default us-east-1)')
+    .addOption(new Option('--seed-cache-bytes <n>', 'byte cap of this node\'s seed cache (LRU)').argParser(intArg))
+    .addOption(new Option('--capacity <n>', 'most VMs at once (default: what 80% of memory holds)').argParser(intArg))
+    .addOption(new Option('--node-timeout <ms>', 'stop VMs after this long without the control plane (match `thaw up`)').argParser(intArg).default(5000))
+    .action(async (o: Record<string, unknown>, cmd: Command) => {
+      const mod = (await ctx.deps.importModule(new URL('../node/run.ts', import.meta.url).href)) as typeof import('../node/run.ts');
+      const str = (k: string) => (typeof o[k] === 'string' ? { [k]: o[k] as string } : {});
+      const token = await mod.readToken({ ...str('token'), ...str('tokenFile') });
+      await mod.runNode({
+        control: o.control as string,
+        name: o.name as string,
+        data: ctx.globals(cmd).dataDir,
+        token,
+        host: o.host as string,
+        port: o.port as number,
+        ...str('advertise'),
+        ...str('s3Endpoint'),
+        ...str('s3Bucket'),
+        ...str('s3Region'),
+        ...(typeof o.seedCacheBytes === 'number' ? { seedCacheBytes: o.seedCacheBytes } : {}),
+        ...(typeof o.capacity === 'number' ? { capacity: o.capacity } : {}),
+        fenceAfterMs: o.nodeTimeout as number,
+      });
     });
 
   program

@@ -112,7 +112,7 @@ test('up loads runUp with the parsed flags', async (t) => {
   const r = await cli(['--data', dir, 'up', '--port', '9000', '--database', 'postgres://x@127.0.0.1/db'], {}, { importModule });
   assert.equal(r.code, 0, r.stderr);
   assert.match(got!.url, /\/src\/control\/up\.ts$/);
-  assert.deepEqual(got!.opts, { data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db' });
+  assert.deepEqual(got!.opts, { data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db', localNode: true, nodeDownAfterMs: 5000 });
   const none = await cli(['up'], {}, { importModule: async () => ({}) });
   assert.equal(none.code, 2);
 });

@@ -1,50 +1,50 @@
-// Seed replication through S3-compatible object storage, and the node's seed
-// cache (LRU under a byte cap, TTL for abandoned seeds). Object storage is the
-// durable copy: a bake uploads in the background (never delaying the sleep),
-// a wake on a node without the seed pulls and verifies it first.
+// Seed replication, decided by the control plane and carried out by nodes.
+// Object storage is the durable copy: after a bake the node that holds the seed
+// packs and uploads it in the background (never delaying the sleep); a seed is
+// marked replicated only once the node checked the object. Failed uploads are
+// retried (object storage down, node busy). Abandoned seeds (TTL) and seeds of
+// old deploys are deleted from object storage and from every node.
 import type { Logger } from 'pino';
 import { asThawError } from '../errors.ts';
-import { seedsDir } from '../lifecycle/bake.ts';
-import { writeVerified } from '../lifecycle/verify.ts';
-import type { LocalNode } from '../node/local.ts';
-import { SeedCache } from '../seed/cache.ts';
 import { SeedStore } from '../seed/s3.ts';
 import type { SeedRow, Store } from '../store/types.ts';
+import type { SeedRef } from '../wire/node.ts';
+import type { Cluster } from './cluster.ts';
 
 export interface ReplicationOptions {
-  /** Object storage; null keeps seeds local only. */
+  /** Object storage; null keeps seeds on the node that baked them. */
   s3: { endpoint?: string; bucket: string; region?: string } | null;
-  capBytes: number;
   ttlMs: number;
   store: Store;
-  node: LocalNode;
+  cluster: Cluster;
   log: Logger;
-  /** Called when a seed is gone for good (evicted without a durable copy, TTL, purge). */
+  /** Called when a seed is gone for good (evicted without a durable copy, TTL). */
   onSeedGone: (seed: SeedRow) => Promise<void>;
+  /** Retry and TTL period (default 15 s). */
+  tickMs?: number;
 }
+
+export const seedRef = (s: SeedRow): SeedRef => ({ id: s.id, app: s.app, replicated: s.replicated, manifestSha256: s.manifestSha256 });
 
 export class Replication {
   readonly s3: SeedStore | null;
-  readonly cache: SeedCache;
   private readonly pending = new Map<string, SeedRow>();
   private readonly uploading = new Set<string>();
   private timer: NodeJS.Timeout | null = null;
+  readonly stats = { uploads: 0, uploadFailures: 0, uploadedBytes: 0 };
 
   constructor(private readonly o: ReplicationOptions) {
     this.s3 = o.s3 ? new SeedStore({ ...o.s3, forcePathStyle: true }) : null;
-    this.cache = new SeedCache({ root: seedsDir(o.node.ctx), capBytes: o.capBytes, ttlMs: o.ttlMs, inUse: (id) => this.inUse(id) });
   }
 
-  private inUse(seedId: string): boolean {
-    return [...this.o.node.running.values()].some((r) => r.seedId === seedId);
+  get enabled(): boolean {
+    return this.s3 !== null;
   }
 
   async start(): Promise<void> {
-    await this.cache.scan();
     if (this.s3) await this.s3.ensureBucket().catch((err) => this.o.log.warn({ err: asThawError(err).message }, 'object storage unreachable; seeds stay local until it returns'));
-    for (const s of await this.o.store.listSeeds()) if (this.s3 && !s.replicated && this.o.node.hasSeed(s.id)) this.pending.set(s.id, s);
-    // Retry uploads that failed (object storage down) and reap abandoned seeds.
-    this.timer = setInterval(() => void this.tick(), 15_000);
+    if (this.s3) for (const s of await this.o.store.listSeeds()) if (!s.replicated) this.pending.set(s.id, s);
+    this.timer = setInterval(() => void this.tick(), this.o.tickMs ?? 15_000);
     this.timer.unref();
   }
 
@@ -53,57 +53,50 @@ export class Replication {
     this.s3?.destroy();
   }
 
-  /** A new seed exists on this node: account for it, evict others over the cap, upload it. */
-  async added(seed: SeedRow): Promise<void> {
-    const evicted = await this.cache.add(seed.id);
-    for (const id of evicted) await this.evicted(id);
-    if (this.s3) {
-      this.pending.set(seed.id, seed);
-      void this.upload(seed);
-    }
+  /** A node baked a new seed: upload it in the background. */
+  added(seed: SeedRow): void {
+    if (!this.s3) return;
+    this.pending.set(seed.id, seed);
+    void this.upload(seed);
   }
 
-  used(seedId: string): void {
-    this.cache.touch(seedId);
-  }
-
-  private async evicted(seedId: string): Promise<void> {
+  /** A node evicted a seed from its cache: without a durable copy elsewhere, it is gone. */
+  async evicted(node: string, seedId: string): Promise<void> {
     const row = (await this.o.store.listSeeds()).find((s) => s.id === seedId);
-    this.o.log.info({ seedId, replicated: row?.replicated }, 'seed evicted from the node cache');
-    if (row && !row.replicated) await this.o.onSeedGone(row);
+    if (!row || row.replicated) return;
+    if (this.o.cluster.holders(seedId).some((m) => m.name !== node)) return;
+    this.pending.delete(seedId);
+    this.o.log.warn({ seedId, node }, 'an unreplicated seed was evicted; the next wake cold-boots');
+    await this.o.onSeedGone(row);
   }
 
   private async upload(seed: SeedRow): Promise<void> {
-    // One upload per seed at a time: the retry timer must not start a second one
-    // that rewrites the object while the first completes (or a node reads it).
     if (!this.s3 || !this.pending.has(seed.id) || this.uploading.has(seed.id)) return;
+    const holder = this.o.cluster.holders(seed.id)[0];
+    if (!holder) return; // its node is down; retried when it is back
     this.uploading.add(seed.id);
     try {
-      const r = await this.s3.upload(this.o.node.seedDir(seed.id), this.s3.key(seed.app, seed.id));
+      const r = await holder.api.uploadSeed(seedRef(seed));
       this.pending.delete(seed.id);
       const row = (await this.o.store.listSeeds()).find((s) => s.id === seed.id);
       if (row) await this.o.store.putSeed({ ...row, replicated: true, bytesCompressed: r.bytesCompressed });
-      this.o.log.info({ seedId: seed.id, bytes: r.bytesCompressed, ms: r.ms }, 'seed replicated');
+      this.stats.uploads++;
+      this.stats.uploadedBytes += r.bytesCompressed;
+      this.o.log.info({ seedId: seed.id, node: holder.name, bytes: r.bytesCompressed, ms: r.ms }, 'seed replicated');
     } catch (err) {
-      this.o.log.warn({ seedId: seed.id, err: asThawError(err).message }, 'seed upload failed; will retry');
+      this.stats.uploadFailures++;
+      this.o.log.warn({ seedId: seed.id, node: holder.name, err: asThawError(err).message }, 'seed upload failed; will retry');
     } finally {
       this.uploading.delete(seed.id);
     }
   }
 
-  /** Fetch a seed this node does not hold. Throws (the wake then cold-boots). */
-  async pull(seed: SeedRow): Promise<void> {
-    if (!this.s3) throw new Error('no object storage configured');
-    await this.s3.pull(this.s3.key(seed.app, seed.id), this.o.node.seedDir(seed.id));
-    await writeVerified(this.o.node.seedDir(seed.id)); // unpack verified every byte
-    for (const id of await this.cache.add(seed.id)) await this.evicted(id);
-  }
-
-  /** Delete a seed everywhere: this node and object storage. */
+  /** Delete a seed everywhere: every live node's cache and object storage. */
   async purge(seed: Pick<SeedRow, 'id' | 'app'>): Promise<void> {
     this.pending.delete(seed.id);
-    await this.cache.remove(seed.id).catch(() => {});
-    await this.o.node.deleteSeed(seed.id);
+    await Promise.all(
+      this.o.cluster.live().map((m) => m.api.deleteSeed(seed.id).catch((err) => this.o.log.warn({ node: m.name, seedId: seed.id, err: asThawError(err).message }, 'could not delete seed on node'))),
+    );
     if (this.s3) await this.s3.remove(this.s3.key(seed.app, seed.id)).catch((err) => this.o.log.warn({ err: asThawError(err).message }, 'could not delete seed object'));
   }
 
@@ -115,15 +108,17 @@ export class Replication {
     }
   }
 
-  private async tickOnce(): Promise<void> {
+  /** Retry pending uploads; delete seeds of apps not woken for the TTL. */
+  async tickOnce(): Promise<void> {
     for (const s of [...this.pending.values()]) await this.upload(s);
     const cutoff = Date.now() - this.o.ttlMs;
     for (const s of await this.o.store.listSeeds()) {
-      if (Date.parse(s.lastUsedAt) < cutoff && !this.inUse(s.id)) {
-        this.o.log.info({ seedId: s.id }, 'seed TTL expired; deleting it everywhere');
-        await this.purge(s);
-        await this.o.onSeedGone(s);
-      }
+      if (Date.parse(s.lastUsedAt) >= cutoff) continue;
+      const app = await this.o.store.findApp(s.app);
+      if (app && ['waking', 'running', 'sleeping'].includes(app.state)) continue; // a VM may use its disk
+      this.o.log.info({ seedId: s.id }, 'seed TTL expired; deleting it everywhere');
+      await this.purge(s);
+      await this.o.onSeedGone(s);
     }
   }
 }

@@ -1,27 +1,31 @@
-// The control plane on one host: decides THAT an app runs (wake on request,
-// sleep when idle) and records everything in the store. HOW is the node's job
-// (src/node/local.ts). Every state change is one compare-and-set transition
-// (src/state.ts); operations on one app are also serialized in-process.
+// The control plane: decides THAT an app runs (wake on request, sleep when
+// idle) and WHERE (src/control/cluster.ts), and records everything in the
+// store. HOW is the node agents' job (src/node). Every state change is one
+// compare-and-set transition (src/state.ts); operations on one app hold the
+// store's app lock (in-process and, on Postgres, across processes and hosts).
 import { randomUUID } from 'node:crypto';
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { ThawError, asThawError } from '../errors.ts';
+import { ThawError, asThawError, isThawError } from '../errors.ts';
 import { buildAppImage } from '../image/build.ts';
 import { extractAppTarball } from '../image/tarball.ts';
 import { validateAppName } from '../image/validate.ts';
-import type { LocalNode } from '../node/local.ts';
 import type { AppDirectory, WakeResult } from '../router/types.ts';
 import type { AppRow, SeedRow, Store, WakeRow } from '../store/types.ts';
+import type { Address, HeartbeatResponse, NodeEvent, NodeInfo, NodeStatus, NodeWakeResponse } from '../wire/node.ts';
+import type { Cluster, Member } from './cluster.ts';
+import { streamImage } from './images.ts';
 import type { AppView, ControlService, DeployResult } from './types.ts';
 import { Metrics } from './metrics.ts';
-import { KeyedMutex } from './mutex.ts';
-import type { Replication } from './replication.ts';
+import { seedRef, type Replication } from './replication.ts';
 
 export interface ServiceOptions {
   store: Store;
-  node: LocalNode;
+  cluster: Cluster;
+  /** Base root folder of app images (the guest assets' rootfs). */
+  baseRootfs: string;
   dataDir: string;
   log: Logger;
   domain: string;
@@ -34,7 +38,8 @@ export interface ServiceOptions {
 }
 
 export class Service implements ControlService, AppDirectory {
-  private readonly mutex = new KeyedMutex();
+  /** Where each running app is: node, VM, address. */
+  private readonly placed = new Map<string, { node: string; vmId: string; address: Address }>();
   /** Seeds dropped while a VM may still use their disk; purged once the app's VM is gone. */
   private readonly stale = new Map<string, SeedRow>();
   /** Mirror of what the router needs, kept in step with every write. */
@@ -44,14 +49,54 @@ export class Service implements ControlService, AppDirectory {
   onWoke: (name: string, address: { host: string; port: number }, idleTimeoutS: number) => void = () => {};
 
   constructor(private readonly o: ServiceOptions) {
-    o.node.onAppExit = (app, e) => {
-      o.log.warn({ app, code: e.code, signal: e.signal }, 'app exited; VM deleted, next request wakes it again');
-      void this.mutex.run(app, async () => {
-        await o.node.stop(app);
-        await this.o.store.transition(app, 'running', 'failed', { vmId: null, hostPort: null, error: `app exited (code ${e.code}, signal ${e.signal})` }).catch(() => {});
-        this.route(await this.o.store.findApp(app));
+    o.cluster.onEvent = (node, e) => void this.nodeEvent(node, e).catch((err) => o.log.error({ node, err }, 'handling a node event failed'));
+    o.cluster.onDown = (node) => this.nodeDown(node);
+  }
+
+  /** Serialize operations on one app (the store's lock works across processes). */
+  private lock<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    return this.o.store.withAppLock(name, fn);
+  }
+
+  private async nodeEvent(node: string, e: NodeEvent): Promise<void> {
+    if (e.type === 'seed_evicted') {
+      this.o.cluster.get(node)?.seeds.delete(e.seedId);
+      await this.o.replication.evicted(node, e.seedId);
+      return;
+    }
+    this.o.log.warn({ app: e.app, node, code: e.code, signal: e.signal }, 'app exited; VM deleted, next request wakes it again');
+    await this.lock(e.app, async () => {
+      const pl = this.placed.get(e.app);
+      if (!pl || pl.node !== node || (e.vmId && pl.vmId !== e.vmId)) return;
+      await this.stopApp(e.app);
+      const row = await this.o.store.transition(e.app, 'running', 'failed', { vmId: null, hostPort: null, error: `app exited (code ${e.code}, signal ${e.signal})` }).catch(() => null);
+      this.route(row);
+    });
+  }
+
+  /** A node is down: its apps count as asleep and wake elsewhere on their next request. */
+  private async nodeDown(node: string): Promise<void> {
+    for (const a of await this.o.store.listApps()) {
+      if (a.node !== node || a.state !== 'running') continue;
+      await this.lock(a.name, async () => {
+        const pl = this.placed.get(a.name);
+        if (pl && pl.node !== node) return;
+        this.placed.delete(a.name);
+        const row = await this.o.store.transition(a.name, 'running', 'asleep', { vmId: null, hostPort: null }).catch(() => null);
+        this.route(row);
+        this.o.log.warn({ app: a.name, node }, 'app was running on a node that is down; it wakes elsewhere');
       });
-    };
+    }
+  }
+
+  /** Delete the app's VM wherever it runs (no bake). */
+  private async stopApp(name: string): Promise<void> {
+    const pl = this.placed.get(name);
+    if (!pl) return;
+    this.placed.delete(name);
+    const m = this.o.cluster.get(pl.node);
+    m?.running.delete(name);
+    if (m && m.state === 'up') await m.api.stop(name, pl.vmId).catch((err) => this.o.log.warn({ app: name, node: pl.node, err: asThawError(err).message }, 'could not stop VM'));
   }
 
   /** Load apps; apps a killed predecessor left mid-flight are asleep now (their VMs were killed by recover()). */
@@ -70,8 +115,8 @@ export class Service implements ControlService, AppDirectory {
 
   private route(a: AppRow | null): void {
     if (!a) return;
-    const run = this.o.node.running.get(a.name);
-    this.routes.set(a.name, { address: a.state === 'running' && run ? run.vm.appAddress : null, idleTimeoutS: a.idleTimeoutS });
+    const pl = this.placed.get(a.name);
+    this.routes.set(a.name, { address: a.state === 'running' && pl ? pl.address : null, idleTimeoutS: a.idleTimeoutS });
   }
 
   private view(a: AppRow): AppView {
@@ -84,31 +129,51 @@ export class Service implements ControlService, AppDirectory {
   }
 
   async wake(name: string): Promise<WakeRow & WakeResult> {
-    return this.mutex.run(name, () => this.wakeLocked(name));
+    return this.lock(name, () => this.wakeLocked(name));
   }
 
   async sleep(name: string): Promise<{ baked: boolean; seed: SeedRow | null }> {
-    return this.mutex.run(name, () => this.sleepLocked(name));
+    return this.lock(name, () => this.sleepLocked(name));
   }
 
   private async wakeLocked(name: string): Promise<WakeRow & WakeResult> {
     const app = await this.o.store.getApp(name);
-    if (app.state === 'running' && this.o.node.running.has(name)) {
-      const run = this.o.node.running.get(name)!;
+    const here = this.placed.get(name);
+    if (app.state === 'running' && here) {
       const last = (await this.o.store.listWakes(name, 1))[0];
-      if (last) return { ...last, address: run.vm.appAddress, wallMs: 0, wakeId: last.id };
+      if (last) return { ...last, address: here.address, wallMs: 0, wakeId: last.id };
     }
     if (!app.deployId) throw new ThawError('APP_NOT_DEPLOYED', `${name} has no deploy yet`);
     const deploy = (await this.o.store.listDeploys(name)).find((d) => d.id === app.deployId);
     if (!deploy) throw new ThawError('APP_NOT_DEPLOYED', `deploy ${app.deployId} of ${name} is gone`);
     await this.o.store.transition(name, ['asleep', 'failed'], 'waking', { error: null });
+    let out: NodeWakeResponse | null = null;
+    let member: Member | null = null;
     try {
       const env = await this.o.store.getEnv(name);
-      const where = await this.seedHere(name, app.seedId);
-      const out = await this.o.node.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, seedId: app.seedId, env }, where);
-      await this.o.store.addWake(out.record);
+      const seedRow = app.seedId ? await this.o.store.getSeed(name) : null;
+      const seed = seedRow && seedRow.id === app.seedId ? seedRow : null;
+      // Schedule; a node that breaks off (killed mid-pull or mid-thaw) is marked down and the next one tries.
+      const tried: string[] = [];
+      while (!out) {
+        const p = this.o.cluster.pick(app.seedId, new Set(tried));
+        if (!p) throw new ThawError('NO_NODE', tried.length ? `no node could wake ${name} (tried ${tried.join(', ')})` : `no live node with capacity to wake ${name}`);
+        const placement = tried.length ? `${p.reason} (after ${tried.join(', ')} broke off)` : p.reason;
+        tried.push(p.member.name);
+        try {
+          out = await p.member.api.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, seed: seed ? seedRef(seed) : null, env, placement });
+          member = p.member;
+        } catch (err) {
+          if (!isThawError(err, 'NODE_UNREACHABLE')) throw err;
+          this.o.log.warn({ app: name, node: p.member.name, err: err.message }, 'node broke off the wake; trying another node');
+          await this.o.cluster.markDown(p.member.name, err.message);
+        }
+      }
+      const m = member!;
+      const record: WakeRow = { ...out.record, placement: out.record.placement ?? null };
+      await this.o.store.addWake(record);
       let seedPatch = {};
-      if (out.record.bootMode === 'cold' && app.seedId) {
+      if (record.bootMode === 'cold' && app.seedId) {
         // The seed was not used (refused, failed its gate, unreachable): forget it, so
         // the next idle bakes a fresh one. Its files may back this VM's disk: they are
         // deleted once the VM is gone.
@@ -119,43 +184,33 @@ export class Service implements ControlService, AppDirectory {
         }
         seedPatch = { seedId: null };
       }
-      const row = await this.o.store.transition(name, 'waking', 'running', { vmId: out.run.vm.id, hostPort: out.run.vm.appAddress.port, node: this.o.node.name, ...seedPatch });
+      if (record.seedSource === 'pulled' && app.seedId) m.seeds.add(app.seedId);
+      this.placed.set(name, { node: m.name, vmId: out.vmId, address: out.address });
+      m.running.set(name, out.vmId);
+      const row = await this.o.store.transition(name, 'waking', 'running', { vmId: out.vmId, hostPort: out.address.port, node: m.name, ...seedPatch });
       this.route(row);
-      this.metrics_.wake(out.record);
-      this.onWoke(name, out.run.vm.appAddress, row.idleTimeoutS);
-      // Bookkeeping for the LRU/TTL, off the wake's critical path.
-      if (out.record.bootMode === 'snapshot' && app.seedId) {
+      this.metrics_.wake(record);
+      this.onWoke(name, out.address, row.idleTimeoutS);
+      // Bookkeeping for the TTL, off the wake's critical path.
+      if (record.bootMode === 'snapshot' && app.seedId) {
         this.seedUsed(name, app.seedId).catch((err) => this.o.log.warn({ app: name, err: asThawError(err).message }, 'could not record seed use'));
       }
-      return { ...out.record, address: out.run.vm.appAddress, wakeId: out.record.id };
+      return { ...record, address: out.address, wakeId: record.id };
     } catch (err) {
       const e = asThawError(err, 'WAKE_FAILED');
       this.metrics_.wakeFailed();
-      await this.o.node.stop(name).catch(() => {}); // a VM that woke before a later step failed
+      if (out && member) {
+        // The VM woke but a later step failed: delete it.
+        this.placed.set(name, { node: member.name, vmId: out.vmId, address: out.address });
+        await this.stopApp(name);
+      }
       const row = await this.o.store.transition(name, 'waking', 'failed', { error: e.message.slice(0, 2000) }).catch(() => null);
       this.route(row);
       throw e;
     }
   }
 
-  /** Make sure this node holds the app's seed: pull it from object storage when it does not. */
-  private async seedHere(name: string, seedId: string | null): Promise<{ seedSource: 'local' | 'pulled'; seedUnavailable?: string }> {
-    if (!seedId || this.o.node.hasSeed(seedId)) return { seedSource: 'local' };
-    const row = await this.o.store.getSeed(name);
-    if (!row || row.id !== seedId || !row.replicated || !this.o.replication.s3) {
-      return { seedSource: 'local', seedUnavailable: `seed-unavailable: seed ${seedId} is not on node ${this.o.node.name} and has no replicated copy` };
-    }
-    try {
-      await this.o.replication.pull(row);
-      return { seedSource: 'pulled' };
-    } catch (err) {
-      const e = asThawError(err);
-      return { seedSource: 'local', seedUnavailable: `seed-unavailable: ${e.code}: ${e.message}` };
-    }
-  }
-
   private async seedUsed(name: string, seedId: string): Promise<void> {
-    this.o.replication.used(seedId);
     const row = await this.o.store.getSeed(name);
     if (row?.id === seedId) await this.o.store.putSeed({ ...row, lastUsedAt: new Date().toISOString() });
   }
@@ -172,21 +227,23 @@ export class Service implements ControlService, AppDirectory {
     if (app.state !== 'running') return { baked: false, seed: null };
     await this.o.store.transition(name, 'running', 'sleeping');
     this.route(await this.o.store.getApp(name));
+    const pl = this.placed.get(name);
+    const m = this.o.cluster.get(pl?.node ?? app.node);
     let seed: SeedRow | null = null;
     let error: string | null = null;
     try {
-      const r = await this.o.node.sleep(name, { haveSeed: this.o.node.hasSeed(app.seedId) && !!app.seedId });
+      if (!pl || !m || m.state !== 'up') throw new ThawError('NODE_UNREACHABLE', `node ${pl?.node ?? app.node} of ${name} is down; its VM is gone`);
+      const r = await m.api.sleep({ app: name, haveSeed: !!app.seedId && m.hasSeed(app.seedId) });
       error = r.error;
       if (r.baked) {
         const now = new Date().toISOString();
-        const f = r.baked.manifest.files;
         seed = {
           id: r.baked.seedId,
           app: name,
           deployId: app.deployId ?? '',
-          node: this.o.node.name,
-          bytesApparent: f['mem.ram'].bytes + f['state.bin'].bytes + f['disk.img'].bytes,
-          bytesAllocated: f['mem.ram'].allocated + f['state.bin'].allocated + f['disk.img'].allocated,
+          node: m.name,
+          bytesApparent: r.baked.bytesApparent,
+          bytesAllocated: r.baked.bytesAllocated,
           bytesCompressed: null,
           replicated: false,
           manifestSha256: r.baked.manifestSha256,
@@ -194,14 +251,17 @@ export class Service implements ControlService, AppDirectory {
           lastUsedAt: now,
         };
         await this.o.store.putSeed(seed);
-        await this.o.replication.added(seed);
+        m.seeds.add(seed.id);
+        this.o.replication.added(seed);
       }
     } catch (err) {
-      // Whatever failed, the VM is gone (node.sleep always deletes it): the app is asleep.
-      await this.o.node.stop(name).catch(() => {});
+      // Whatever failed, the VM is gone (a node's sleep always deletes it): the app is asleep.
+      if (m && m.state === 'up') await m.api.stop(name, pl?.vmId).catch(() => {});
       error = asThawError(err).message.slice(0, 2000);
       this.o.log.error({ app: name, err: error }, 'sleep failed');
     } finally {
+      this.placed.delete(name);
+      m?.running.delete(name);
       const row = await this.o.store.transition(name, 'sleeping', 'asleep', { vmId: null, hostPort: null, ...(seed ? { seedId: seed.id } : {}), error });
       this.route(row);
       await this.purgeStale(name);
@@ -211,7 +271,7 @@ export class Service implements ControlService, AppDirectory {
 
   /** Delete seeds dropped earlier whose files no VM of the app can be using any more. */
   private async purgeStale(name: string): Promise<void> {
-    if (this.o.node.running.has(name)) return;
+    if (this.placed.has(name)) return;
     for (const s of [...this.stale.values()].filter((x) => x.app === name)) {
       this.stale.delete(s.id);
       await this.o.replication.purge(s).catch(() => {});
@@ -235,7 +295,7 @@ export class Service implements ControlService, AppDirectory {
   }
 
   async deleteApp(name: string): Promise<void> {
-    await this.mutex.run(name, async () => {
+    await this.lock(name, async () => {
       const app = await this.o.store.getApp(name);
       const row = await this.o.store.transition(name, app.state, 'deleting');
       this.routes.delete(name);
@@ -244,18 +304,18 @@ export class Service implements ControlService, AppDirectory {
   }
 
   private async purgeApp(app: AppRow): Promise<void> {
-    await this.o.node.stop(app.name);
+    await this.stopApp(app.name);
     await this.purgeStale(app.name);
     for (const s of (await this.o.store.listSeeds()).filter((s) => s.app === app.name)) await this.o.replication.purge(s);
     await rm(path.join(this.o.dataDir, 'apps', app.name), { recursive: true, force: true });
-    await this.o.node.deleteLogs(app.name);
+    await Promise.all(this.o.cluster.live().map((m) => m.api.deleteLogs(app.name).catch(() => {})));
     await this.o.store.deleteApp(app.name);
   }
 
   async deploy(name: string, tarball: Readable, opts: { env?: Record<string, string>; idleTimeoutS?: number; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
     validateAppName(name);
     const progress = opts.onProgress ?? (() => {});
-    return this.mutex.run(name, async () => {
+    return this.lock(name, async () => {
       const t0 = performance.now();
       let app = await this.o.store.findApp(name);
       if (!app) app = await this.o.store.createApp({ name, idleTimeoutS: opts.idleTimeoutS ?? this.o.idleTimeoutS });
@@ -263,7 +323,7 @@ export class Service implements ControlService, AppDirectory {
       if (opts.env && Object.keys(opts.env).length) await this.o.store.setEnv(name, opts.env);
       if (app.state === 'running') {
         progress('stopping the running VM');
-        await this.o.node.stop(name);
+        await this.stopApp(name);
         await this.purgeStale(name);
         app = await this.o.store.transition(name, 'running', 'asleep', { vmId: null, hostPort: null });
       }
@@ -279,8 +339,7 @@ export class Service implements ControlService, AppDirectory {
         progress('receiving app tarball');
         const x = await extractAppTarball(tarball, src, { maxBytes: this.o.maxTarballBytes });
         progress(`unpacked ${x.files} files (${x.bytes} bytes); building disk image`);
-        const assets = this.o.node.ctx.assets;
-        const built = await buildAppImage({ appDir: src, baseRootfs: assets.rootfs, out: image, diskMiB: this.o.diskMiB, maxAppBytes: this.o.maxAppBytes, log: progress });
+        const built = await buildAppImage({ appDir: src, baseRootfs: this.o.baseRootfs, out: image, diskMiB: this.o.diskMiB, maxAppBytes: this.o.maxAppBytes, log: progress });
         await chmod(image, 0o444);
         const deploy = await this.o.store.addDeploy({ id: deployId, app: name, imagePath: image, imageBytes: built.bytesAllocated });
         // A seed froze the old code: it is worthless now.
@@ -335,11 +394,15 @@ export class Service implements ControlService, AppDirectory {
 
   async logs(name: string, opts: { follow: boolean; signal?: AbortSignal }): Promise<AsyncIterable<string>> {
     await this.o.store.getApp(name);
-    const node = this.o.node;
+    // The app's log lives on the node it last ran on.
+    const read = async () => {
+      const m = this.o.cluster.get(this.placed.get(name)?.node ?? (await this.o.store.findApp(name))?.node ?? null);
+      return m && m.state === 'up' ? m.api.logs(name).catch(() => '') : '';
+    };
     return (async function* () {
       let sent = 0;
       for (;;) {
-        const text = await node.logs(name);
+        const text = await read();
         if (text.length > sent) {
           yield text.slice(sent);
           sent = text.length;
@@ -357,13 +420,38 @@ export class Service implements ControlService, AppDirectory {
     return this.metrics_.render(apps, seeds);
   }
 
+  /** A node's heartbeat: record it; answer with VMs it runs that are placed elsewhere (stop them). */
+  async heartbeat(st: NodeStatus): Promise<HeartbeatResponse> {
+    await this.o.cluster.heartbeat(st);
+    const stop: HeartbeatResponse['stop'] = [];
+    for (const r of st.running) {
+      const app = await this.o.store.findApp(r.app);
+      if (app?.state === 'waking' || app?.state === 'sleeping') continue; // its RPC decides
+      const pl = this.placed.get(r.app);
+      if (app?.state === 'running' && pl?.node === st.name && pl.vmId === r.vmId) continue;
+      stop.push(r);
+    }
+    if (stop.length) this.o.log.warn({ node: st.name, stop }, 'node runs VMs placed elsewhere; stopping them');
+    return { stop };
+  }
+
+  async nodes(): Promise<NodeInfo[]> {
+    return this.o.cluster.list();
+  }
+
+  async deployImage(name: string, deployId: string): Promise<{ stream: Readable; bytes: number }> {
+    const d = (await this.o.store.listDeploys(name)).find((x) => x.id === deployId);
+    if (!d) throw new ThawError('NOT_FOUND', `no deploy ${deployId} of ${name}`);
+    return streamImage(d.imagePath);
+  }
+
   /** Stop every VM (graceful shutdown), waiting for wakes in flight: their apps are asleep from now on. */
   async shutdown(): Promise<void> {
     const apps = (await this.o.store.listApps()).map((a) => a.name);
     await Promise.all(
       apps.map((name) =>
-        this.mutex.run(name, async () => {
-          await this.o.node.stop(name);
+        this.lock(name, async () => {
+          await this.stopApp(name);
           await this.o.store.transition(name, ['running', 'sleeping', 'waking'], 'asleep', { vmId: null, hostPort: null }).catch(() => {});
           await this.purgeStale(name);
         }),

@@ -3,6 +3,7 @@
 // plane decides WHERE and THAT an app runs; node agents own HOW.
 import type { Readable } from 'node:stream';
 import type { AppRow, DeployRow, SeedRow, WakeRow } from '../store/types.ts';
+import type { HeartbeatResponse, NodeInfo, NodeStatus } from '../wire/node.ts';
 
 export type AppView = AppRow & { url: string };
 
@@ -33,6 +34,11 @@ export interface ControlService {
   seeds(): Promise<SeedRow[]>;
   /** App log text so far; with follow, an iterable that yields new text until the signal aborts. */
   logs(name: string, opts: { follow: boolean; signal?: AbortSignal }): Promise<AsyncIterable<string>>;
+  /** A node agent's heartbeat (`thaw node`); the answer lists VMs it must stop. */
+  heartbeat(st: NodeStatus): Promise<HeartbeatResponse>;
+  nodes(): Promise<NodeInfo[]>;
+  /** A deploy's disk image, zstd-compressed, for nodes that do not have it. */
+  deployImage(name: string, deployId: string): Promise<{ stream: Readable; bytes: number }>;
   /** Prometheus exposition text. */
   metrics(): Promise<{ contentType: string; body: string }>;
 }

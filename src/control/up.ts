@@ -1,5 +1,6 @@
-// `thaw up`: one process runs the control API, the router and a local node
-// agent on embedded defaults (SQLite, a local seed folder, QEMU).
+// `thaw up`: one process runs the control API, the router and (unless
+// --no-local-node) a local node agent, on embedded defaults (SQLite, a local
+// seed folder, QEMU). More nodes join with `thaw node --control URL`.
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -7,11 +8,11 @@ import pino, { type Logger } from 'pino';
 import { createApiServer } from '../api/server.ts';
 import { removeInstance, writeInstance } from '../cli/instance.ts';
 import { ensureAssets } from '../guest/assets.ts';
-import { QemuDriver } from '../hypervisor/qemu.ts';
-import type { NodeContext } from '../lifecycle/context.ts';
-import { LocalNode } from '../node/local.ts';
+import { sharedImages, type NodeAgent } from '../node/agent.ts';
+import { createNodeAgent, nodeDir } from '../node/bootstrap.ts';
 import { createRouter } from '../router/router.ts';
 import { openStore } from '../store/index.ts';
+import { Cluster } from './cluster.ts';
 import { Replication } from './replication.ts';
 import { Service } from './service.ts';
 
@@ -27,18 +28,26 @@ export interface UpOptions {
   s3Endpoint?: string;
   s3Bucket?: string;
   s3Region?: string;
-  /** Byte cap of this node's seed cache (least recently used seeds not in use are evicted). */
+  /** Byte cap of the local node's seed cache (least recently used seeds not in use are evicted). */
   seedCacheBytes?: number;
   /** Seeds of apps not woken for this many seconds are deleted everywhere. */
   seedTtl?: number;
   /** Bind address of the router and API (default 127.0.0.1). */
   host?: string;
+  /** Run a node agent in this process (default true); false: control plane and router only. */
+  localNode?: boolean;
+  /** A `thaw node` silent this long is marked down (default 5000 ms). */
+  nodeDownAfterMs?: number;
+  /** Seed upload retry / TTL period (default 15000 ms). */
+  maintenanceMs?: number;
 }
 
 export interface Running {
   service: Service;
+  cluster: Cluster;
   apiUrl: string;
   routerUrl: string;
+  token: string;
   stop(): Promise<void>;
 }
 
@@ -52,46 +61,41 @@ async function secret(file: string, make: () => string): Promise<string> {
   }
 }
 
+export function s3Config(o: { s3Endpoint?: string; s3Bucket?: string; s3Region?: string }) {
+  return o.s3Bucket ? { bucket: o.s3Bucket, ...(o.s3Endpoint ? { endpoint: o.s3Endpoint } : {}), ...(o.s3Region ? { region: o.s3Region } : {}) } : null;
+}
+
 /** Start everything; resolves once the API and the router listen. */
 export async function startThaw(o: UpOptions, log: Logger = pino({ level: process.env.THAW_LOG_LEVEL ?? 'info' })): Promise<Running> {
   const data = path.resolve(o.data);
   await mkdir(data, { recursive: true, mode: 0o700 });
   const token = await secret(path.join(data, 'token'), () => randomBytes(24).toString('base64url'));
   const envKey = Buffer.from(await secret(path.join(data, 'env.key'), () => randomBytes(32).toString('base64')), 'base64');
-  const store = await openStore({ url: o.database, sqlitePath: path.join(data, 'thaw.db'), envKey });
+  // A wake holds its app's lock through a pull and a cold boot.
+  const store = await openStore({ url: o.database, sqlitePath: path.join(data, 'thaw.db'), envKey, lockWaitMs: 10 * 60_000 });
   const assets = await ensureAssets((l) => log.info(l));
-  const hv = new QemuDriver({ probeAssets: async () => assets });
-  const accel = await hv.accel();
-  log.info({ accel }, 'hypervisor ready');
-  const ctx: NodeContext = {
-    hv,
-    assets,
-    dataDir: path.join(data, 'node'),
-    log,
-    memMiB: Number(process.env.THAW_VM_MEM_MIB ?? 512),
-    vcpus: Number(process.env.THAW_VM_VCPUS ?? 2),
-    guestPort: 8080,
-    appStartTimeoutMs: 60_000,
-    bootTimeoutMs: 90_000,
-  };
-  const node = new LocalNode(ctx);
-  const rec = await node.recover();
-  if (rec.killed || rec.removed) log.warn(rec, 'cleaned up after a previous run');
+  const s3 = s3Config(o);
+  const cluster = new Cluster({ store, token, log, downAfterMs: o.nodeDownAfterMs ?? 5000 });
+  let agent: NodeAgent | null = null;
+  if (o.localNode !== false) {
+    agent = await createNodeAgent({ dir: nodeDir(data), name: 'local', s3, capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3, images: () => sharedImages, log });
+    cluster.addLocal(agent);
+  }
   const host = o.host ?? '127.0.0.1';
   let service: Service | null = null;
   const replication = new Replication({
-    s3: o.s3Bucket ? { bucket: o.s3Bucket, ...(o.s3Endpoint ? { endpoint: o.s3Endpoint } : {}), ...(o.s3Region ? { region: o.s3Region } : {}) } : null,
-    capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3,
+    s3,
     ttlMs: (o.seedTtl ?? 7 * 24 * 3600) * 1000,
     store,
-    node,
+    cluster,
     log,
     onSeedGone: async (seed) => service?.seedGone(seed),
+    ...(o.maintenanceMs ? { tickMs: o.maintenanceMs } : {}),
   });
-  await replication.start();
   service = new Service({
     store,
-    node,
+    cluster,
+    baseRootfs: assets.rootfs,
     dataDir: data,
     log,
     domain: o.domain,
@@ -102,21 +106,25 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
     maxTarballBytes: 256 * 1024 * 1024,
     replication,
   });
+  await replication.start();
   await service.start();
+  cluster.start();
   const router = createRouter({ dir: service, suffix: o.domain, log });
-  service!.onWoke = (name, address, idle) => router.adopt(name, address, idle);
+  service.onWoke = (name, address, idle) => router.adopt(name, address, idle);
   const routerPort = await router.listen(o.port, host);
   const api = await createApiServer({ service, token, logger: false });
   await api.listen({ port: o.apiPort, host });
   const apiPort = (api.server.address() as { port: number }).port;
-  const apiUrl = `http://127.0.0.1:${apiPort}`;
+  const apiUrl = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${apiPort}`;
   const routerUrl = `http://${o.domain}:${routerPort}`;
   await writeInstance(data, { api_url: apiUrl, router_url: routerUrl, pid: process.pid }, token);
-  log.info({ api: apiUrl, router: routerUrl, data }, 'thaw is up');
+  log.info({ api: apiUrl, router: routerUrl, data, localNode: !!agent }, 'thaw is up');
   let stopping: Promise<void> | null = null;
   return {
     service,
+    cluster,
     apiUrl,
+    token,
     routerUrl: `http://127.0.0.1:${routerPort}`,
     stop: () =>
       (stopping ??= (async () => {
@@ -124,6 +132,8 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
         await router.close();
         await service!.shutdown();
         replication.stop();
+        await agent?.close();
+        await cluster.close();
         await store.close();
         await removeInstance(data);
       })()),

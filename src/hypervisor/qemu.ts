@@ -4,7 +4,7 @@
 // so any number of thaws leave it unchanged. Migration runs with
 // x-ignore-shared, so the state stream is only CPU/device state (~100 KB).
 import { spawn } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, existsSync } from 'node:fs';
 import { link, mkdir, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -21,7 +21,12 @@ export interface QemuOptions {
   /** Kernel + initrd used by the KVM probe VM. */
   probeAssets?: () => Promise<{ kernel: string; initrd: string }>;
   startTimeoutMs?: number;
+  /** Address app port forwards bind to and the router connects to (default 127.0.0.1). */
+  bindHost?: string;
 }
+
+/** `setpriv --pdeathsig KILL` makes QEMU die with the node process (a SIGKILLed node leaves no VM running). */
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
 
 interface QemuVm extends VmHandle {
   qmp: Qmp;
@@ -63,7 +68,7 @@ export class QemuDriver implements Hypervisor {
       '-kernel', spec.kernel, '-initrd', spec.initrd, '-append', spec.cmdline,
       '-drive', `if=none,id=disk0,file=${spec.disk},format=${spec.diskFormat}`,
       '-device', 'virtio-blk-pci,drive=disk0',
-      '-netdev', `user,id=net0,hostfwd=tcp:127.0.0.1:${spec.hostPort}-:${spec.guestPort}`,
+      '-netdev', `user,id=net0,hostfwd=tcp:${this.opts.bindHost ?? '127.0.0.1'}:${spec.hostPort}-:${spec.guestPort}`,
       '-device', 'virtio-net-pci,netdev=net0,romfile=',
       '-device', 'virtio-serial-pci',
       '-chardev', `socket,id=agent,path=${path.join(spec.dir, 'agent.sock')},server=on,wait=off`,
@@ -82,7 +87,9 @@ export class QemuDriver implements Hypervisor {
     const args = await this.args(spec, incoming);
     const logPath = path.join(spec.dir, 'qemu.log');
     const log = createWriteStream(logPath);
-    const child = spawn(this.binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = SETPRIV
+      ? spawn(SETPRIV, ['--pdeathsig', 'KILL', '--', this.binary, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn(this.binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.pipe(log);
     child.stderr.pipe(log);
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
@@ -124,7 +131,7 @@ export class QemuDriver implements Hypervisor {
       pid: child.pid ?? -1,
       consoleLog: path.join(spec.dir, 'console.log'),
       exited,
-      appAddress: { host: '127.0.0.1', port: spec.hostPort },
+      appAddress: { host: this.opts.bindHost ?? '127.0.0.1', port: spec.hostPort },
       qmp,
       kill: () => child.kill('SIGKILL'),
     };

@@ -237,9 +237,9 @@ export class SqlStore implements Store {
     await this.insert(
       w.app,
       `wake ${w.id}`,
-      `INSERT INTO wakes (id, app, at, wall_ms, boot_mode, boot_ms, gate_ms, app_start_ms, pid, fs_errors, fallback_reason, node, seed_source, stages)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      [w.id, w.app, w.at, w.wallMs, w.bootMode, w.bootMs, w.gateMs, w.appStartMs, w.pid, w.fsErrors, w.fallbackReason, w.node, w.seedSource, JSON.stringify(w.stages ?? {})],
+      `INSERT INTO wakes (id, app, at, wall_ms, boot_mode, boot_ms, gate_ms, app_start_ms, pid, fs_errors, fallback_reason, node, seed_source, stages, placement)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [w.id, w.app, w.at, w.wallMs, w.bootMode, w.bootMs, w.gateMs, w.appStartMs, w.pid, w.fsErrors, w.fallbackReason, w.node, w.seedSource, JSON.stringify(w.stages ?? {}), w.placement ?? null],
     );
   }
 

@@ -99,6 +99,11 @@ export const MIGRATIONS: readonly Migration[] = [
       )`,
     ],
   },
+  {
+    version: 2,
+    name: 'wake placement',
+    up: [`ALTER TABLE wakes ADD COLUMN placement TEXT`],
+  },
 ];
 
 export const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -202,6 +207,7 @@ export function toWake(r: Raw): WakeRow {
     fallbackReason: strOrNull(r.fallback_reason),
     node: strOrNull(r.node),
     seedSource: str(r.seed_source) as WakeRow['seedSource'],
+    placement: strOrNull(r.placement),
     stages: JSON.parse(str(r.stages)) as Record<string, number>,
   };
 }

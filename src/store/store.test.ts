@@ -33,7 +33,7 @@ function seed(id: string, app: string, createdAt: string, extra: Partial<SeedRow
 function wake(id: string, app: string, at: string, stages: Record<string, number>): WakeRow {
   return {
     id, app, at, wallMs: 210, bootMode: 'snapshot', bootMs: 150, gateMs: 12, appStartMs: 0, pid: 4242, fsErrors: 0,
-    fallbackReason: null, node: 'n1', seedSource: 'local', stages,
+    fallbackReason: null, node: 'n1', seedSource: 'local', placement: 'n1 holds seed s1', stages,
   };
 }
 
@@ -157,7 +157,7 @@ async function suite(t: TestContext, env: Env): Promise<void> {
   await t.test('wakes are listed newest first; stages JSON round-trips', async () => {
     await a.createApp({ name: 'eps', idleTimeoutS: 60 });
     const w2 = wake('w2', 'eps', '2024-05-01T10:00:02.000Z', { restore: 120.5, gate: 3 });
-    const w1 = { ...wake('w1', 'eps', '2024-05-01T10:00:01.000Z', {}), bootMode: 'cold' as const, gateMs: null, pid: null, fallbackReason: 'SEED_MISSING', seedSource: 'none' as const };
+    const w1 = { ...wake('w1', 'eps', '2024-05-01T10:00:01.000Z', {}), bootMode: 'cold' as const, gateMs: null, pid: null, fallbackReason: 'SEED_MISSING', seedSource: 'none' as const, placement: null };
     const w3 = { ...wake('w3', 'eps', '2024-05-01T10:00:03.000Z', { pull: 900, restore: 80 }), seedSource: 'pulled' as const };
     await a.addWake(w2);
     await b.addWake(w1);

@@ -58,6 +58,8 @@ export interface WakeRow {
   fallbackReason: string | null;
   node: string | null;
   seedSource: 'local' | 'pulled' | 'none';
+  /** The scheduler's choice of node and why (null for wakes before nodes were scheduled). */
+  placement?: string | null;
   stages: Record<string, number>;
 }
 

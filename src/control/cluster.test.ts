@@ -1,0 +1,78 @@
+// Scheduler and node membership, with remote nodes known only from their
+// heartbeats (no VMs: placement is pure bookkeeping).
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import pino from 'pino';
+import type { NodeRow, Store } from '../store/types.ts';
+import type { NodeStatus } from '../wire/node.ts';
+import { Cluster } from './cluster.ts';
+
+function cluster(downAfterMs = 1000) {
+  const rows: NodeRow[] = [];
+  const store = { upsertNode: async (n: NodeRow) => void rows.push(n) } as unknown as Store;
+  const c = new Cluster({ store, token: 'x'.repeat(20), log: pino({ level: 'silent' }), downAfterMs });
+  return { c, rows };
+}
+
+const hb = (name: string, over: Partial<NodeStatus> = {}): NodeStatus => ({
+  name, url: `http://127.0.0.1:1${name.length}00/${name}`, capacity: 2, running: [], seeds: [], events: [], ...over,
+});
+
+test('a wake prefers a live node that holds the seed, then the least loaded, then by name', async (t) => {
+  const { c, rows } = cluster();
+  t.after(() => c.close());
+  await c.heartbeat(hb('b'));
+  await c.heartbeat(hb('a', { running: [{ app: 'x', vmId: 'v1' }] }));
+  await c.heartbeat(hb('c', { seeds: ['s1'], running: [{ app: 'y', vmId: 'v2' }] }));
+  assert.equal(rows.length, 3);
+  const held = c.pick('s1')!;
+  assert.equal(held.member.name, 'c');
+  assert.match(held.reason, /c holds seed s1/);
+  const none = c.pick(null)!;
+  assert.equal(none.member.name, 'b', 'b runs nothing; a runs one VM');
+  const pulled = c.pick('s2')!;
+  assert.equal(pulled.member.name, 'b');
+  assert.match(pulled.reason, /b pulls it/);
+  assert.equal(c.pick('s1', new Set(['c']))!.member.name, 'b', 'excluded nodes are skipped');
+});
+
+test('full nodes are skipped; no node with room gives null', async (t) => {
+  const { c } = cluster();
+  t.after(() => c.close());
+  await c.heartbeat(hb('a', { capacity: 1, seeds: ['s1'], running: [{ app: 'x', vmId: 'v' }] }));
+  await c.heartbeat(hb('b', { capacity: 1 }));
+  assert.equal(c.pick('s1')!.member.name, 'b');
+  assert.equal(c.pick('s1', new Set(['b'])), null);
+});
+
+test('a silent node is marked down once, calls onDown, and rejoins with its next heartbeat', async (t) => {
+  const { c } = cluster(1000);
+  t.after(() => c.close());
+  const down: string[] = [];
+  c.onDown = async (n) => void down.push(n);
+  await c.heartbeat(hb('a', { seeds: ['s1'] }));
+  await c.heartbeat(hb('b'));
+  c.get('a')!.lastSeen = Date.now() - 5000;
+  assert.deepEqual(await c.sweep(), ['a']);
+  assert.deepEqual(await c.sweep(), [], 'marked down only once');
+  assert.deepEqual(down, ['a']);
+  assert.equal(c.get('a')!.state, 'down');
+  assert.equal(c.pick('s1')!.member.name, 'b', 'a down node holds nothing for the scheduler');
+  assert.deepEqual(c.holders('s1'), []);
+  await c.heartbeat(hb('a', { seeds: ['s1'] }));
+  assert.equal(c.get('a')!.state, 'up');
+  assert.equal(c.pick('s1')!.member.name, 'a');
+});
+
+test('events in a heartbeat reach onEvent; a node that moved gets a new client', async (t) => {
+  const { c } = cluster();
+  t.after(() => c.close());
+  const seen: string[] = [];
+  c.onEvent = (n, e) => void seen.push(`${n}:${e.type}`);
+  await c.heartbeat(hb('a', { events: [{ type: 'seed_evicted', seedId: 's9' }, { type: 'app_exit', app: 'x', vmId: 'v', code: 1, signal: null }] }));
+  assert.deepEqual(seen, ['a:seed_evicted', 'a:app_exit']);
+  const api = c.get('a')!.api;
+  await c.heartbeat(hb('a', { url: 'http://127.0.0.1:1/elsewhere' }));
+  assert.notEqual(c.get('a')!.api, api);
+  assert.equal(c.list().find((n) => n.name === 'a')!.url, 'http://127.0.0.1:1/elsewhere');
+});

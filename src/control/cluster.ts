@@ -1,0 +1,179 @@
+// The control plane's view of its nodes and the scheduler. Nodes join by
+// heartbeat (`thaw node`) or are added in-process (`thaw up`'s local node). A
+// remote node that misses heartbeats for `downAfterMs` is marked down: its apps
+// count as asleep and wake elsewhere (the node stops its own VMs once it loses
+// the control plane, so an app never runs twice).
+import type { Logger } from 'pino';
+import { ThawError } from '../errors.ts';
+import type { NodeAgent } from '../node/agent.ts';
+import { RemoteNode } from '../node/client.ts';
+import type { NodeApi } from '../node/types.ts';
+import type { Store } from '../store/types.ts';
+import type { NodeEvent, NodeInfo, NodeStatus } from '../wire/node.ts';
+
+export class Member {
+  state: 'up' | 'down' = 'up';
+  lastSeen = Date.now();
+  capacity: number;
+  /** app -> vmId, as last reported (remote) and as changed by the control plane since. */
+  readonly running = new Map<string, string>();
+  readonly seeds = new Set<string>();
+
+  constructor(
+    readonly name: string,
+    readonly url: string,
+    readonly api: NodeApi,
+    readonly agent: NodeAgent | null,
+  ) {
+    this.capacity = agent?.capacity ?? 0;
+  }
+
+  get local(): boolean {
+    return this.agent !== null;
+  }
+
+  hasSeed(seedId: string | null): boolean {
+    if (!seedId) return false;
+    return this.agent ? this.agent.hasSeed(seedId) : this.seeds.has(seedId);
+  }
+
+  load(): number {
+    return this.agent ? this.agent.node.running.size : this.running.size;
+  }
+
+  seedCount(): number {
+    return this.agent ? this.agent.cache.list().length : this.seeds.size;
+  }
+}
+
+export interface Placement {
+  member: Member;
+  /** Why this node: goes into the wake record. */
+  reason: string;
+}
+
+export interface ClusterOptions {
+  store: Store;
+  /** Cluster token: nodes and the control plane authenticate with it both ways. */
+  token: string;
+  log: Logger;
+  /** A remote node silent this long is down. */
+  downAfterMs: number;
+}
+
+export class Cluster {
+  private readonly members = new Map<string, Member>();
+  private timer: NodeJS.Timeout | null = null;
+  /** Node events (app exits, evictions). */
+  onEvent: (node: string, e: NodeEvent) => void = () => {};
+  /** A node was marked down. */
+  onDown: (node: string) => Promise<void> = async () => {};
+
+  constructor(private readonly o: ClusterOptions) {}
+
+  addLocal(agent: NodeAgent): Member {
+    const m = new Member(agent.name, 'in-process', agent, agent);
+    agent.onEvent = (e) => this.onEvent(agent.name, e);
+    this.members.set(agent.name, m);
+    return m;
+  }
+
+  start(): void {
+    this.timer = setInterval(() => void this.sweep(), Math.max(200, Math.floor(this.o.downAfterMs / 4)));
+    this.timer.unref();
+  }
+
+  /** A heartbeat from a remote node: (re)join, refresh its report, deliver its events. */
+  async heartbeat(st: NodeStatus): Promise<Member> {
+    let m = this.members.get(st.name);
+    if (m?.local) throw new ThawError('INVALID_REQUEST', `node name ${st.name} is the control plane's own node; pick another --name`);
+    if (!m || m.url !== st.url) {
+      if (m) void m.api.close();
+      m = new Member(st.name, st.url, new RemoteNode(st.name, st.url, this.o.token), null);
+      this.members.set(st.name, m);
+      this.o.log.info({ node: st.name, url: st.url }, 'node joined');
+    } else if (m.state === 'down') {
+      this.o.log.info({ node: st.name }, 'node is back');
+    }
+    m.state = 'up';
+    m.lastSeen = Date.now();
+    m.capacity = st.capacity;
+    m.running.clear();
+    for (const r of st.running) m.running.set(r.app, r.vmId);
+    m.seeds.clear();
+    for (const s of st.seeds) m.seeds.add(s);
+    for (const e of st.events) this.onEvent(st.name, e);
+    await this.o.store.upsertNode({ name: st.name, url: st.url, capacity: st.capacity, running: st.running.length, seeds: st.seeds, heartbeatAt: new Date().toISOString() });
+    return m;
+  }
+
+  get(name: string | null): Member | undefined {
+    return name ? this.members.get(name) : undefined;
+  }
+
+  all(): Member[] {
+    return [...this.members.values()];
+  }
+
+  live(): Member[] {
+    return this.all().filter((m) => m.state === 'up');
+  }
+
+  holders(seedId: string): Member[] {
+    return this.live().filter((m) => m.hasSeed(seedId));
+  }
+
+  /**
+   * Where a wake goes: a live node with room, preferring one that holds the
+   * seed; among equals the least loaded, then by name (deterministic).
+   */
+  pick(seedId: string | null, exclude: ReadonlySet<string> = new Set()): Placement | null {
+    const open = this.live().filter((m) => !exclude.has(m.name) && m.load() < m.capacity);
+    if (!open.length) return null;
+    const byLoad = (a: Member, b: Member) => a.load() - b.load() || a.name.localeCompare(b.name);
+    const holders = seedId ? open.filter((m) => m.hasSeed(seedId)).sort(byLoad) : [];
+    if (holders.length) return { member: holders[0]!, reason: `${holders[0]!.name} holds seed ${seedId}` };
+    const m = open.sort(byLoad)[0]!;
+    const why = seedId ? `no live node with room holds seed ${seedId}; ${m.name} pulls it` : `no seed; ${m.name} is the least loaded`;
+    return { member: m, reason: why };
+  }
+
+  /** Mark nodes down whose heartbeats stopped. */
+  async sweep(now = Date.now()): Promise<string[]> {
+    const down: string[] = [];
+    for (const m of this.members.values()) {
+      if (m.local || m.state === 'down' || now - m.lastSeen < this.o.downAfterMs) continue;
+      down.push(m.name);
+      await this.markDown(m.name, `no heartbeat for ${now - m.lastSeen} ms`);
+    }
+    return down;
+  }
+
+  /** Take a node out of scheduling (missed heartbeats, or it broke off a request). */
+  async markDown(name: string, why: string): Promise<void> {
+    const m = this.members.get(name);
+    if (!m || m.local || m.state === 'down') return;
+    m.state = 'down';
+    m.running.clear();
+    this.o.log.warn({ node: name, why }, 'node marked down; its apps count as asleep');
+    await this.onDown(name).catch((err) => this.o.log.error({ node: name, err }, 'moving apps off a down node failed'));
+  }
+
+  list(): NodeInfo[] {
+    return this.all().map((m) => ({
+      name: m.name,
+      url: m.url,
+      state: m.state,
+      local: m.local,
+      capacity: m.capacity,
+      running: m.load(),
+      seeds: m.seedCount(),
+      last_heartbeat_at: m.local ? null : new Date(m.lastSeen).toISOString(),
+    }));
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    await Promise.all(this.all().filter((m) => !m.local).map((m) => m.api.close().catch(() => {})));
+  }
+}

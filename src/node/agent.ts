@@ -1,0 +1,225 @@
+// A node agent: one host's VMs and seed cache, behind the NodeApi the control
+// plane calls (in-process for `thaw up`'s local node, over HTTP for `thaw
+// node`). It owns HOW: pulling a seed it lacks (streamed, verified, renamed into
+// place), thawing or cold-booting, baking, uploading its seeds, and keeping its
+// seed folder under a byte cap (LRU; seeds a VM uses are never evicted).
+import type { Logger } from 'pino';
+import { ThawError, asThawError } from '../errors.ts';
+import { seedsDir } from '../lifecycle/bake.ts';
+import { writeVerified } from '../lifecycle/verify.ts';
+import { SeedCache } from '../seed/cache.ts';
+import { sha256File } from '../seed/files.ts';
+import type { SeedStore } from '../seed/s3.ts';
+import type { NodeEvent, NodeSleepRequest, NodeSleepResponse, NodeStatus, NodeUploadResponse, NodeWakeRequest, NodeWakeResponse, SeedRef } from '../wire/node.ts';
+import type { LocalNode } from './local.ts';
+import type { NodeApi } from './types.ts';
+import path from 'node:path';
+
+/** Where a node finds a deploy's disk image. */
+export interface ImageSource {
+  ensure(app: string, deployId: string, controlPath: string): Promise<string>;
+  remove?(app: string): Promise<void>;
+}
+
+/** The in-process node shares the control plane's folder. */
+export const sharedImages: ImageSource = { ensure: async (_app, _id, p) => p };
+
+export interface NodeAgentOptions {
+  node: LocalNode;
+  /** Object storage for pulls and uploads; null: seeds stay on this node. */
+  s3: SeedStore | null;
+  /** Byte cap of the seed folder. */
+  capBytes: number;
+  /** Most VMs at once. */
+  capacity: number;
+  images: ImageSource;
+  log: Logger;
+}
+
+export class NodeAgent implements NodeApi {
+  readonly cache: SeedCache;
+  /** Events not yet delivered (heartbeat) or handed to onEvent (in-process). */
+  private events: NodeEvent[] = [];
+  private readonly uploads = new Map<string, Promise<NodeUploadResponse>>();
+  private readonly pulls = new Map<string, Promise<{ ms: number; bytes: number }>>();
+  /** Set by an in-process control plane: events are delivered at once instead of queued. */
+  onEvent: ((e: NodeEvent) => void) | null = null;
+
+  constructor(private readonly o: NodeAgentOptions) {
+    this.cache = new SeedCache({ root: seedsDir(o.node.ctx), capBytes: o.capBytes, ttlMs: Number.MAX_SAFE_INTEGER, inUse: (id) => this.inUse(id) });
+    o.node.onAppExit = (app, e) => {
+      const run = o.node.running.get(app);
+      this.emit({ type: 'app_exit', app, vmId: run?.vm.id ?? '', code: e.code ?? null, signal: e.signal ?? null });
+    };
+  }
+
+  get name(): string {
+    return this.o.node.name;
+  }
+
+  get node(): LocalNode {
+    return this.o.node;
+  }
+
+  get capacity(): number {
+    return this.o.capacity;
+  }
+
+  private emit(e: NodeEvent): void {
+    if (this.onEvent) this.onEvent(e);
+    else this.events.push(e);
+  }
+
+  private inUse(seedId: string): boolean {
+    return [...this.o.node.running.values()].some((r) => r.seedId === seedId);
+  }
+
+  async start(): Promise<void> {
+    const r = await this.cache.scan();
+    if (r.removed.length || r.evicted.length) this.o.log.info(r, 'seed cache scanned');
+  }
+
+  hasSeed(seedId: string | null): boolean {
+    return this.o.node.hasSeed(seedId);
+  }
+
+  async wake(req: NodeWakeRequest): Promise<NodeWakeResponse> {
+    let t = performance.now();
+    const image = await this.o.images.ensure(req.app, req.deployId, req.image);
+    const imageMs = performance.now() - t;
+    let extra: { seedSource: 'local' | 'pulled'; seedUnavailable?: string } = { seedSource: 'local' };
+    t = performance.now();
+    if (req.seed && !this.o.node.hasSeed(req.seed.id)) extra = await this.pullForWake(req.seed);
+    const pullMs = performance.now() - t;
+    const out = await this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env }, extra);
+    if (out.record.bootMode === 'snapshot' && req.seed) this.cache.touch(req.seed.id);
+    // The wake's wall clock includes fetching what it needed.
+    const record = { ...out.record, placement: req.placement ?? null, wallMs: Math.round(out.record.wallMs + imageMs + pullMs), stages: { ...out.record.stages } };
+    if (imageMs >= 1) record.stages.image_fetch = Math.round(imageMs);
+    if (extra.seedSource === 'pulled' || extra.seedUnavailable) record.stages.seed_pull = Math.round(pullMs);
+    return { record, address: out.run.vm.appAddress, vmId: out.run.vm.id };
+  }
+
+  /** Pull a seed for a wake; a failure is not an error but the wake's fallback reason. */
+  private async pullForWake(seed: SeedRef): Promise<{ seedSource: 'local' | 'pulled'; seedUnavailable?: string }> {
+    if (!this.o.s3 || !seed.replicated) {
+      return { seedSource: 'local', seedUnavailable: `seed-unavailable: seed ${seed.id} is not on node ${this.name} and has no replicated copy` };
+    }
+    try {
+      await this.pull(seed);
+      return { seedSource: 'pulled' };
+    } catch (err) {
+      const e = asThawError(err);
+      return { seedSource: 'local', seedUnavailable: `seed-unavailable: ${e.code}: ${e.message}` };
+    }
+  }
+
+  /** Fetch a seed from object storage: streamed, unpacked beside the cache, every file verified, renamed into place. */
+  async pull(seed: SeedRef): Promise<{ ms: number; bytes: number }> {
+    const running = this.pulls.get(seed.id);
+    if (running) return running;
+    const p = this.pullOnce(seed).finally(() => this.pulls.delete(seed.id));
+    this.pulls.set(seed.id, p);
+    return p;
+  }
+
+  private async pullOnce(seed: SeedRef): Promise<{ ms: number; bytes: number }> {
+    const s3 = this.o.s3;
+    if (!s3) throw new ThawError('SEED_MISSING', 'no object storage configured on this node');
+    const dir = this.o.node.seedDir(seed.id);
+    this.o.log.info({ seedId: seed.id, app: seed.app }, 'seed pull started');
+    const r = await s3.pull(s3.key(seed.app, seed.id), dir);
+    // The object matched its own manifest; it must also be the seed the control plane recorded.
+    const sha = await sha256File(path.join(dir, 'manifest.json'));
+    if (sha !== seed.manifestSha256) {
+      await this.o.node.deleteSeed(seed.id);
+      throw new ThawError('SEED_CORRUPT', `object for seed ${seed.id} holds another manifest (${sha.slice(0, 12)}…, expected ${seed.manifestSha256.slice(0, 12)}…)`);
+    }
+    await writeVerified(dir); // unpack verified every byte
+    for (const id of await this.cache.add(seed.id)) this.evicted(id);
+    this.o.log.info({ seedId: seed.id, bytes: r.bytesCompressed, ms: r.ms }, 'seed pulled');
+    return { ms: r.ms, bytes: r.bytesCompressed };
+  }
+
+  private evicted(seedId: string): void {
+    this.o.log.info({ seedId }, 'seed evicted from the node cache');
+    this.emit({ type: 'seed_evicted', seedId });
+  }
+
+  async sleep(req: NodeSleepRequest): Promise<NodeSleepResponse> {
+    const r = await this.o.node.sleep(req.app, { haveSeed: req.haveSeed });
+    if (!r.baked) return { baked: null, error: r.error };
+    const f = r.baked.manifest.files;
+    for (const id of await this.cache.add(r.baked.seedId)) this.evicted(id);
+    return {
+      baked: {
+        seedId: r.baked.seedId,
+        bytesApparent: f['mem.ram'].bytes + f['state.bin'].bytes + f['disk.img'].bytes,
+        bytesAllocated: f['mem.ram'].allocated + f['state.bin'].allocated + f['disk.img'].allocated,
+        manifestSha256: r.baked.manifestSha256,
+      },
+      error: r.error,
+    };
+  }
+
+  async stop(app: string, vmId?: string): Promise<void> {
+    const run = this.o.node.running.get(app);
+    if (!run || (vmId && run.vm.id !== vmId)) return;
+    await this.o.node.stop(app);
+  }
+
+  logs(app: string): Promise<string> {
+    return this.o.node.logs(app);
+  }
+
+  async deleteLogs(app: string): Promise<void> {
+    await this.o.node.deleteLogs(app);
+  }
+
+  /** One upload per seed at a time: a retry must not rewrite the object while the first upload completes. */
+  uploadSeed(seed: SeedRef): Promise<NodeUploadResponse> {
+    const running = this.uploads.get(seed.id);
+    if (running) return running;
+    const p = this.uploadOnce(seed).finally(() => this.uploads.delete(seed.id));
+    this.uploads.set(seed.id, p);
+    return p;
+  }
+
+  private async uploadOnce(seed: SeedRef): Promise<NodeUploadResponse> {
+    const s3 = this.o.s3;
+    if (!s3) throw new ThawError('S3_ERROR', `node ${this.name} has no object storage configured`);
+    if (!this.o.node.hasSeed(seed.id)) throw new ThawError('SEED_MISSING', `seed ${seed.id} is not on node ${this.name}`);
+    this.o.log.info({ seedId: seed.id }, 'seed upload started');
+    const r = await s3.upload(this.o.node.seedDir(seed.id), s3.key(seed.app, seed.id));
+    this.o.log.info({ seedId: seed.id, bytes: r.bytesCompressed, ms: r.ms }, 'seed uploaded');
+    return { bytesCompressed: r.bytesCompressed, ms: r.ms };
+  }
+
+  async deleteSeed(seedId: string): Promise<void> {
+    await this.cache.remove(seedId).catch(() => {});
+    await this.o.node.deleteSeed(seedId);
+  }
+
+  /** The heartbeat body; takes the queued events (put them back with requeue() if it was not delivered). */
+  status(url: string): NodeStatus {
+    const events = this.events;
+    this.events = [];
+    return {
+      name: this.name,
+      url,
+      capacity: this.o.capacity,
+      running: [...this.o.node.running.values()].map((r) => ({ app: r.app, vmId: r.vm.id })),
+      seeds: this.cache.list().map((s) => s.seedId),
+      events,
+    };
+  }
+
+  requeue(events: NodeEvent[]): void {
+    this.events = [...events, ...this.events];
+  }
+
+  async close(): Promise<void> {
+    await this.o.node.shutdown();
+    this.o.s3?.destroy();
+  }
+}

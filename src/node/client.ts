@@ -1,0 +1,82 @@
+// RemoteNode: the control plane's handle on a `thaw node` process. Same NodeApi
+// as the in-process NodeAgent, over HTTP; answers are parsed with the schemas
+// in src/wire/node.ts. A node that does not answer (refused, reset, killed
+// mid-request) is NODE_UNREACHABLE, which lets the scheduler try another node.
+import { Pool, type Dispatcher } from 'undici';
+import { z } from 'zod';
+import { errorFromBody } from '../api/client.ts';
+import { ThawError } from '../errors.ts';
+import { NodeSleepResponse, NodeUploadResponse, NodeWakeResponse, type NodeSleepRequest, type NodeWakeRequest, type SeedRef } from '../wire/node.ts';
+import type { NodeApi } from './types.ts';
+
+const Ok = z.object({ ok: z.literal(true) });
+const Logs = z.object({ text: z.string() });
+
+export class RemoteNode implements NodeApi {
+  private readonly pool: Pool;
+  /** Path prefix of the node's URL (a node behind a reverse proxy). */
+  private readonly base: string;
+
+  constructor(readonly name: string, readonly url: string, private readonly token: string) {
+    // Wakes, bakes and uploads take as long as they take; a dead node shows up as a reset or refused connection.
+    const u = new URL(url);
+    this.base = u.pathname.replace(/\/+$/, '');
+    this.pool = new Pool(u.origin, { connect: { timeout: 3000 }, headersTimeout: 0, bodyTimeout: 0, connections: 16 });
+  }
+
+  private async call<S extends z.ZodType>(schema: S, method: Dispatcher.HttpMethod, path: string, body?: unknown): Promise<z.output<S>> {
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await this.pool.request({
+        method,
+        path: `${this.base}${path}`,
+        headers: { authorization: `Bearer ${this.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      });
+    } catch (err) {
+      throw new ThawError('NODE_UNREACHABLE', `node ${this.name} (${this.url}) did not answer ${method} ${path}: ${(err as Error).message}`, { cause: err, details: { node: this.name } });
+    }
+    let json: unknown;
+    try {
+      json = await res.body.json();
+    } catch (err) {
+      throw new ThawError('NODE_UNREACHABLE', `node ${this.name} broke off its answer to ${method} ${path}: ${(err as Error).message}`, { cause: err, details: { node: this.name } });
+    }
+    if (res.statusCode >= 400) throw errorFromBody(res.statusCode, json);
+    const r = schema.safeParse(json);
+    if (!r.success) throw new ThawError('INTERNAL', `node ${this.name} answered ${method} ${path} outside the protocol: ${r.error.message}`);
+    return r.data;
+  }
+
+  wake(req: NodeWakeRequest) {
+    return this.call(NodeWakeResponse, 'POST', '/v1/wake', req);
+  }
+
+  sleep(req: NodeSleepRequest) {
+    return this.call(NodeSleepResponse, 'POST', '/v1/sleep', req);
+  }
+
+  async stop(app: string, vmId?: string): Promise<void> {
+    await this.call(Ok, 'POST', `/v1/apps/${app}/stop`, vmId ? { vmId } : {});
+  }
+
+  async logs(app: string): Promise<string> {
+    return (await this.call(Logs, 'GET', `/v1/apps/${app}/logs`)).text;
+  }
+
+  async deleteLogs(app: string): Promise<void> {
+    await this.call(Ok, 'DELETE', `/v1/apps/${app}/logs`);
+  }
+
+  uploadSeed(seed: SeedRef) {
+    return this.call(NodeUploadResponse, 'POST', `/v1/seeds/${seed.id}/upload`, seed);
+  }
+
+  async deleteSeed(seedId: string): Promise<void> {
+    await this.call(Ok, 'DELETE', `/v1/seeds/${seedId}`);
+  }
+
+  async close(): Promise<void> {
+    await this.pool.destroy();
+  }
+}

@@ -1,0 +1,143 @@
+// `thaw node --control URL --name NAME --data DIR`: a node agent in its own
+// process. It serves the node API (src/node/server.ts) and heartbeats to the
+// control plane with what it runs and holds; the answer names VMs it must stop.
+// A node that cannot reach the control plane for the down interval stops its
+// VMs itself: by then the control plane has marked it down and may wake its
+// apps elsewhere, and an app must never run twice.
+import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import pino, { type Logger } from 'pino';
+import { request } from 'undici';
+import { errorFromBody } from '../api/client.ts';
+import { ThawError, asThawError } from '../errors.ts';
+import { HeartbeatResponse, NodeName } from '../wire/node.ts';
+import type { NodeAgent } from './agent.ts';
+import { createNodeAgent, nodeDir } from './bootstrap.ts';
+import { ImageFetcher } from './images.ts';
+import { createNodeServer } from './server.ts';
+
+export interface NodeOptions {
+  control: string;
+  name: string;
+  data: string;
+  /** Cluster token (the control plane's DATA/token). */
+  token: string;
+  /** Node API bind address (default 127.0.0.1) and port (default 0: any free port). */
+  host?: string;
+  port?: number;
+  /** URL the control plane reaches this node's API at (default http://HOST:PORT). */
+  advertise?: string;
+  /** Address VM port forwards bind to; the router connects there (default: --host). */
+  vmHost?: string;
+  s3Endpoint?: string;
+  s3Bucket?: string;
+  s3Region?: string;
+  seedCacheBytes?: number;
+  capacity?: number;
+  heartbeatMs?: number;
+  /** Stop VMs after this long without the control plane (default 5000; match `thaw up`'s node timeout). */
+  fenceAfterMs?: number;
+}
+
+export interface RunningNode {
+  agent: NodeAgent;
+  url: string;
+  stop(): Promise<void>;
+}
+
+export async function readToken(o: { token?: string; tokenFile?: string }): Promise<string> {
+  if (o.token) return o.token;
+  if (o.tokenFile) return (await readFile(o.tokenFile, 'utf8')).trim();
+  throw new ThawError('INVALID_REQUEST', 'pass the control plane token: --token-file DATA/token of `thaw up`, or $THAW_TOKEN');
+}
+
+export async function startNode(o: NodeOptions, log: Logger = pino({ level: process.env.THAW_LOG_LEVEL ?? 'info' })): Promise<RunningNode> {
+  const name = NodeName.safeParse(o.name);
+  if (!name.success) throw new ThawError('INVALID_REQUEST', `invalid node name ${JSON.stringify(o.name)}: ${name.error.issues[0]?.message}`);
+  const control = o.control.replace(/\/+$/, '');
+  const data = path.resolve(o.data);
+  await mkdir(data, { recursive: true, mode: 0o700 });
+  const host = o.host ?? '127.0.0.1';
+  const fetcher = new ImageFetcher(path.join(nodeDir(data), 'images'), control, o.token);
+  await fetcher.recover();
+  const s3 = o.s3Bucket ? { bucket: o.s3Bucket, ...(o.s3Endpoint ? { endpoint: o.s3Endpoint } : {}), ...(o.s3Region ? { region: o.s3Region } : {}) } : null;
+  const agent = await createNodeAgent({
+    dir: nodeDir(data),
+    name: o.name,
+    s3,
+    capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3,
+    ...(o.capacity !== undefined ? { capacity: o.capacity } : {}),
+    images: () => fetcher,
+    log: log.child({ node: o.name }),
+    bindHost: o.vmHost ?? host,
+  });
+  const server = await createNodeServer(agent, o.token);
+  await server.listen({ host, port: o.port ?? 0 });
+  const port = (server.server.address() as { port: number }).port;
+  const url = o.advertise ?? `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
+
+  const every = o.heartbeatMs ?? 1000;
+  const fenceAfter = o.fenceAfterMs ?? 5000;
+  let lastOk = Date.now();
+  let fenced = false;
+  let stopped = false;
+  const beat = async () => {
+    const st = agent.status(url);
+    try {
+      const res = await request(`${control}/v1/nodes/heartbeat`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${o.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify(st),
+        headersTimeout: every * 5,
+        bodyTimeout: every * 5,
+      });
+      const body = await res.body.json();
+      if (res.statusCode !== 200) throw errorFromBody(res.statusCode, body);
+      const answer = HeartbeatResponse.parse(body);
+      if (Date.now() - lastOk > fenceAfter || fenced) log.info('control plane reachable again');
+      lastOk = Date.now();
+      fenced = false;
+      for (const r of answer.stop) await agent.stop(r.app, r.vmId);
+    } catch (err) {
+      agent.requeue(st.events);
+      const silent = Date.now() - lastOk;
+      log.warn({ err: asThawError(err).message, silentMs: silent }, 'heartbeat failed');
+      if (silent >= fenceAfter && !fenced && agent.node.running.size) {
+        fenced = true;
+        log.warn({ apps: [...agent.node.running.keys()] }, 'lost the control plane: stopping VMs so no app runs twice');
+        await agent.node.shutdown();
+      }
+    }
+  };
+  let timer: NodeJS.Timeout | null = null;
+  const loop = async () => {
+    await beat();
+    if (!stopped) timer = setTimeout(() => void loop(), every);
+  };
+  await loop();
+  log.info({ node: o.name, url, control }, 'node is up');
+  return {
+    agent,
+    url,
+    stop: async () => {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      await server.close();
+      await agent.close();
+    },
+  };
+}
+
+/** The `thaw node` command: run until SIGINT/SIGTERM. */
+export async function runNode(o: NodeOptions): Promise<void> {
+  const log = pino({ level: process.env.THAW_LOG_LEVEL ?? 'info' });
+  const n = await startNode(o, log);
+  await new Promise<void>((resolve) => {
+    const onSig = (sig: string) => {
+      log.info({ sig }, 'node shutting down: its VMs are deleted');
+      void n.stop().then(resolve, resolve);
+    };
+    process.once('SIGINT', onSig);
+    process.once('SIGTERM', onSig);
+  });
+}

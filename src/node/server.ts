@@ -1,0 +1,50 @@
+// The node agent's HTTP API (for `thaw node`): NodeApi routes, bearer-token
+// auth with the cluster token, bodies checked with the shared schemas in
+// src/wire/node.ts, errors in the control API's shape.
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { z } from 'zod';
+import { bearerChecker } from '../api/auth.ts';
+import { toApiError } from '../api/server.ts';
+import { parseOrThrow } from '../api/schemas.ts';
+import { NodeSleepRequest, NodeWakeRequest, SeedRef } from '../wire/node.ts';
+import type { NodeAgent } from './agent.ts';
+
+const AppParams = z.object({ app: z.string().regex(/^[a-z][a-z0-9-]{0,39}$/) });
+const SeedParams = z.object({ id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/) });
+const StopBody = z.object({ vmId: z.string().optional() }).default({});
+
+export async function createNodeServer(agent: NodeAgent, token: string): Promise<FastifyInstance> {
+  const check = bearerChecker(token);
+  const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, forceCloseConnections: true, requestTimeout: 0 }) as unknown as FastifyInstance;
+  app.setErrorHandler((err: unknown, _req: FastifyRequest, reply: FastifyReply) => {
+    const te = toApiError(err);
+    void reply.code(te.status).send({ error: te.toJSON() });
+  });
+  app.addHook('onRequest', async (req) => {
+    if (req.url !== '/healthz') check(req.headers.authorization);
+  });
+  app.get('/healthz', async () => ({ ok: true, name: agent.name }));
+  app.post('/v1/wake', async (req) => agent.wake(parseOrThrow(NodeWakeRequest, req.body, 'body')));
+  app.post('/v1/sleep', async (req) => agent.sleep(parseOrThrow(NodeSleepRequest, req.body, 'body')));
+  app.post('/v1/apps/:app/stop', async (req) => {
+    const { app: name } = parseOrThrow(AppParams, req.params, 'path');
+    await agent.stop(name, parseOrThrow(StopBody, req.body ?? {}, 'body').vmId);
+    return { ok: true };
+  });
+  app.get('/v1/apps/:app/logs', async (req) => ({ text: await agent.logs(parseOrThrow(AppParams, req.params, 'path').app) }));
+  app.delete('/v1/apps/:app/logs', async (req) => {
+    await agent.deleteLogs(parseOrThrow(AppParams, req.params, 'path').app);
+    return { ok: true };
+  });
+  app.post('/v1/seeds/:id/upload', async (req) => {
+    const ref = parseOrThrow(SeedRef, req.body, 'body');
+    parseOrThrow(SeedParams.refine((p) => p.id === ref.id, 'path and body name different seeds'), req.params, 'path');
+    return agent.uploadSeed(ref);
+  });
+  app.delete('/v1/seeds/:id', async (req) => {
+    await agent.deleteSeed(parseOrThrow(SeedParams, req.params, 'path').id);
+    return { ok: true };
+  });
+  await app.ready();
+  return app;
+}

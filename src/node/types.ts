@@ -1,0 +1,22 @@
+// What the control plane can ask of a node agent. NodeAgent (src/node/agent.ts)
+// implements it in-process; RemoteNode (src/node/client.ts) over HTTP for
+// `thaw node` processes. The shapes are the zod schemas in src/wire/node.ts.
+import type { NodeEvent, NodeSleepRequest, NodeSleepResponse, NodeUploadResponse, NodeWakeRequest, NodeWakeResponse, SeedRef } from '../wire/node.ts';
+
+export interface NodeApi {
+  readonly name: string;
+  /** Wake (pulling the seed first when this node lacks it); resolves with the wake record. */
+  wake(req: NodeWakeRequest): Promise<NodeWakeResponse>;
+  /** Bake when asked (no seed yet) and delete the VM. */
+  sleep(req: NodeSleepRequest): Promise<NodeSleepResponse>;
+  /** Delete the app's VM without baking. `vmId` limits it to that VM. */
+  stop(app: string, vmId?: string): Promise<void>;
+  logs(app: string): Promise<string>;
+  deleteLogs(app: string): Promise<void>;
+  /** Pack and upload a seed this node holds; resolves once the object is checked. */
+  uploadSeed(seed: SeedRef): Promise<NodeUploadResponse>;
+  deleteSeed(seedId: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export type NodeEventHandler = (node: string, e: NodeEvent) => void;

@@ -1,0 +1,108 @@
+// The node agent's wire protocol: what the control plane sends a node (wake,
+// sleep, stop, seed upload/delete) and what a node reports in its heartbeat.
+// Both ends parse with these schemas: src/node/server.ts and src/node/client.ts
+// for the node's API, src/api/server.ts and src/node/run.ts for the heartbeat.
+import { z } from 'zod';
+
+const Name = z.string().regex(/^[a-z][a-z0-9-]{0,39}$/);
+/** Seed and deploy ids (also object-key and folder names). */
+const Id = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/);
+export const NodeName = z.string().regex(/^[a-z0-9][a-z0-9-]{0,39}$/, 'node names are 1-40 chars: lowercase letters, digits and dashes');
+
+export const Address = z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) });
+export type Address = z.infer<typeof Address>;
+
+export const WakeRecord = z.object({
+  id: z.string(),
+  app: Name,
+  at: z.string(),
+  wallMs: z.number(),
+  bootMode: z.enum(['snapshot', 'cold']),
+  bootMs: z.number(),
+  gateMs: z.number().nullable(),
+  appStartMs: z.number(),
+  pid: z.number().int().nullable(),
+  fsErrors: z.number().int(),
+  fallbackReason: z.string().nullable(),
+  node: z.string().nullable(),
+  seedSource: z.enum(['local', 'pulled', 'none']),
+  placement: z.string().nullable().optional(),
+  stages: z.record(z.string(), z.number()),
+});
+
+/** What a node needs to know about a seed to use, pull or upload it. */
+export const SeedRef = z.object({
+  id: Id,
+  app: Name,
+  /** An object-storage copy exists (checked after upload). */
+  replicated: z.boolean(),
+  /** SHA-256 of manifest.json, recorded at bake: a pulled seed must match it. */
+  manifestSha256: z.string().regex(/^[0-9a-f]{64}$/),
+});
+export type SeedRef = z.infer<typeof SeedRef>;
+
+export const NodeWakeRequest = z.object({
+  app: Name,
+  deployId: Id,
+  /** The deploy image's path on the control plane (an in-process node uses it directly; a remote node fetches the image by deploy id). */
+  image: z.string(),
+  seed: SeedRef.nullable(),
+  env: z.record(z.string(), z.string()),
+  /** The scheduler's reason for this node, copied into the wake record. */
+  placement: z.string().max(500).optional(),
+});
+export type NodeWakeRequest = z.infer<typeof NodeWakeRequest>;
+
+export const NodeWakeResponse = z.object({ record: WakeRecord, address: Address, vmId: z.string() });
+export type NodeWakeResponse = z.infer<typeof NodeWakeResponse>;
+
+export const NodeSleepRequest = z.object({ app: Name, haveSeed: z.boolean() });
+export type NodeSleepRequest = z.infer<typeof NodeSleepRequest>;
+
+export const BakedSeed = z.object({
+  seedId: Id,
+  bytesApparent: z.number(),
+  bytesAllocated: z.number(),
+  manifestSha256: z.string(),
+});
+export const NodeSleepResponse = z.object({ baked: BakedSeed.nullable(), error: z.string().nullable() });
+export type NodeSleepResponse = z.infer<typeof NodeSleepResponse>;
+
+export const NodeUploadResponse = z.object({ bytesCompressed: z.number(), ms: z.number() });
+export type NodeUploadResponse = z.infer<typeof NodeUploadResponse>;
+
+export const NodeEvent = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('app_exit'), app: Name, vmId: z.string(), code: z.number().nullable(), signal: z.string().nullable() }),
+  z.object({ type: z.literal('seed_evicted'), seedId: Id }),
+]);
+export type NodeEvent = z.infer<typeof NodeEvent>;
+
+/** A node's heartbeat: who it is, where its API listens, what it runs and holds. */
+export const NodeStatus = z.object({
+  name: NodeName,
+  url: z.string().url(),
+  /** Most VMs it will run at once. */
+  capacity: z.number().int().min(0),
+  running: z.array(z.object({ app: Name, vmId: z.string() })),
+  seeds: z.array(Id),
+  /** Events since the last acknowledged heartbeat. */
+  events: z.array(NodeEvent).max(10_000),
+});
+export type NodeStatus = z.infer<typeof NodeStatus>;
+
+/** The control plane's answer: VMs the node must stop (it runs them, but they were placed elsewhere). */
+export const HeartbeatResponse = z.object({ stop: z.array(z.object({ app: Name, vmId: z.string() })) });
+export type HeartbeatResponse = z.infer<typeof HeartbeatResponse>;
+
+export const NodeInfo = z.object({
+  name: z.string(),
+  url: z.string(),
+  state: z.enum(['up', 'down']),
+  local: z.boolean(),
+  capacity: z.number(),
+  running: z.number(),
+  seeds: z.number(),
+  last_heartbeat_at: z.string().nullable(),
+});
+export const NodesResponse = z.object({ nodes: z.array(NodeInfo) });
+export type NodeInfo = z.infer<typeof NodeInfo>;
