@@ -160,7 +160,7 @@ export class Cluster {
   }
 
   list(): NodeInfo[] {
-    return this.all().map((m) => ({
+    return this.all().sort((a, b) => a.name.localeCompare(b.name)).map((m) => ({
       name: m.name,
       url: m.url,
       state: m.state,

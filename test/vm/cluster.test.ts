@@ -1,0 +1,203 @@
+// Several node agents as their own processes (`thaw node`), a control plane
+// without a local node (`--no-local-node`), a real S3-protocol server and real
+// QEMU VMs. A seed baked on node A is thawed on node B; nodes are SIGKILLed
+// while idle, mid-pull and mid-thaw, and every request is still answered
+// (from another node), no half seed is ever used, and no VM outlives its node.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, before, describe, test } from 'node:test';
+import pino from 'pino';
+import { request } from 'undici';
+import { ApiClient } from '../../src/api/client.ts';
+import { startThaw, type Running } from '../../src/control/up.ts';
+import { packAppDir } from '../../src/image/tarball.ts';
+import { S3RVER_CREDENTIALS, startS3Server, type S3TestServer } from '../helpers/s3server.ts';
+import { HELLO, ROOT, qemuProcesses } from './fixture.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const DOWN_MS = 3000;
+
+interface NodeProc {
+  name: string;
+  dir: string;
+  proc: ChildProcess;
+  exited: Promise<void>;
+  /** Resolves when a log line with this message appears. */
+  waitLog(msg: string): Promise<void>;
+}
+
+describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { concurrency: false }, () => {
+  let s3: S3TestServer;
+  let ctl: Running;
+  let ctlDir: string;
+  let api: ApiClient;
+  let routerPort: number;
+  const dirs = new Map<string, string>();
+  const procs = new Map<string, NodeProc>();
+
+  const startNode = async (name: string): Promise<NodeProc> => {
+    let dir = dirs.get(name);
+    if (!dir) {
+      dir = await mkdtemp(path.join(os.tmpdir(), `thaw-node-${name}-`));
+      dirs.set(name, dir);
+    }
+    const args = [path.join(ROOT, 'bin', 'thaw.js'), '--data', dir, 'node', '--control', ctl.apiUrl, '--name', name, '--token-file', path.join(ctlDir, 'token'),
+      '--s3-endpoint', s3.endpoint, '--s3-bucket', 'seeds', '--node-timeout', String(DOWN_MS)];
+    const proc = spawn(process.execPath, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey, THAW_LOG_LEVEL: 'info' },
+    });
+    const waiters: { msg: string; resolve: () => void }[] = [];
+    let stderr = '';
+    proc.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+    createInterface({ input: proc.stdout! }).on('line', (line) => {
+      let msg = '';
+      try {
+        msg = (JSON.parse(line) as { msg?: string }).msg ?? '';
+      } catch {
+        return;
+      }
+      for (const w of waiters.filter((x) => x.msg === msg)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve();
+      }
+    });
+    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+    const n: NodeProc = { name, dir, proc, exited, waitLog: (msg) => new Promise((resolve) => waiters.push({ msg, resolve })) };
+    procs.set(name, n);
+    void exited.then(() => {
+      if (proc.exitCode && proc.exitCode !== 0) console.error(`node ${name} exited ${proc.exitCode}: ${stderr}`);
+    });
+    return n;
+  };
+
+  const nodeState = async (name: string) => (await api.nodes()).find((n) => n.name === name)?.state;
+  const until = async (what: string, ok: () => Promise<boolean> | boolean, ms = 60_000) => {
+    const t0 = Date.now();
+    while (Date.now() - t0 < ms) {
+      if (await ok()) return;
+      await sleep(100);
+    }
+    assert.fail(`timed out waiting for ${what}`);
+  };
+  const up = (name: string) => until(`node ${name} up`, async () => (await nodeState(name)) === 'up');
+  const down = (name: string) => until(`node ${name} down`, async () => (await nodeState(name)) === 'down');
+  const kill = async (name: string) => {
+    const n = procs.get(name)!;
+    n.proc.kill('SIGKILL');
+    await n.exited;
+  };
+  const get = async () => {
+    const r = await request(`http://127.0.0.1:${routerPort}/`, { headers: { host: 'hello.localhost' } });
+    return { status: r.statusCode, boot: r.headers['x-thaw-boot'], json: (await r.body.json()) as { marker: string | null; pid: number } };
+  };
+  const lastWake = async () => (await api.wakes('hello', 1))[0]!;
+  const seedDirs = async (name: string) => readdir(path.join(dirs.get(name)!, 'node', 'seeds')).catch(() => [] as string[]);
+
+  before(async () => {
+    process.env.AWS_ACCESS_KEY_ID = S3RVER_CREDENTIALS.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = S3RVER_CREDENTIALS.secretAccessKey;
+    s3 = await startS3Server();
+    ctlDir = await mkdtemp(path.join(os.tmpdir(), 'thaw-ctl-'));
+    ctl = await startThaw(
+      { data: ctlDir, port: 0, apiPort: 0, domain: 'localhost', idleTimeout: 300, s3Endpoint: s3.endpoint, s3Bucket: 'seeds', localNode: false, nodeDownAfterMs: DOWN_MS, maintenanceMs: 2000 },
+      pino({ level: process.env.THAW_TEST_LOG ?? 'silent' }),
+    );
+    routerPort = Number(new URL(ctl.routerUrl).port);
+    api = new ApiClient({ url: ctl.apiUrl, token: ctl.token });
+    await Promise.all(['a', 'b', 'c'].map((n) => startNode(n)));
+    await Promise.all(['a', 'b', 'c'].map((n) => up(n)));
+  });
+
+  after(async () => {
+    for (const n of procs.values()) if (n.proc.exitCode === null && n.proc.signalCode === null) n.proc.kill('SIGTERM');
+    await Promise.all([...procs.values()].map((n) => n.exited));
+    await ctl?.stop();
+    await api?.close();
+    await s3?.stop();
+    for (const d of [...dirs.values(), ctlDir]) {
+      assert.deepEqual(qemuProcesses(d), [], `QEMU left running for ${d}`);
+      await rm(d, { recursive: true, force: true });
+    }
+  });
+
+  test('no local node: the control plane lists three remote nodes', async () => {
+    const nodes = await api.nodes();
+    assert.deepEqual(nodes.map((n) => [n.name, n.state, n.local]), [['a', 'up', false], ['b', 'up', false], ['c', 'up', false]]);
+  });
+
+  test('baked on node a; with a killed, node b pulls, verifies and thaws it and serves the marker written on a', async () => {
+    await api.deploy('hello', await packAppDir(HELLO), { env: { WHO: 'cluster' } });
+    const first = await get();
+    assert.equal(first.boot, 'cold');
+    assert.equal((await lastWake()).node, 'a');
+    await request(`http://127.0.0.1:${routerPort}/`, { method: 'POST', body: 'baked-on-a', headers: { host: 'hello.localhost' } }).then((r) => r.body.dump());
+    const slept = await api.sleep('hello');
+    assert.ok(slept.baked);
+    const id = slept.seed!.id;
+    assert.equal(slept.seed!.node, 'a');
+    await until('seed replicated', async () => !!(await api.seeds()).find((s) => s.id === id)?.replicated);
+
+    await kill('a');
+    await down('a');
+    const r = await get();
+    const w = await lastWake();
+    assert.equal(r.status, 200);
+    assert.equal(r.boot, 'snapshot', `fallback: ${w.fallback_reason}`);
+    assert.equal(r.json.marker, 'baked-on-a');
+    assert.equal(w.node, 'b');
+    assert.equal(w.seed_source, 'pulled');
+    assert.equal(w.fs_errors, 0);
+    assert.match(w.placement ?? '', /b pulls it/);
+    assert.ok((w.stages.seed_pull ?? 0) > 0, 'the pull is part of the wake record');
+    await api.sleep('hello');
+  });
+
+  test('node a killed mid-pull: the wake is answered by node c, and a keeps no half seed', async () => {
+    await kill('b'); // holds the seed now; take it out so a wake must pull
+    await down('b');
+    await rm(path.join(dirs.get('a')!, 'node', 'seeds'), { recursive: true, force: true }); // a forgets its copy
+    const a = await startNode('a');
+    await up('a');
+    const pulling = a.waitLog('seed pull started');
+    const answer = get();
+    await pulling;
+    await kill('a');
+    const r = await answer;
+    const w = await lastWake();
+    assert.equal(r.status, 200);
+    assert.equal(r.boot, 'snapshot', `fallback: ${w.fallback_reason}`);
+    assert.equal(r.json.marker, 'baked-on-a');
+    assert.equal(w.node, 'c');
+    assert.equal(w.seed_source, 'pulled');
+    assert.match(w.placement ?? '', /after a broke off/);
+    assert.deepEqual(qemuProcesses(dirs.get('a')!), []);
+    await startNode('a');
+    await up('a');
+    assert.deepEqual(await seedDirs('a'), [], 'the restarted node removed the partial pull');
+    await api.sleep('hello');
+  });
+
+  test('node b killed mid-thaw: the request is answered by node c, and b leaves no VM behind', async () => {
+    const b = await startNode('b'); // still holds the seed it pulled earlier
+    await up('b');
+    const seedId = (await api.seeds())[0]!.id;
+    assert.deepEqual(await seedDirs('b'), [seedId]);
+    const answer = get();
+    await until('a VM on node b', () => qemuProcesses(b.dir).length > 0, 60_000);
+    await kill('b');
+    const r = await answer;
+    const w = await lastWake();
+    assert.equal(r.status, 200);
+    assert.equal(r.boot, 'snapshot', `fallback: ${w.fallback_reason}`);
+    assert.equal(r.json.marker, 'baked-on-a');
+    assert.equal(w.node, 'c');
+    assert.equal(w.seed_source, 'local');
+    assert.match(w.placement ?? '', /c holds seed .* \(after b broke off\)/);
+    await until('b\'s QEMU gone with it', () => qemuProcesses(b.dir).length === 0, 10_000);
+  });
+});
