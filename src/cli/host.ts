@@ -68,7 +68,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .option('--s3-region <region>', 'bucket region (default us-east-1)')
     .addOption(new Option('--seed-cache-bytes <n>', 'byte cap of this node\'s seed cache (LRU)').argParser(intArg))
     .addOption(new Option('--capacity <n>', 'most VMs at once (default: what 80% of memory holds)').argParser(intArg))
-    .addOption(new Option('--node-timeout <ms>', 'stop VMs after this long without the control plane (match `thaw up`)').argParser(intArg).default(5000))
+    .addOption(new Option('--node-timeout <ms>', "the control plane's node timeout (match `thaw up`); VMs stop after 60% of it without the control plane").argParser(intArg).default(5000))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const mod = (await ctx.deps.importModule(new URL('../node/run.ts', import.meta.url).href)) as typeof import('../node/run.ts');
       const str = (k: string) => (typeof o[k] === 'string' ? { [k]: o[k] as string } : {});
@@ -86,7 +86,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
         ...str('s3Region'),
         ...(typeof o.seedCacheBytes === 'number' ? { seedCacheBytes: o.seedCacheBytes } : {}),
         ...(typeof o.capacity === 'number' ? { capacity: o.capacity } : {}),
-        fenceAfterMs: o.nodeTimeout as number,
+        nodeTimeoutMs: o.nodeTimeout as number,
       });
     });
 

@@ -5,9 +5,8 @@
 // the control plane, so an app never runs twice).
 import type { Logger } from 'pino';
 import { ThawError } from '../errors.ts';
-import type { NodeAgent } from '../node/agent.ts';
 import { RemoteNode } from '../node/client.ts';
-import type { NodeApi } from '../node/types.ts';
+import type { InProcessNode, NodeApi } from '../node/types.ts';
 import type { Store } from '../store/types.ts';
 import type { NodeEvent, NodeInfo, NodeStatus } from '../wire/node.ts';
 
@@ -23,7 +22,7 @@ export class Member {
     readonly name: string,
     readonly url: string,
     readonly api: NodeApi,
-    readonly agent: NodeAgent | null,
+    readonly agent: InProcessNode | null,
   ) {
     this.capacity = agent?.capacity ?? 0;
   }
@@ -38,11 +37,11 @@ export class Member {
   }
 
   load(): number {
-    return this.agent ? this.agent.node.running.size : this.running.size;
+    return this.agent ? this.agent.runningCount() : this.running.size;
   }
 
   seedCount(): number {
-    return this.agent ? this.agent.cache.list().length : this.seeds.size;
+    return this.agent ? this.agent.seedCount() : this.seeds.size;
   }
 }
 
@@ -71,7 +70,7 @@ export class Cluster {
 
   constructor(private readonly o: ClusterOptions) {}
 
-  addLocal(agent: NodeAgent): Member {
+  addLocal(agent: InProcessNode): Member {
     const m = new Member(agent.name, 'in-process', agent, agent);
     agent.onEvent = (e) => this.onEvent(agent.name, e);
     this.members.set(agent.name, m);
@@ -103,6 +102,7 @@ export class Cluster {
     m.seeds.clear();
     for (const s of st.seeds) m.seeds.add(s);
     for (const e of st.events) this.onEvent(st.name, e);
+    if (st.leaving) await this.markDown(st.name, 'node shut down');
     await this.o.store.upsertNode({ name: st.name, url: st.url, capacity: st.capacity, running: st.running.length, seeds: st.seeds, heartbeatAt: new Date().toISOString() });
     return m;
   }

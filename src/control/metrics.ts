@@ -1,8 +1,9 @@
 // Prometheus metrics (prom-client): wake duration by boot mode, wakes by
-// fallback reason, apps by state, seed bytes.
+// fallback reason, apps by state, seed bytes, nodes by state, seed uploads.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { STATES } from '../state.ts';
 import type { AppRow, SeedRow, WakeRow } from '../store/types.ts';
+import type { NodeInfo } from '../wire/node.ts';
 
 export class Metrics {
   readonly registry = new Registry();
@@ -21,7 +22,10 @@ export class Metrics {
   });
   private readonly wakeFailures = new Counter({ name: 'thaw_wake_failures_total', help: 'Wakes where neither thaw nor cold boot worked', registers: [this.registry] });
   private readonly apps = new Gauge({ name: 'thaw_apps', help: 'Apps by state', labelNames: ['state'], registers: [this.registry] });
-  private readonly seedBytes = new Gauge({ name: 'thaw_seed_bytes', help: 'Bytes of seeds on this host', labelNames: ['kind'], registers: [this.registry] });
+  private readonly seedBytes = new Gauge({ name: 'thaw_seed_bytes', help: 'Bytes of current seeds (apparent, allocated, compressed in object storage)', labelNames: ['kind'], registers: [this.registry] });
+  private readonly seeds = new Gauge({ name: 'thaw_seeds', help: 'Current seeds by replication state', labelNames: ['replicated'], registers: [this.registry] });
+  private readonly nodes = new Gauge({ name: 'thaw_nodes', help: 'Node agents by state', labelNames: ['state'], registers: [this.registry] });
+  private readonly uploads = new Gauge({ name: 'thaw_seed_uploads', help: 'Seed uploads since start, by result', labelNames: ['result'], registers: [this.registry] });
 
   wake(w: WakeRow): void {
     this.wakeSeconds.observe({ boot_mode: w.bootMode }, w.wallMs / 1000);
@@ -33,10 +37,16 @@ export class Metrics {
     this.wakeFailures.inc();
   }
 
-  async render(apps: AppRow[], seeds: SeedRow[]): Promise<{ contentType: string; body: string }> {
+  async render(apps: AppRow[], seeds: SeedRow[], nodes: NodeInfo[] = [], uploads = { uploads: 0, uploadFailures: 0 }): Promise<{ contentType: string; body: string }> {
     for (const s of STATES) this.apps.set({ state: s }, apps.filter((a) => a.state === s).length);
     this.seedBytes.set({ kind: 'apparent' }, seeds.reduce((n, s) => n + s.bytesApparent, 0));
     this.seedBytes.set({ kind: 'allocated' }, seeds.reduce((n, s) => n + s.bytesAllocated, 0));
+    this.seedBytes.set({ kind: 'compressed' }, seeds.reduce((n, s) => n + (s.bytesCompressed ?? 0), 0));
+    this.seeds.set({ replicated: 'true' }, seeds.filter((s) => s.replicated).length);
+    this.seeds.set({ replicated: 'false' }, seeds.filter((s) => !s.replicated).length);
+    for (const st of ['up', 'down'] as const) this.nodes.set({ state: st }, nodes.filter((n) => n.state === st).length);
+    this.uploads.set({ result: 'ok' }, uploads.uploads);
+    this.uploads.set({ result: 'error' }, uploads.uploadFailures);
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 }

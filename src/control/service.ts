@@ -224,7 +224,8 @@ export class Service implements ControlService, AppDirectory {
 
   private async sleepLocked(name: string): Promise<{ baked: boolean; seed: SeedRow | null }> {
     const app = await this.o.store.getApp(name);
-    if (app.state !== 'running') return { baked: false, seed: null };
+    // Not running, or running under another control plane sharing the database: not ours to bake.
+    if (app.state !== 'running' || !this.placed.has(name)) return { baked: false, seed: null };
     await this.o.store.transition(name, 'running', 'sleeping');
     this.route(await this.o.store.getApp(name));
     const pl = this.placed.get(name);
@@ -417,7 +418,10 @@ export class Service implements ControlService, AppDirectory {
   async metrics(): Promise<{ contentType: string; body: string }> {
     const apps = await this.o.store.listApps();
     const seeds = await this.o.store.listSeeds();
-    return this.metrics_.render(apps, seeds);
+    const r = await this.metrics_.render(apps, seeds, this.o.cluster.list(), this.o.replication.stats);
+    // The in-process node's own metrics (transfers, VMs, cache) follow the control plane's.
+    for (const m of this.o.cluster.all()) if (m.agent) r.body += await m.agent.renderMetrics();
+    return r;
   }
 
   /** A node's heartbeat: record it; answer with VMs it runs that are placed elsewhere (stop them). */

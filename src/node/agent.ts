@@ -12,7 +12,8 @@ import { sha256File } from '../seed/files.ts';
 import type { SeedStore } from '../seed/s3.ts';
 import type { NodeEvent, NodeSleepRequest, NodeSleepResponse, NodeStatus, NodeUploadResponse, NodeWakeRequest, NodeWakeResponse, SeedRef } from '../wire/node.ts';
 import type { LocalNode } from './local.ts';
-import type { NodeApi } from './types.ts';
+import { NodeMetrics, type Direction } from './metrics.ts';
+import type { InProcessNode } from './types.ts';
 import path from 'node:path';
 
 /** Where a node finds a deploy's disk image. */
@@ -36,8 +37,9 @@ export interface NodeAgentOptions {
   log: Logger;
 }
 
-export class NodeAgent implements NodeApi {
+export class NodeAgent implements InProcessNode {
   readonly cache: SeedCache;
+  readonly metrics = new NodeMetrics();
   /** Events not yet delivered (heartbeat) or handed to onEvent (in-process). */
   private events: NodeEvent[] = [];
   private readonly uploads = new Map<string, Promise<NodeUploadResponse>>();
@@ -81,6 +83,14 @@ export class NodeAgent implements NodeApi {
 
   hasSeed(seedId: string | null): boolean {
     return this.o.node.hasSeed(seedId);
+  }
+
+  runningCount(): number {
+    return this.o.node.running.size;
+  }
+
+  seedCount(): number {
+    return this.cache.list().length;
   }
 
   async wake(req: NodeWakeRequest): Promise<NodeWakeResponse> {
@@ -128,7 +138,7 @@ export class NodeAgent implements NodeApi {
     if (!s3) throw new ThawError('SEED_MISSING', 'no object storage configured on this node');
     const dir = this.o.node.seedDir(seed.id);
     this.o.log.info({ seedId: seed.id, app: seed.app }, 'seed pull started');
-    const r = await s3.pull(s3.key(seed.app, seed.id), dir);
+    const r = await this.transfer('pull', seed.id, (onProgress) => s3.pull(s3.key(seed.app, seed.id), dir, { onProgress }));
     // The object matched its own manifest; it must also be the seed the control plane recorded.
     const sha = await sha256File(path.join(dir, 'manifest.json'));
     if (sha !== seed.manifestSha256) {
@@ -139,6 +149,27 @@ export class NodeAgent implements NodeApi {
     for (const id of await this.cache.add(seed.id)) this.evicted(id);
     this.o.log.info({ seedId: seed.id, bytes: r.bytesCompressed, ms: r.ms }, 'seed pulled');
     return { ms: r.ms, bytes: r.bytesCompressed };
+  }
+
+  /** Run a transfer with progress logs (every 64 MiB compressed) and metrics. */
+  private async transfer<T extends { ms: number }>(dir: Direction, seedId: string, fn: (onProgress: (bytes: number) => void) => Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    const onProgress = this.metrics.progress(dir, (bytes) => this.o.log.info({ seedId, bytes }, `seed ${dir} progress`));
+    try {
+      const r = await fn(onProgress);
+      this.metrics.done(dir, true, r.ms);
+      return r;
+    } catch (err) {
+      this.metrics.done(dir, false, performance.now() - t0);
+      throw err;
+    }
+  }
+
+  /** Prometheus text of this node's metrics. */
+  async renderMetrics(): Promise<string> {
+    this.metrics.runningVms.set(this.o.node.running.size);
+    this.metrics.cacheBytes.set(this.cache.totalBytes());
+    return this.metrics.registry.metrics();
   }
 
   private evicted(seedId: string): void {
@@ -190,7 +221,7 @@ export class NodeAgent implements NodeApi {
     if (!s3) throw new ThawError('S3_ERROR', `node ${this.name} has no object storage configured`);
     if (!this.o.node.hasSeed(seed.id)) throw new ThawError('SEED_MISSING', `seed ${seed.id} is not on node ${this.name}`);
     this.o.log.info({ seedId: seed.id }, 'seed upload started');
-    const r = await s3.upload(this.o.node.seedDir(seed.id), s3.key(seed.app, seed.id));
+    const r = await this.transfer('upload', seed.id, (onProgress) => s3.upload(this.o.node.seedDir(seed.id), s3.key(seed.app, seed.id), { onProgress }));
     this.o.log.info({ seedId: seed.id, bytes: r.bytesCompressed, ms: r.ms }, 'seed uploaded');
     return { bytesCompressed: r.bytesCompressed, ms: r.ms };
   }

@@ -35,8 +35,8 @@ export interface NodeOptions {
   seedCacheBytes?: number;
   capacity?: number;
   heartbeatMs?: number;
-  /** Stop VMs after this long without the control plane (default 5000; match `thaw up`'s node timeout). */
-  fenceAfterMs?: number;
+  /** The control plane's node timeout (default 5000; match `thaw up --node-timeout`). The node stops its VMs after 60% of it without the control plane, before it can be marked down. */
+  nodeTimeoutMs?: number;
 }
 
 export interface RunningNode {
@@ -77,20 +77,22 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
   const url = o.advertise ?? `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
 
   const every = o.heartbeatMs ?? 1000;
-  const fenceAfter = o.fenceAfterMs ?? 5000;
+  const fenceAfter = Math.round((o.nodeTimeoutMs ?? 5000) * 0.6);
   let lastOk = Date.now();
   let fenced = false;
   let stopped = false;
+  const send = (st: ReturnType<NodeAgent['status']>) =>
+    request(`${control}/v1/nodes/heartbeat`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${o.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify(st),
+      headersTimeout: Math.max(every * 3, 2000),
+      bodyTimeout: Math.max(every * 3, 2000),
+    });
   const beat = async () => {
     const st = agent.status(url);
     try {
-      const res = await request(`${control}/v1/nodes/heartbeat`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${o.token}`, 'content-type': 'application/json' },
-        body: JSON.stringify(st),
-        headersTimeout: every * 5,
-        bodyTimeout: every * 5,
-      });
+      const res = await send(st);
       const body = await res.body.json();
       if (res.statusCode !== 200) throw errorFromBody(res.statusCode, body);
       const answer = HeartbeatResponse.parse(body);
@@ -122,6 +124,9 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
     stop: async () => {
       stopped = true;
       if (timer) clearTimeout(timer);
+      await agent.node.shutdown();
+      // Tell the control plane at once, so requests do not wait for the node timeout.
+      await send({ ...agent.status(url), leaving: true }).then((r) => r.body.dump(), () => {});
       await server.close();
       await agent.close();
     },

@@ -7,13 +7,13 @@ import { bearerChecker } from '../api/auth.ts';
 import { toApiError } from '../api/server.ts';
 import { parseOrThrow } from '../api/schemas.ts';
 import { NodeSleepRequest, NodeWakeRequest, SeedRef } from '../wire/node.ts';
-import type { NodeAgent } from './agent.ts';
+import type { NodeApi } from './types.ts';
 
 const AppParams = z.object({ app: z.string().regex(/^[a-z][a-z0-9-]{0,39}$/) });
 const SeedParams = z.object({ id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/) });
 const StopBody = z.object({ vmId: z.string().optional() }).default({});
 
-export async function createNodeServer(agent: NodeAgent, token: string): Promise<FastifyInstance> {
+export async function createNodeServer(agent: NodeApi & { renderMetrics(): Promise<string> }, token: string): Promise<FastifyInstance> {
   const check = bearerChecker(token);
   const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, forceCloseConnections: true, requestTimeout: 0 }) as unknown as FastifyInstance;
   app.setErrorHandler((err: unknown, _req: FastifyRequest, reply: FastifyReply) => {
@@ -21,9 +21,10 @@ export async function createNodeServer(agent: NodeAgent, token: string): Promise
     void reply.code(te.status).send({ error: te.toJSON() });
   });
   app.addHook('onRequest', async (req) => {
-    if (req.url !== '/healthz') check(req.headers.authorization);
+    if (req.url !== '/healthz' && req.url !== '/metrics') check(req.headers.authorization);
   });
   app.get('/healthz', async () => ({ ok: true, name: agent.name }));
+  app.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4; charset=utf-8').send(await agent.renderMetrics()));
   app.post('/v1/wake', async (req) => agent.wake(parseOrThrow(NodeWakeRequest, req.body, 'body')));
   app.post('/v1/sleep', async (req) => agent.sleep(parseOrThrow(NodeSleepRequest, req.body, 'body')));
   app.post('/v1/apps/:app/stop', async (req) => {

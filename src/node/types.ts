@@ -20,3 +20,14 @@ export interface NodeApi {
 }
 
 export type NodeEventHandler = (node: string, e: NodeEvent) => void;
+
+/** A node in the control plane's own process (`thaw up`'s local node; fakes in tests). */
+export interface InProcessNode extends NodeApi {
+  readonly capacity: number;
+  hasSeed(seedId: string | null): boolean;
+  runningCount(): number;
+  seedCount(): number;
+  /** Set by the cluster: events are delivered at once. */
+  onEvent: ((e: NodeEvent) => void) | null;
+  renderMetrics(): Promise<string>;
+}

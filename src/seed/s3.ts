@@ -118,7 +118,7 @@ export class SeedStore {
   }
 
   /** Pack and upload a seed folder; retried on network errors, then checked with HeadObject. */
-  async upload(seedDir: string, key?: string): Promise<{ key: string; bytesCompressed: number; ms: number }> {
+  async upload(seedDir: string, key?: string, opts: { onProgress?: (bytes: number) => void } = {}): Promise<{ key: string; bytesCompressed: number; ms: number }> {
     const t0 = performance.now();
     const manifest = await readManifest(seedDir);
     const manifestSha = await sha256File(path.join(seedDir, 'manifest.json'));
@@ -126,7 +126,7 @@ export class SeedStore {
     const attempts = this.opts.uploadAttempts ?? 3;
     for (let attempt = 1; ; attempt++) {
       try {
-        const bytes = await this.uploadOnce(seedDir, objKey, manifestSha);
+        const bytes = await this.uploadOnce(seedDir, objKey, manifestSha, opts.onProgress ?? this.opts.onProgress);
         await this.checkUploaded(objKey, bytes, manifestSha);
         return { key: objKey, bytesCompressed: bytes, ms: Math.round(performance.now() - t0) };
       } catch (err) {
@@ -136,8 +136,8 @@ export class SeedStore {
     }
   }
 
-  private async uploadOnce(seedDir: string, key: string, manifestSha: string): Promise<number> {
-    const pack = packSeed(seedDir, { onProgress: this.opts.onProgress });
+  private async uploadOnce(seedDir: string, key: string, manifestSha: string, onProgress?: (bytes: number) => void): Promise<number> {
+    const pack = packSeed(seedDir, { onProgress });
     const upload = new Upload({
       client: this.client,
       params: { Bucket: this.bucket, Key: key, Body: pack.stream, ContentType: 'application/zstd', Metadata: { [META_SHA]: manifestSha } },
@@ -166,7 +166,7 @@ export class SeedStore {
   }
 
   /** Download and unpack a seed into destDir (which must not exist); every byte is verified. */
-  async pull(key: string, destDir: string, opts: { maxBytes?: number } = {}): Promise<{ manifest: Manifest; bytesCompressed: number; ms: number }> {
+  async pull(key: string, destDir: string, opts: { maxBytes?: number; onProgress?: (bytes: number) => void } = {}): Promise<{ manifest: Manifest; bytesCompressed: number; ms: number }> {
     const t0 = performance.now();
     let res;
     try {
@@ -184,7 +184,7 @@ export class SeedStore {
     body.pipe(input);
     const out = await unpackSeed(input, destDir, {
       maxBytes: opts.maxBytes,
-      onProgress: this.opts.onProgress,
+      onProgress: opts.onProgress ?? this.opts.onProgress,
       manifestSha256: res.Metadata?.[META_SHA],
     });
     return { manifest: out.manifest, bytesCompressed: out.bytes, ms: Math.round(performance.now() - t0) };

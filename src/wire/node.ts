@@ -87,6 +87,8 @@ export const NodeStatus = z.object({
   seeds: z.array(Id),
   /** Events since the last acknowledged heartbeat. */
   events: z.array(NodeEvent).max(10_000),
+  /** The node is shutting down (its VMs are already deleted): take it out of scheduling now. */
+  leaving: z.boolean().optional(),
 });
 export type NodeStatus = z.infer<typeof NodeStatus>;
 

@@ -1,0 +1,251 @@
+// The control plane's scheduling and node handling, with fake nodes (no VMs:
+// this tests WHERE and THAT, not HOW; thaws are proven in test/vm/). The store
+// is real: SQLite always, Postgres too when THAW_TEST_PG is set.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import pg from 'pg';
+import pino from 'pino';
+import { ThawError } from '../errors.ts';
+import { RemoteNode } from '../node/client.ts';
+import { createNodeServer } from '../node/server.ts';
+import type { InProcessNode } from '../node/types.ts';
+import { openStore, type OpenStoreOptions } from '../store/index.ts';
+import type { Store } from '../store/types.ts';
+import type { NodeEvent, NodeSleepRequest, NodeStatus, NodeWakeRequest, NodeWakeResponse } from '../wire/node.ts';
+import { Cluster } from './cluster.ts';
+import { Replication } from './replication.ts';
+import { Service } from './service.ts';
+
+const log = pino({ level: 'silent' });
+const TOKEN = 'service-test-token-0123456789';
+const envKey = randomBytes(32);
+let vmSeq = 0;
+
+class FakeNode implements InProcessNode {
+  capacity = 4;
+  onEvent: ((e: NodeEvent) => void) | null = null;
+  readonly running = new Map<string, string>();
+  readonly seeds = new Set<string>();
+  readonly calls: string[] = [];
+  unreachable = false;
+  wakeDelayMs = 0;
+  lastWake: NodeWakeRequest | null = null;
+
+  constructor(readonly name: string) {}
+  hasSeed(id: string | null) { return !!id && this.seeds.has(id); }
+  runningCount() { return this.running.size; }
+  seedCount() { return this.seeds.size; }
+  async renderMetrics() { return ''; }
+
+  async wake(req: NodeWakeRequest): Promise<NodeWakeResponse> {
+    this.calls.push(`wake ${req.app}`);
+    this.lastWake = req;
+    if (this.unreachable) throw new ThawError('NODE_UNREACHABLE', `node ${this.name} is gone`);
+    await new Promise((r) => setTimeout(r, this.wakeDelayMs));
+    const vmId = `${this.name}-vm${++vmSeq}`;
+    this.running.set(req.app, vmId);
+    const had = !!req.seed && this.seeds.has(req.seed.id);
+    const pulled = !!req.seed && !had && req.seed.replicated;
+    if (pulled) this.seeds.add(req.seed!.id);
+    const snapshot = had || pulled;
+    return {
+      vmId,
+      address: { host: '127.0.0.1', port: 40000 + vmSeq },
+      record: {
+        id: `w${vmSeq}`, app: req.app, at: new Date().toISOString(), wallMs: 10, bootMode: snapshot ? 'snapshot' : 'cold', bootMs: 5, gateMs: snapshot ? 1 : null,
+        appStartMs: 3, pid: 100 + vmSeq, fsErrors: 0, fallbackReason: req.seed && !snapshot ? 'seed-unavailable: test' : null, node: this.name,
+        seedSource: pulled ? 'pulled' : snapshot ? 'local' : 'none', placement: req.placement ?? null, stages: {},
+      },
+    };
+  }
+
+  async sleep(req: NodeSleepRequest) {
+    this.calls.push(`sleep ${req.app}`);
+    this.running.delete(req.app);
+    if (req.haveSeed) return { baked: null, error: null };
+    const seedId = `seed-${this.name}-${++vmSeq}`;
+    this.seeds.add(seedId);
+    return { baked: { seedId, bytesApparent: 300, bytesAllocated: 100, manifestSha256: 'ab'.repeat(32) }, error: null };
+  }
+
+  async stop(app: string, vmId?: string) {
+    this.calls.push(`stop ${app}`);
+    if (!vmId || this.running.get(app) === vmId) this.running.delete(app);
+  }
+  async logs() { return ''; }
+  async deleteLogs() {}
+  async uploadSeed() { return { bytesCompressed: 10, ms: 1 }; }
+  async deleteSeed(id: string) { this.seeds.delete(id); }
+  async close() {}
+}
+
+async function sqliteOpts(t: TestContext): Promise<OpenStoreOptions> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'thaw-svc-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return { sqlitePath: path.join(dir, 'thaw.db'), envKey };
+}
+
+async function pgOpts(t: TestContext): Promise<OpenStoreOptions | null> {
+  const url = process.env.THAW_TEST_PG;
+  if (!url) return null;
+  const schema = `thaw_svc_${process.pid}_${randomBytes(4).toString('hex')}`;
+  t.after(async () => {
+    const c = new pg.Client({ connectionString: url });
+    await c.connect();
+    await c.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    await c.end();
+  });
+  return { url, pgSchema: schema, envKey };
+}
+
+/** A control plane over `store` with the given in-process nodes. */
+function controlPlane(t: TestContext, store: Store, nodes: FakeNode[]) {
+  const cluster = new Cluster({ store, token: TOKEN, log, downAfterMs: 60_000 });
+  for (const n of nodes) cluster.addLocal(n);
+  const replication = new Replication({ s3: null, ttlMs: 1e12, store, cluster, log, onSeedGone: async () => {} });
+  const service = new Service({
+    store, cluster, baseRootfs: '/nonexistent', dataDir: os.tmpdir(), log, domain: 'localhost', routerPort: 8080,
+    idleTimeoutS: 300, diskMiB: 64, maxAppBytes: 1 << 20, maxTarballBytes: 1 << 20, replication,
+  });
+  t.after(() => cluster.close());
+  return { service, cluster };
+}
+
+/** An app with a deploy, asleep (no image is built: fake nodes never read it). */
+async function deployed(store: Store, name: string): Promise<void> {
+  await store.createApp({ name, idleTimeoutS: 300 });
+  await store.addDeploy({ id: `d-${name}`, app: name, imagePath: '/nonexistent.img', imageBytes: 1 });
+  await store.transition(name, 'created', 'building');
+  await store.transition(name, 'building', 'asleep', { deployId: `d-${name}` });
+}
+
+test('a wake goes to the node that holds the seed, even when it is busier', async (t) => {
+  const store = await openStore(await sqliteOpts(t));
+  t.after(() => store.close());
+  const a = new FakeNode('a');
+  const b = new FakeNode('b');
+  const { service } = controlPlane(t, store, [a, b]);
+  await deployed(store, 'x');
+  await deployed(store, 'y');
+  const w1 = await service.wake('x');
+  assert.equal(w1.node, 'a');
+  assert.match(w1.placement ?? '', /no seed; a is the least loaded/);
+  const slept = await service.sleep('x');
+  assert.equal(slept.seed?.node, 'a');
+  assert.equal((await service.wake('y')).node, 'a', 'equal load: by name');
+  assert.equal(a.runningCount(), 1);
+  assert.equal(b.runningCount(), 0);
+  const w2 = await service.wake('x');
+  assert.equal(w2.node, 'a');
+  assert.equal(w2.bootMode, 'snapshot');
+  assert.equal(w2.seedSource, 'local');
+  assert.match(w2.placement ?? '', /a holds seed/);
+  assert.equal((await store.listWakes('x', 1))[0]!.placement, w2.placement, 'the placement is stored with the wake');
+});
+
+test('a node that breaks off a wake is skipped and the next node answers', async (t) => {
+  const store = await openStore(await sqliteOpts(t));
+  t.after(() => store.close());
+  const a = new FakeNode('a');
+  const b = new FakeNode('b');
+  a.unreachable = true;
+  const { service } = controlPlane(t, store, [a, b]);
+  await deployed(store, 'x');
+  const w = await service.wake('x');
+  assert.equal(w.node, 'b');
+  assert.match(w.placement ?? '', /after a broke off/);
+  assert.deepEqual(a.calls, ['wake x']);
+  b.unreachable = true;
+  await service.sleep('x');
+  await assert.rejects(service.wake('x'), (e: ThawError) => e.code === 'NO_NODE' && /tried b, a/.test(e.message), 'b holds the seed now, so it goes first');
+  assert.equal((await store.getApp('x')).state, 'failed');
+});
+
+for (const backend of ['sqlite', 'postgres'] as const) {
+  test(`${backend}: two control planes on one database never run an app twice or publish two bakes`, async (t) => {
+    const opts = backend === 'sqlite' ? await sqliteOpts(t) : await pgOpts(t);
+    if (!opts) return t.skip('THAW_TEST_PG not set');
+    const s1 = await openStore(opts);
+    const s2 = await openStore(opts);
+    t.after(async () => {
+      await s1.close();
+      await s2.close();
+    });
+    const n1 = new FakeNode('n1');
+    const n2 = new FakeNode('n2');
+    n1.wakeDelayMs = n2.wakeDelayMs = 200;
+    const cp1 = controlPlane(t, s1, [n1]);
+    const cp2 = controlPlane(t, s2, [n2]);
+    await deployed(s1, 'x');
+    const woke = await Promise.allSettled([cp1.service.wake('x'), cp2.service.wake('x')]);
+    assert.equal(woke.filter((r) => r.status === 'fulfilled').length, 1, 'exactly one wake wins');
+    const lost = woke.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    assert.equal((lost.reason as ThawError).code, 'APP_BUSY');
+    assert.equal(n1.calls.length + n2.calls.length, 1, 'one node was asked to wake');
+    const slept = await Promise.all([cp1.service.sleep('x'), cp2.service.sleep('x')]);
+    assert.equal(slept.filter((r) => r.baked).length, 1, 'one bake is published');
+    assert.equal((await s1.listSeeds()).length, 1);
+    assert.equal((await s1.getApp('x')).state, 'asleep');
+  });
+}
+
+test('remote node: heartbeats join it, a silent node is marked down, its apps wake elsewhere and it is told to stop stale VMs', async (t) => {
+  const store = await openStore(await sqliteOpts(t));
+  t.after(() => store.close());
+  const local = new FakeNode('local');
+  const far = new FakeNode('far');
+  const server = await createNodeServer(far, TOKEN);
+  await server.listen({ host: '127.0.0.1', port: 0 });
+  t.after(() => server.close());
+  const url = `http://127.0.0.1:${(server.server.address() as { port: number }).port}`;
+  const { service, cluster } = controlPlane(t, store, [local]);
+  local.capacity = 0; // only the remote node has room
+  const beat = (over: Partial<NodeStatus> = {}) =>
+    service.heartbeat({ name: 'far', url, capacity: 4, running: [...far.running].map(([app, vmId]) => ({ app, vmId })), seeds: [...far.seeds], events: [], ...over });
+  assert.deepEqual(await beat(), { stop: [] });
+  await deployed(store, 'x');
+  const w = await service.wake('x');
+  assert.equal(w.node, 'far', 'woken over HTTP');
+  assert.equal(far.lastWake?.app, 'x');
+  assert.deepEqual(await beat(), { stop: [] }, 'its own VM is not stopped');
+
+  cluster.get('far')!.lastSeen = 0;
+  assert.deepEqual(await cluster.sweep(), ['far']);
+  assert.equal((await store.getApp('x')).state, 'asleep', 'apps on a down node count as asleep');
+  assert.equal(service.lookup('x')?.address, null);
+  const vmId = far.running.get('x')!;
+  assert.deepEqual((await beat()).stop, [{ app: 'x', vmId }], 'back from the dead, it must stop the VM placed before');
+
+  await service.heartbeat({ name: 'far', url, capacity: 4, running: [], seeds: [], events: [], leaving: true });
+  assert.equal(cluster.get('far')!.state, 'down', 'a leaving node is down at once');
+  local.capacity = 4;
+  assert.equal((await service.wake('x')).node, 'local');
+
+  // The node's API checks the token.
+  const intruder = new RemoteNode('far', url, 'wrong-token-0123456789');
+  t.after(() => intruder.close());
+  await assert.rejects(intruder.logs('x'), (e: ThawError) => e.code === 'UNAUTHORIZED');
+});
+
+test('an app_exit event from its node fails the app; one from a stale VM is ignored', async (t) => {
+  const store = await openStore(await sqliteOpts(t));
+  t.after(() => store.close());
+  const a = new FakeNode('a');
+  const { service } = controlPlane(t, store, [a]);
+  await deployed(store, 'x');
+  await service.wake('x');
+  const vmId = a.running.get('x')!;
+  a.onEvent!({ type: 'app_exit', app: 'x', vmId: 'some-old-vm', code: 1, signal: null });
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal((await store.getApp('x')).state, 'running');
+  a.onEvent!({ type: 'app_exit', app: 'x', vmId, code: 1, signal: null });
+  for (let i = 0; i < 50 && (await store.getApp('x')).state !== 'failed'; i++) await new Promise((r) => setTimeout(r, 20));
+  const app = await store.getApp('x');
+  assert.equal(app.state, 'failed');
+  assert.match(app.error ?? '', /app exited \(code 1/);
+  assert.ok(a.calls.includes('stop x'));
+});
