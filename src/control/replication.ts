@@ -100,6 +100,24 @@ export class Replication {
     if (this.s3) await this.s3.remove(this.s3.key(seed.app, seed.id)).catch((err) => this.o.log.warn({ err: asThawError(err).message }, 'could not delete seed object'));
   }
 
+  /**
+   * Objects whose seed is no longer recorded (deleted while object storage was
+   * down, or an upload that finished after its seed was dropped). Listed before
+   * the seed rows are read, and a seed row exists before its upload starts, so a
+   * live seed's object is never taken for an orphan.
+   */
+  private async removeOrphans(): Promise<void> {
+    if (!this.s3) return;
+    const objects = await this.s3.list();
+    const known = new Set((await this.o.store.listSeeds()).map((s) => s.id));
+    for (const obj of objects) {
+      const m = /\/([^/]+)\.tar\.zst$/.exec(obj.key);
+      if (!m || known.has(m[1]!)) continue;
+      this.o.log.info({ key: obj.key }, 'deleting an orphaned seed object');
+      await this.s3.remove(obj.key);
+    }
+  }
+
   private async tick(): Promise<void> {
     try {
       await this.tickOnce();
@@ -108,9 +126,10 @@ export class Replication {
     }
   }
 
-  /** Retry pending uploads; delete seeds of apps not woken for the TTL. */
+  /** Retry pending uploads; delete orphaned objects and seeds of apps not woken for the TTL. */
   async tickOnce(): Promise<void> {
     for (const s of [...this.pending.values()]) await this.upload(s);
+    await this.removeOrphans();
     const cutoff = Date.now() - this.o.ttlMs;
     for (const s of await this.o.store.listSeeds()) {
       if (Date.parse(s.lastUsedAt) >= cutoff) continue;

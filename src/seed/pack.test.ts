@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -97,6 +97,23 @@ test('a flipped byte in the compressed stream is SEED_CORRUPT and leaves nothing
     bad[i] = bad[i]! ^ 0x5a;
     await assertCorrupt(Readable.from([bad]), `flip-${at}`);
   }
+});
+
+test('a corrupt block mid-stream is SEED_CORRUPT even while input is still flowing (zstd quits, the feeding pipe breaks)', async () => {
+  // A valid prefix, a garbage block, then a long tail: zstd stops at the garbage with most input unread.
+  const bad = Buffer.concat([packed.subarray(0, Math.floor(packed.length / 3)), Buffer.alloc(64 * 1024, 0x5a), Buffer.alloc(8 * MiB, 0x33)]);
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < bad.length; i += 1024) chunks.push(bad.subarray(i, i + 1024));
+  // Fed like a network body (object storage): a PassThrough written chunk by chunk.
+  const input = new PassThrough();
+  void (async () => {
+    for (const c of chunks) {
+      if (input.destroyed) return;
+      if (!input.write(c)) await new Promise((r) => { input.once('drain', r); input.once('close', r); });
+    }
+    input.end();
+  })();
+  await assertCorrupt(input, 'mid-stream');
 });
 
 test('a truncated stream is SEED_CORRUPT and leaves nothing', async () => {

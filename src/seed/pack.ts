@@ -90,6 +90,7 @@ function counter(onBytes: (n: number) => void): Transform {
 }
 
 const NO_SPACE = /No space left on device|ENOSPC/;
+const PIPE_BROKEN = new Set(['EPIPE', 'ERR_STREAM_PREMATURE_CLOSE', 'ERR_STREAM_DESTROYED']);
 
 function diskFull(where: string, cause?: unknown): ThawError {
   return new ThawError('INTERNAL', `disk full while writing ${where}`, { cause, details: { reason: 'disk full', errno: 'ENOSPC' } });
@@ -179,7 +180,9 @@ async function extract(input: Readable, dir: string, opts: UnpackOptions): Promi
   const err = sup.firstError;
   if (sup.anyStderr(NO_SPACE)) throw diskFull(dir, err);
   if (isThawError(err)) throw err;
-  if (inputError !== undefined) throw asThawError(inputError, 'INTERNAL');
+  // The input's own failure (object storage dropped the connection) explains it best, but
+  // a broken pipe on the input is only the pipeline tearing down after a tool quit.
+  if (inputError !== undefined && !PIPE_BROKEN.has((inputError as NodeJS.ErrnoException).code ?? '')) throw asThawError(inputError, 'INTERNAL');
   const spawnErr = toolError(err);
   if (spawnErr) throw spawnErr;
   if (err instanceof ToolFailed) {

@@ -59,13 +59,15 @@ export interface S3TestServer {
   directory: string;
   /** Stop listening, drop open connections and remove the data folder; safe to call twice. */
   stop(): Promise<void>;
+  /** Stop listening but keep the data (restart with startS3Server({ port, directory })). */
+  pause(): Promise<void>;
 }
 
-export async function startS3Server(opts: { buckets?: string[] } = {}): Promise<S3TestServer> {
-  const directory = await mkdtemp(path.join(os.tmpdir(), 'thaw-s3rver-'));
+export async function startS3Server(opts: { buckets?: string[]; port?: number; directory?: string } = {}): Promise<S3TestServer> {
+  const directory = opts.directory ?? (await mkdtemp(path.join(os.tmpdir(), 'thaw-s3rver-')));
   const server = new S3rver({
     address: '127.0.0.1',
-    port: 0,
+    port: opts.port ?? 0,
     silent: true,
     directory,
     configureBuckets: (opts.buckets ?? []).map((name) => ({ name })),
@@ -78,14 +80,22 @@ export async function startS3Server(opts: { buckets?: string[] } = {}): Promise<
     throw err;
   }
   let stopped: Promise<void> | undefined;
+  let paused: Promise<void> | undefined;
+  const close = () => {
+    paused ??= (async () => {
+      const closing = server.close();
+      server.httpServer?.closeAllConnections?.();
+      await closing;
+    })();
+    return paused;
+  };
   return {
+    pause: close,
     endpoint: `http://127.0.0.1:${addr.port}`,
     directory,
     stop() {
       stopped ??= (async () => {
-        const closing = server.close();
-        server.httpServer?.closeAllConnections?.();
-        await closing;
+        await close();
         await rm(directory, { recursive: true, force: true });
       })();
       return stopped;

@@ -4,31 +4,21 @@
 // while idle, mid-pull and mid-thaw, and every request is still answered
 // (from another node), no half seed is ever used, and no VM outlives its node.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 import pino from 'pino';
 import { request } from 'undici';
 import { ApiClient } from '../../src/api/client.ts';
 import { startThaw, type Running } from '../../src/control/up.ts';
 import { packAppDir } from '../../src/image/tarball.ts';
+import { spawnNode, type NodeProc } from '../helpers/nodeproc.ts';
 import { S3RVER_CREDENTIALS, startS3Server, type S3TestServer } from '../helpers/s3server.ts';
-import { HELLO, ROOT, qemuProcesses } from './fixture.ts';
+import { HELLO, qemuProcesses } from './fixture.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const DOWN_MS = 3000;
-
-interface NodeProc {
-  name: string;
-  dir: string;
-  proc: ChildProcess;
-  exited: Promise<void>;
-  /** Resolves when a log line with this message appears. */
-  waitLog(msg: string): Promise<void>;
-}
 
 describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { concurrency: false }, () => {
   let s3: S3TestServer;
@@ -45,33 +35,11 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
       dir = await mkdtemp(path.join(os.tmpdir(), `thaw-node-${name}-`));
       dirs.set(name, dir);
     }
-    const args = [path.join(ROOT, 'bin', 'thaw.js'), '--data', dir, 'node', '--control', ctl.apiUrl, '--name', name, '--token-file', path.join(ctlDir, 'token'),
-      '--s3-endpoint', s3.endpoint, '--s3-bucket', 'seeds', '--node-timeout', String(DOWN_MS)];
-    const proc = spawn(process.execPath, args, {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey, THAW_LOG_LEVEL: 'info' },
+    const n = spawnNode({
+      name, dir, control: ctl.apiUrl, tokenFile: path.join(ctlDir, 'token'), nodeTimeoutMs: DOWN_MS,
+      s3: { endpoint: s3.endpoint, bucket: 'seeds', ...S3RVER_CREDENTIALS },
     });
-    const waiters: { msg: string; resolve: () => void }[] = [];
-    let stderr = '';
-    proc.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-    createInterface({ input: proc.stdout! }).on('line', (line) => {
-      let msg = '';
-      try {
-        msg = (JSON.parse(line) as { msg?: string }).msg ?? '';
-      } catch {
-        return;
-      }
-      for (const w of waiters.filter((x) => x.msg === msg)) {
-        waiters.splice(waiters.indexOf(w), 1);
-        w.resolve();
-      }
-    });
-    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-    const n: NodeProc = { name, dir, proc, exited, waitLog: (msg) => new Promise((resolve) => waiters.push({ msg, resolve })) };
     procs.set(name, n);
-    void exited.then(() => {
-      if (proc.exitCode && proc.exitCode !== 0) console.error(`node ${name} exited ${proc.exitCode}: ${stderr}`);
-    });
     return n;
   };
 
@@ -86,11 +54,7 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
   };
   const up = (name: string) => until(`node ${name} up`, async () => (await nodeState(name)) === 'up');
   const down = (name: string) => until(`node ${name} down`, async () => (await nodeState(name)) === 'down');
-  const kill = async (name: string) => {
-    const n = procs.get(name)!;
-    n.proc.kill('SIGKILL');
-    await n.exited;
-  };
+  const kill = (name: string) => procs.get(name)!.kill();
   const get = async () => {
     const r = await request(`http://127.0.0.1:${routerPort}/`, { headers: { host: 'hello.localhost' } });
     return { status: r.statusCode, boot: r.headers['x-thaw-boot'], json: (await r.body.json()) as { marker: string | null; pid: number } };
@@ -114,8 +78,7 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
   });
 
   after(async () => {
-    for (const n of procs.values()) if (n.proc.exitCode === null && n.proc.signalCode === null) n.proc.kill('SIGTERM');
-    await Promise.all([...procs.values()].map((n) => n.exited));
+    await Promise.all([...procs.values()].map((n) => n.stop()));
     await ctl?.stop();
     await api?.close();
     await s3?.stop();
@@ -199,5 +162,13 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
     assert.equal(w.seed_source, 'local');
     assert.match(w.placement ?? '', /c holds seed .* \(after b broke off\)/);
     await until('b\'s QEMU gone with it', () => qemuProcesses(b.dir).length === 0, 10_000);
+  });
+
+  test('node c shut down with SIGTERM: its VM is deleted and the control plane knows at once', async () => {
+    assert.equal((await api.getApp('hello')).state, 'running');
+    await procs.get('c')!.stop();
+    assert.equal(await nodeState('c'), 'down', 'no waiting for the node timeout');
+    assert.equal((await api.getApp('hello')).state, 'asleep');
+    assert.deepEqual(qemuProcesses(dirs.get('c')!), []);
   });
 });
