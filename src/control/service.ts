@@ -3,18 +3,17 @@
 // store. HOW is the node agents' job (src/node). Every state change is one
 // compare-and-set transition (src/state.ts); operations on one app hold the
 // store's app lock (in-process and, on Postgres, across processes and hosts).
-import { randomUUID } from 'node:crypto';
-import { chmod, mkdir, rm } from 'node:fs/promises';
-import path from 'node:path';
+import { rm } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { ThawError, asThawError, isThawError } from '../errors.ts';
-import { buildAppImage } from '../image/build.ts';
-import { extractAppTarball } from '../image/tarball.ts';
 import { validateAppName } from '../image/validate.ts';
 import type { AppDirectory, WakeResult } from '../router/types.ts';
 import type { AppRow, SeedRow, Store, WakeRow } from '../store/types.ts';
-import type { Address, HeartbeatResponse, NodeEvent, NodeInfo, NodeStatus, NodeWakeResponse } from '../wire/node.ts';
+import type { HeartbeatResponse, NodeInfo, NodeStatus, NodeWakeResponse } from '../wire/node.ts';
+import { appRoot, buildDeploy, imagePath } from './build.ts';
+import { Fleet } from './fleet.ts';
+import { Placements } from './placements.ts';
 import type { Cluster, Member } from './cluster.ts';
 import { streamImage } from './images.ts';
 import type { AppView, ControlService, DeployResult } from './types.ts';
@@ -38,19 +37,17 @@ export interface ServiceOptions {
 }
 
 export class Service implements ControlService, AppDirectory {
-  /** Where each running app is: node, VM, address. */
-  private readonly placed = new Map<string, { node: string; vmId: string; address: Address }>();
   /** Seeds dropped while a VM may still use their disk; purged once the app's VM is gone. */
   private readonly stale = new Map<string, SeedRow>();
-  /** Mirror of what the router needs, kept in step with every write. */
-  private readonly routes = new Map<string, { address: { host: string; port: number } | null; idleTimeoutS: number }>();
+  private readonly placed: Placements;
+  private readonly fleet: Fleet;
   readonly metrics_ = new Metrics();
   /** Told about every wake, so the router idles apps woken through the API too. */
   onWoke: (name: string, address: { host: string; port: number }, idleTimeoutS: number) => void = () => {};
 
   constructor(private readonly o: ServiceOptions) {
-    o.cluster.onEvent = (node, e) => void this.nodeEvent(node, e).catch((err) => o.log.error({ node, err }, 'handling a node event failed'));
-    o.cluster.onDown = (node) => this.nodeDown(node);
+    this.placed = new Placements(o.cluster, o.log);
+    this.fleet = new Fleet({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, log: o.log });
   }
 
   /** Serialize operations on one app (the store's lock works across processes). */
@@ -58,45 +55,12 @@ export class Service implements ControlService, AppDirectory {
     return this.o.store.withAppLock(name, fn);
   }
 
-  private async nodeEvent(node: string, e: NodeEvent): Promise<void> {
-    if (e.type === 'seed_evicted') {
-      this.o.cluster.get(node)?.seeds.delete(e.seedId);
-      await this.o.replication.evicted(node, e.seedId);
-      return;
-    }
-    this.o.log.warn({ app: e.app, node, code: e.code, signal: e.signal }, 'app exited; VM deleted, next request wakes it again');
-    await this.lock(e.app, async () => {
-      const pl = this.placed.get(e.app);
-      if (!pl || pl.node !== node || (e.vmId && pl.vmId !== e.vmId)) return;
-      await this.stopApp(e.app);
-      const row = await this.o.store.transition(e.app, 'running', 'failed', { vmId: null, hostPort: null, error: `app exited (code ${e.code}, signal ${e.signal})` }).catch(() => null);
-      this.route(row);
-    });
+  private route(a: AppRow | null): void {
+    this.placed.route(a);
   }
 
-  /** A node is down: its apps count as asleep and wake elsewhere on their next request. */
-  private async nodeDown(node: string): Promise<void> {
-    for (const a of await this.o.store.listApps()) {
-      if (a.node !== node || a.state !== 'running') continue;
-      await this.lock(a.name, async () => {
-        const pl = this.placed.get(a.name);
-        if (pl && pl.node !== node) return;
-        this.placed.delete(a.name);
-        const row = await this.o.store.transition(a.name, 'running', 'asleep', { vmId: null, hostPort: null }).catch(() => null);
-        this.route(row);
-        this.o.log.warn({ app: a.name, node }, 'app was running on a node that is down; it wakes elsewhere');
-      });
-    }
-  }
-
-  /** Delete the app's VM wherever it runs (no bake). */
-  private async stopApp(name: string): Promise<void> {
-    const pl = this.placed.get(name);
-    if (!pl) return;
-    this.placed.delete(name);
-    const m = this.o.cluster.get(pl.node);
-    m?.running.delete(name);
-    if (m && m.state === 'up') await m.api.stop(name, pl.vmId).catch((err) => this.o.log.warn({ app: name, node: pl.node, err: asThawError(err).message }, 'could not stop VM'));
+  private stopApp(name: string): Promise<void> {
+    return this.placed.stop(name);
   }
 
   /** Load apps; apps a killed predecessor left mid-flight are asleep now (their VMs were killed by recover()). */
@@ -113,19 +77,13 @@ export class Service implements ControlService, AppDirectory {
     }
   }
 
-  private route(a: AppRow | null): void {
-    if (!a) return;
-    const pl = this.placed.get(a.name);
-    this.routes.set(a.name, { address: a.state === 'running' && pl ? pl.address : null, idleTimeoutS: a.idleTimeoutS });
-  }
-
   private view(a: AppRow): AppView {
     return { ...a, url: `http://${a.name}.${this.o.domain}:${this.o.routerPort}/` };
   }
 
   // ---- AppDirectory (router) -------------------------------------------------
   lookup(name: string) {
-    return this.routes.get(name) ?? null;
+    return this.placed.lookup(name);
   }
 
   async wake(name: string): Promise<WakeRow & WakeResult> {
@@ -186,7 +144,6 @@ export class Service implements ControlService, AppDirectory {
       }
       if (record.seedSource === 'pulled' && app.seedId) m.seeds.add(app.seedId);
       this.placed.set(name, { node: m.name, vmId: out.vmId, address: out.address });
-      m.running.set(name, out.vmId);
       const row = await this.o.store.transition(name, 'waking', 'running', { vmId: out.vmId, hostPort: out.address.port, node: m.name, ...seedPatch });
       this.route(row);
       this.metrics_.wake(record);
@@ -262,7 +219,6 @@ export class Service implements ControlService, AppDirectory {
       this.o.log.error({ app: name, err: error }, 'sleep failed');
     } finally {
       this.placed.delete(name);
-      m?.running.delete(name);
       const row = await this.o.store.transition(name, 'sleeping', 'asleep', { vmId: null, hostPort: null, ...(seed ? { seedId: seed.id } : {}), error });
       this.route(row);
       await this.purgeStale(name);
@@ -299,7 +255,7 @@ export class Service implements ControlService, AppDirectory {
     await this.lock(name, async () => {
       const app = await this.o.store.getApp(name);
       const row = await this.o.store.transition(name, app.state, 'deleting');
-      this.routes.delete(name);
+      this.placed.unroute(name);
       await this.purgeApp(row);
     });
   }
@@ -308,7 +264,7 @@ export class Service implements ControlService, AppDirectory {
     await this.stopApp(app.name);
     await this.purgeStale(app.name);
     for (const s of (await this.o.store.listSeeds()).filter((s) => s.app === app.name)) await this.o.replication.purge(s);
-    await rm(path.join(this.o.dataDir, 'apps', app.name), { recursive: true, force: true });
+    await rm(appRoot(this.o.dataDir, app.name), { recursive: true, force: true });
     await Promise.all(this.o.cluster.live().map((m) => m.api.deleteLogs(app.name).catch(() => {})));
     await this.o.store.deleteApp(app.name);
   }
@@ -331,18 +287,9 @@ export class Service implements ControlService, AppDirectory {
       const prev = app;
       await this.o.store.transition(name, ['created', 'asleep', 'failed'], 'building', { error: null });
       this.route(await this.o.store.getApp(name));
-      const deployId = `d-${Date.now().toString(36)}-${randomUUID().slice(0, 6)}`;
-      const appRoot = path.join(this.o.dataDir, 'apps', name);
-      const src = path.join(appRoot, `src-${deployId}`);
-      const image = path.join(appRoot, `${deployId}.img`);
       try {
-        await mkdir(appRoot, { recursive: true });
-        progress('receiving app tarball');
-        const x = await extractAppTarball(tarball, src, { maxBytes: this.o.maxTarballBytes });
-        progress(`unpacked ${x.files} files (${x.bytes} bytes); building disk image`);
-        const built = await buildAppImage({ appDir: src, baseRootfs: this.o.baseRootfs, out: image, diskMiB: this.o.diskMiB, maxAppBytes: this.o.maxAppBytes, log: progress });
-        await chmod(image, 0o444);
-        const deploy = await this.o.store.addDeploy({ id: deployId, app: name, imagePath: image, imageBytes: built.bytesAllocated });
+        const built = await buildDeploy(this.o, name, tarball, progress);
+        const deploy = await this.o.store.addDeploy({ id: built.deployId, app: name, imagePath: built.image, imageBytes: built.bytesAllocated });
         // A seed froze the old code: it is worthless now.
         const old = await this.o.store.getSeed(name);
         let purgedSeed: string | null = null;
@@ -351,16 +298,13 @@ export class Service implements ControlService, AppDirectory {
           await this.o.store.deleteSeed(old.id);
           purgedSeed = old.id;
         }
-        const row = await this.o.store.transition(name, 'building', 'asleep', { deployId, seedId: null });
+        const row = await this.o.store.transition(name, 'building', 'asleep', { deployId: deploy.id, seedId: null });
         this.route(row);
-        // Old images and sources are no longer needed.
-        if (prev.deployId) await rm(path.join(appRoot, `${prev.deployId}.img`), { force: true });
-        await rm(src, { recursive: true, force: true });
-        progress(`deployed ${deployId} in ${Math.round(performance.now() - t0)} ms`);
+        // The previous image is no longer needed.
+        if (prev.deployId) await rm(imagePath(this.o.dataDir, name, prev.deployId), { force: true });
+        progress(`deployed ${deploy.id} in ${Math.round(performance.now() - t0)} ms`);
         return { app: name, deploy, purgedSeed, buildMs: Math.round(performance.now() - t0) };
       } catch (err) {
-        await rm(src, { recursive: true, force: true });
-        await rm(image, { force: true });
         const back = prev.deployId ? 'asleep' : 'failed';
         const row = await this.o.store.transition(name, 'building', back, { error: asThawError(err).message.slice(0, 2000) }).catch(() => null);
         this.route(row);
@@ -425,18 +369,8 @@ export class Service implements ControlService, AppDirectory {
   }
 
   /** A node's heartbeat: record it; answer with VMs it runs that are placed elsewhere (stop them). */
-  async heartbeat(st: NodeStatus): Promise<HeartbeatResponse> {
-    await this.o.cluster.heartbeat(st);
-    const stop: HeartbeatResponse['stop'] = [];
-    for (const r of st.running) {
-      const app = await this.o.store.findApp(r.app);
-      if (app?.state === 'waking' || app?.state === 'sleeping') continue; // its RPC decides
-      const pl = this.placed.get(r.app);
-      if (app?.state === 'running' && pl?.node === st.name && pl.vmId === r.vmId) continue;
-      stop.push(r);
-    }
-    if (stop.length) this.o.log.warn({ node: st.name, stop }, 'node runs VMs placed elsewhere; stopping them');
-    return { stop };
+  heartbeat(st: NodeStatus): Promise<HeartbeatResponse> {
+    return this.fleet.heartbeat(st);
   }
 
   async nodes(): Promise<NodeInfo[]> {
