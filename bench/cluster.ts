@@ -93,12 +93,13 @@ export async function benchCluster(opts: { thaws?: number; log?: (s: string) => 
       await wake('local thaw');
       await api.sleep('hello');
     }
-    for (const [leaving] of [['a'], ['b']] as const) {
+    let pullMs: number | null = null;
+    for (const [leaving, puller] of [['a', 'b'], ['b', 'c']] as const) {
       await nodes.get(leaving)!.stop(); // graceful: the control plane takes it out at once
       await wake('cross-node thaw');
+      pullMs ??= await transferSeconds(api, puller, 'pull');
       await api.sleep('hello');
     }
-    const pullMs = await transferSeconds(api, 'b', 'pull');
 
     say('pack and unpack the same seed alone, to and from a local file');
     const seedDir = path.join(root, 'a', 'node', 'seeds', seedId);

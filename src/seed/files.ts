@@ -3,13 +3,37 @@
 import { createHash } from 'node:crypto';
 import { open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { ThawError } from '../errors.ts';
 import { Manifest, SEED_FILES, type FileEntry } from './manifest.ts';
 
 const CHUNK = 4 * 1024 * 1024;
 
+/** Files at least this large are hashed on a worker thread (several hash in parallel). */
+const WORKER_MIN_BYTES = 64 * 1024 * 1024;
+
 /** SHA-256 of a file's full content (holes read as zeros), streaming in 4 MiB chunks. */
 export async function sha256File(file: string): Promise<string> {
+  const st = await stat(file);
+  return st.size >= WORKER_MIN_BYTES ? sha256OnWorker(file) : sha256Here(file);
+}
+
+function sha256OnWorker(file: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(new URL('./sha256-worker.mjs', import.meta.url), { workerData: { file }, execArgv: [] });
+    let done = false;
+    w.once('message', (hex: string) => {
+      done = true;
+      resolve(hex);
+    });
+    w.once('error', reject);
+    w.once('exit', (code) => {
+      if (!done) reject(new Error(`hash worker for ${file} exited with ${code}`));
+    });
+  });
+}
+
+async function sha256Here(file: string): Promise<string> {
   const hash = createHash('sha256');
   const fh = await open(file, 'r');
   try {
