@@ -30,6 +30,8 @@ export class Replication {
   readonly s3: SeedStore | null;
   private readonly pending = new Map<string, SeedRow>();
   private readonly uploading = new Set<string>();
+  /** node/seed -> when a node was first seen holding a seed the store does not know. */
+  private readonly unknown = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
   readonly stats = { uploads: 0, uploadFailures: 0, uploadedBytes: 0 };
 
@@ -118,6 +120,35 @@ export class Replication {
     }
   }
 
+  /**
+   * Seeds a node holds that the store no longer knows (deleted while the node was
+   * down or unreachable). A grace period covers a bake whose seed row is being
+   * written right now.
+   */
+  async removeStrays(now = Date.now(), graceMs = 60_000): Promise<string[]> {
+    const known = new Set((await this.o.store.listSeeds()).map((s) => s.id));
+    const removed: string[] = [];
+    const seen = new Set<string>();
+    for (const m of this.o.cluster.live()) {
+      const held = m.agent ? m.agent.seedIds() : [...m.seeds];
+      for (const id of held) {
+        if (known.has(id)) continue;
+        const key = `${m.name}/${id}`;
+        seen.add(key);
+        const first = this.unknown.get(key) ?? now;
+        this.unknown.set(key, first);
+        if (now - first < graceMs) continue;
+        this.o.log.info({ node: m.name, seedId: id }, 'deleting a seed the store no longer knows');
+        await m.api.deleteSeed(id).catch(() => {});
+        m.seeds.delete(id);
+        this.unknown.delete(key);
+        removed.push(key);
+      }
+    }
+    for (const k of [...this.unknown.keys()]) if (!seen.has(k)) this.unknown.delete(k);
+    return removed;
+  }
+
   private async tick(): Promise<void> {
     try {
       await this.tickOnce();
@@ -130,6 +161,7 @@ export class Replication {
   async tickOnce(): Promise<void> {
     for (const s of [...this.pending.values()]) await this.upload(s);
     await this.removeOrphans();
+    await this.removeStrays();
     const cutoff = Date.now() - this.o.ttlMs;
     for (const s of await this.o.store.listSeeds()) {
       if (Date.parse(s.lastUsedAt) >= cutoff) continue;

@@ -12,76 +12,17 @@ import pino from 'pino';
 import { ThawError } from '../errors.ts';
 import { RemoteNode } from '../node/client.ts';
 import { createNodeServer } from '../node/server.ts';
-import type { InProcessNode } from '../node/types.ts';
 import { openStore, type OpenStoreOptions } from '../store/index.ts';
 import type { Store } from '../store/types.ts';
-import type { NodeEvent, NodeSleepRequest, NodeStatus, NodeWakeRequest, NodeWakeResponse } from '../wire/node.ts';
+import type { NodeStatus } from '../wire/node.ts';
 import { Cluster } from './cluster.ts';
+import { FakeNode } from './testing.ts';
 import { Replication } from './replication.ts';
 import { Service } from './service.ts';
 
 const log = pino({ level: 'silent' });
 const TOKEN = 'service-test-token-0123456789';
 const envKey = randomBytes(32);
-let vmSeq = 0;
-
-class FakeNode implements InProcessNode {
-  capacity = 4;
-  onEvent: ((e: NodeEvent) => void) | null = null;
-  readonly running = new Map<string, string>();
-  readonly seeds = new Set<string>();
-  readonly calls: string[] = [];
-  unreachable = false;
-  wakeDelayMs = 0;
-  lastWake: NodeWakeRequest | null = null;
-
-  constructor(readonly name: string) {}
-  hasSeed(id: string | null) { return !!id && this.seeds.has(id); }
-  runningCount() { return this.running.size; }
-  seedCount() { return this.seeds.size; }
-  async renderMetrics() { return ''; }
-
-  async wake(req: NodeWakeRequest): Promise<NodeWakeResponse> {
-    this.calls.push(`wake ${req.app}`);
-    this.lastWake = req;
-    if (this.unreachable) throw new ThawError('NODE_UNREACHABLE', `node ${this.name} is gone`);
-    await new Promise((r) => setTimeout(r, this.wakeDelayMs));
-    const vmId = `${this.name}-vm${++vmSeq}`;
-    this.running.set(req.app, vmId);
-    const had = !!req.seed && this.seeds.has(req.seed.id);
-    const pulled = !!req.seed && !had && req.seed.replicated;
-    if (pulled) this.seeds.add(req.seed!.id);
-    const snapshot = had || pulled;
-    return {
-      vmId,
-      address: { host: '127.0.0.1', port: 40000 + vmSeq },
-      record: {
-        id: `w${vmSeq}`, app: req.app, at: new Date().toISOString(), wallMs: 10, bootMode: snapshot ? 'snapshot' : 'cold', bootMs: 5, gateMs: snapshot ? 1 : null,
-        appStartMs: 3, pid: 100 + vmSeq, fsErrors: 0, fallbackReason: req.seed && !snapshot ? 'seed-unavailable: test' : null, node: this.name,
-        seedSource: pulled ? 'pulled' : snapshot ? 'local' : 'none', placement: req.placement ?? null, stages: {},
-      },
-    };
-  }
-
-  async sleep(req: NodeSleepRequest) {
-    this.calls.push(`sleep ${req.app}`);
-    this.running.delete(req.app);
-    if (req.haveSeed) return { baked: null, error: null };
-    const seedId = `seed-${this.name}-${++vmSeq}`;
-    this.seeds.add(seedId);
-    return { baked: { seedId, bytesApparent: 300, bytesAllocated: 100, manifestSha256: 'ab'.repeat(32) }, error: null };
-  }
-
-  async stop(app: string, vmId?: string) {
-    this.calls.push(`stop ${app}`);
-    if (!vmId || this.running.get(app) === vmId) this.running.delete(app);
-  }
-  async logs() { return ''; }
-  async deleteLogs() {}
-  async uploadSeed() { return { bytesCompressed: 10, ms: 1 }; }
-  async deleteSeed(id: string) { this.seeds.delete(id); }
-  async close() {}
-}
 
 async function sqliteOpts(t: TestContext): Promise<OpenStoreOptions> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'thaw-svc-'));

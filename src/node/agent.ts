@@ -93,7 +93,17 @@ export class NodeAgent implements InProcessNode {
     return this.cache.list().length;
   }
 
+  seedIds(): string[] {
+    return this.cache.list().map((s) => s.seedId);
+  }
+
   async wake(req: NodeWakeRequest): Promise<NodeWakeResponse> {
+    // The control plane placed this wake here, so a VM this node still runs for the app is stale
+    // (left from before the node was marked down): delete it first.
+    if (this.o.node.running.has(req.app)) {
+      this.o.log.warn({ app: req.app }, 'deleting a stale VM of the app before waking it again');
+      await this.o.node.stop(req.app);
+    }
     let t = performance.now();
     const image = await this.o.images.ensure(req.app, req.deployId, req.image);
     const imageMs = performance.now() - t;
@@ -240,7 +250,7 @@ export class NodeAgent implements InProcessNode {
       url,
       capacity: this.o.capacity,
       running: [...this.o.node.running.values()].map((r) => ({ app: r.app, vmId: r.vm.id })),
-      seeds: this.cache.list().map((s) => s.seedId),
+      seeds: this.seedIds(),
       events,
     };
   }

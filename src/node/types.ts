@@ -27,6 +27,7 @@ export interface InProcessNode extends NodeApi {
   hasSeed(seedId: string | null): boolean;
   runningCount(): number;
   seedCount(): number;
+  seedIds(): string[];
   /** Set by the cluster: events are delivered at once. */
   onEvent: ((e: NodeEvent) => void) | null;
   renderMetrics(): Promise<string>;

@@ -45,8 +45,9 @@ class Supervisor {
   firstError: unknown;
   failed = false;
 
-  spawn(name: string, args: string[]): Tool {
-    const child = spawn(name, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  /** `stdin`: another tool's stdout to read directly (a pipe between the two, no copy through Node). */
+  spawn(name: string, args: string[], stdin?: Readable): Tool {
+    const child = spawn(name, args, { stdio: [stdin ?? 'pipe', 'pipe', 'pipe'] });
     const tool: Tool = { name, child, stderr: '', killed: false, exit: Promise.resolve() };
     child.stderr!.setEncoding('utf8').on('data', (s: string) => { tool.stderr = (tool.stderr + s).slice(-STDERR_TAIL); });
     tool.exit = new Promise<void>((resolve) => {
@@ -165,15 +166,20 @@ async function extract(input: Readable, dir: string, opts: UnpackOptions): Promi
   const zstd = sup.spawn('zstd', ['-d', '-q', '-c']);
   // --ignore-zeros: tar reads to the end of its input instead of stopping at the
   // end-of-archive blocks, so zstd never writes the trailing padding into a closed pipe.
-  const tar = sup.spawn('tar', ['-x', '-f', '-', '--ignore-zeros', '-C', dir, '--no-same-owner', '--no-same-permissions', '--no-wildcards', ...SEED_MEMBERS]);
-  const limit = counter((n) => {
-    tarBytes += n;
-    if (opts.maxBytes !== undefined && tarBytes > opts.maxBytes) {
-      throw new ThawError('SEED_CORRUPT', `seed archive is larger than the limit of ${opts.maxBytes} bytes`);
-    }
-  });
+  const tar = sup.spawn('tar', ['-x', '-f', '-', '--ignore-zeros', '-C', dir, '--no-same-owner', '--no-same-permissions', '--no-wildcards', ...SEED_MEMBERS], opts.maxBytes === undefined ? zstd.child.stdout! : undefined);
   sup.watch(pipeline(input, counter((n) => { bytes += n; opts.onProgress?.(bytes); }), zstd.child.stdin!));
-  sup.watch(pipeline(zstd.child.stdout!, limit, tar.child.stdin!));
+  if (opts.maxBytes === undefined) {
+    // zstd feeds tar directly: the decompressed stream (the seed's data) never passes through
+    // Node. tar holds its own copy of the pipe; closing ours lets zstd see a broken pipe when tar quits.
+    zstd.child.stdout!.destroy();
+  } else {
+    const max = opts.maxBytes;
+    const limit = counter((n) => {
+      tarBytes += n;
+      if (tarBytes > max) throw new ThawError('SEED_CORRUPT', `seed archive is larger than the limit of ${max} bytes`);
+    });
+    sup.watch(pipeline(zstd.child.stdout!, limit, tar.child.stdin!));
+  }
   await sup.settled();
   if (!sup.failed) return bytes;
 

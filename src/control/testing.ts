@@ -1,0 +1,76 @@
+// Test helpers for the control plane: a fake in-process node (no VMs). Used
+// by the scheduler, service and replication tests only; never as proof that a
+// thaw works (test/vm/ boots real VMs).
+import { ThawError } from '../errors.ts';
+import type { InProcessNode } from '../node/types.ts';
+import type { NodeEvent, NodeSleepRequest, NodeWakeRequest, NodeWakeResponse, SeedRef } from '../wire/node.ts';
+
+let vmSeq = 0;
+
+/** An in-process node without VMs: wakes, bakes and seeds are bookkeeping. */
+export class FakeNode implements InProcessNode {
+  capacity = 4;
+  onEvent: ((e: NodeEvent) => void) | null = null;
+  readonly running = new Map<string, string>();
+  readonly seeds = new Set<string>();
+  readonly calls: string[] = [];
+  unreachable = false;
+  wakeDelayMs = 0;
+  lastWake: NodeWakeRequest | null = null;
+
+  constructor(readonly name: string) {}
+  hasSeed(id: string | null) { return !!id && this.seeds.has(id); }
+  runningCount() { return this.running.size; }
+  seedCount() { return this.seeds.size; }
+  seedIds() { return [...this.seeds]; }
+  async renderMetrics() { return ''; }
+
+  async wake(req: NodeWakeRequest): Promise<NodeWakeResponse> {
+    this.calls.push(`wake ${req.app}`);
+    this.lastWake = req;
+    if (this.unreachable) throw new ThawError('NODE_UNREACHABLE', `node ${this.name} is gone`);
+    await new Promise((r) => setTimeout(r, this.wakeDelayMs));
+    const vmId = `${this.name}-vm${++vmSeq}`;
+    this.running.set(req.app, vmId);
+    const had = !!req.seed && this.seeds.has(req.seed.id);
+    const pulled = !!req.seed && !had && req.seed.replicated;
+    if (pulled) this.seeds.add(req.seed!.id);
+    const snapshot = had || pulled;
+    return {
+      vmId,
+      address: { host: '127.0.0.1', port: 40000 + vmSeq },
+      record: {
+        id: `w${vmSeq}`, app: req.app, at: new Date().toISOString(), wallMs: 10, bootMode: snapshot ? 'snapshot' : 'cold', bootMs: 5, gateMs: snapshot ? 1 : null,
+        appStartMs: 3, pid: 100 + vmSeq, fsErrors: 0, fallbackReason: req.seed && !snapshot ? 'seed-unavailable: test' : null, node: this.name,
+        seedSource: pulled ? 'pulled' : snapshot ? 'local' : 'none', placement: req.placement ?? null, stages: {},
+      },
+    };
+  }
+
+  async sleep(req: NodeSleepRequest) {
+    this.calls.push(`sleep ${req.app}`);
+    this.running.delete(req.app);
+    if (req.haveSeed) return { baked: null, error: null };
+    const seedId = `seed-${this.name}-${++vmSeq}`;
+    this.seeds.add(seedId);
+    return { baked: { seedId, bytesApparent: 300, bytesAllocated: 100, manifestSha256: 'ab'.repeat(32) }, error: null };
+  }
+
+  async stop(app: string, vmId?: string) {
+    this.calls.push(`stop ${app}`);
+    if (!vmId || this.running.get(app) === vmId) this.running.delete(app);
+  }
+  async logs() { return ''; }
+  async deleteLogs() {}
+  uploadFails = false;
+  async uploadSeed(seed: SeedRef) {
+    this.calls.push(`upload ${seed.id}`);
+    if (this.uploadFails) throw new ThawError('S3_ERROR', 'object storage is down');
+    return { bytesCompressed: 10, ms: 1 };
+  }
+  async deleteSeed(id: string) {
+    this.calls.push(`delete ${id}`);
+    this.seeds.delete(id);
+  }
+  async close() {}
+}
