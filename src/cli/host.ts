@@ -25,6 +25,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .addOption(new Option('--domain <domain>', 'apps are served at NAME.<domain>').env('THAW_DOMAIN').default('localhost'))
     .addOption(new Option('--idle-timeout <seconds>', 'default idle timeout of new apps').env('THAW_IDLE_TIMEOUT').argParser(intArg).default(300))
     .addOption(new Option('--database <url>', 'postgres://... (default: SQLite in the data folder)').env('THAW_DATABASE'))
+    .option('--database-schema <name>', 'Postgres schema for Thaw\'s tables (default: public)')
     .option('--s3-endpoint <url>', 'S3-compatible endpoint for seed replication (path-style; AWS_* env credentials)')
     .option('--s3-bucket <bucket>', 'bucket for seeds (enables replication)')
     .option('--s3-region <region>', 'bucket region (default us-east-1)')
@@ -42,6 +43,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
         domain: o.domain as string,
         idleTimeout: o.idleTimeout as number,
         ...str('database'),
+        ...str('databaseSchema'),
         ...str('s3Endpoint'),
         ...str('s3Bucket'),
         ...str('s3Region'),

@@ -24,6 +24,8 @@ export interface UpOptions {
   idleTimeout: number;
   /** postgres://... for the state store; default SQLite in the data folder. */
   database?: string;
+  /** Postgres only: keep Thaw's tables in this schema (created if missing). */
+  databaseSchema?: string;
   /** S3-compatible object storage for seed replication (credentials from the AWS_* env vars). */
   s3Endpoint?: string;
   s3Bucket?: string;
@@ -72,7 +74,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   const token = await secret(path.join(data, 'token'), () => randomBytes(24).toString('base64url'));
   const envKey = Buffer.from(await secret(path.join(data, 'env.key'), () => randomBytes(32).toString('base64')), 'base64');
   // A wake holds its app's lock through a pull and a cold boot.
-  const store = await openStore({ url: o.database, sqlitePath: path.join(data, 'thaw.db'), envKey, lockWaitMs: 10 * 60_000 });
+  const store = await openStore({ url: o.database, ...(o.databaseSchema ? { pgSchema: o.databaseSchema } : {}), sqlitePath: path.join(data, 'thaw.db'), envKey, lockWaitMs: 10 * 60_000 });
   const assets = await ensureAssets((l) => log.info(l));
   const s3 = s3Config(o);
   const cluster = new Cluster({ store, token, log, downAfterMs: o.nodeDownAfterMs ?? 5000 });

@@ -8,6 +8,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
 import pino from 'pino';
 import { request } from 'undici';
 import { ApiClient } from '../../src/api/client.ts';
@@ -19,6 +20,8 @@ import { HELLO, qemuProcesses } from './fixture.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const DOWN_MS = 3000;
+const pgUrl = process.env.THAW_TEST_PG;
+const pgSchema = `thaw_cluster_${process.pid}`;
 
 describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { concurrency: false }, () => {
   let s3: S3TestServer;
@@ -68,7 +71,11 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
     s3 = await startS3Server();
     ctlDir = await mkdtemp(path.join(os.tmpdir(), 'thaw-ctl-'));
     ctl = await startThaw(
-      { data: ctlDir, port: 0, apiPort: 0, domain: 'localhost', idleTimeout: 300, s3Endpoint: s3.endpoint, s3Bucket: 'seeds', localNode: false, nodeDownAfterMs: DOWN_MS, maintenanceMs: 2000 },
+      {
+        data: ctlDir, port: 0, apiPort: 0, domain: 'localhost', idleTimeout: 300, s3Endpoint: s3.endpoint, s3Bucket: 'seeds', localNode: false, nodeDownAfterMs: DOWN_MS, maintenanceMs: 2000,
+        // The shared state in Postgres when .ci/run started one (THAW_TEST_PG), else SQLite.
+        ...(pgUrl ? { database: pgUrl, databaseSchema: pgSchema } : {}),
+      },
       pino({ level: process.env.THAW_TEST_LOG ?? 'silent' }),
     );
     routerPort = Number(new URL(ctl.routerUrl).port);
@@ -82,6 +89,12 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
     await ctl?.stop();
     await api?.close();
     await s3?.stop();
+    if (pgUrl) {
+      const c = new pg.Client({ connectionString: pgUrl });
+      await c.connect();
+      await c.query(`DROP SCHEMA IF EXISTS ${pgSchema} CASCADE`);
+      await c.end();
+    }
     for (const d of [...dirs.values(), ctlDir]) {
       assert.deepEqual(qemuProcesses(d), [], `QEMU left running for ${d}`);
       await rm(d, { recursive: true, force: true });
@@ -89,6 +102,14 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
   });
 
   test('no local node: the control plane lists three remote nodes', async () => {
+    if (pgUrl) {
+      // Heartbeats are recorded in the shared Postgres state.
+      const c = new pg.Client({ connectionString: pgUrl });
+      await c.connect();
+      const rows = (await c.query(`SELECT name FROM ${pgSchema}.nodes ORDER BY name`)).rows as { name: string }[];
+      await c.end();
+      assert.deepEqual(rows.map((r) => r.name), ['a', 'b', 'c']);
+    }
     const nodes = await api.nodes();
     assert.deepEqual(nodes.map((n) => [n.name, n.state, n.local]), [['a', 'up', false], ['b', 'up', false], ['c', 'up', false]]);
   });
