@@ -239,7 +239,8 @@ export class SqlStore implements Store {
       `wake ${w.id}`,
       `INSERT INTO wakes (id, app, at, wall_ms, boot_mode, boot_ms, gate_ms, app_start_ms, pid, fs_errors, fallback_reason, node, seed_source, stages, placement)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      [w.id, w.app, w.at, w.wallMs, w.bootMode, w.bootMs, w.gateMs, w.appStartMs, w.pid, w.fsErrors, w.fallbackReason, w.node, w.seedSource, JSON.stringify(w.stages ?? {}), w.placement ?? null],
+      // Milliseconds are whole numbers in the store (INTEGER columns; Postgres refuses fractions).
+      [w.id, w.app, w.at, Math.round(w.wallMs), w.bootMode, Math.round(w.bootMs), w.gateMs === null ? null : Math.round(w.gateMs), Math.round(w.appStartMs), w.pid, w.fsErrors, w.fallbackReason, w.node, w.seedSource, JSON.stringify(w.stages ?? {}), w.placement ?? null],
     );
   }
 

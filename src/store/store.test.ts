@@ -167,6 +167,14 @@ async function suite(t: TestContext, env: Env): Promise<void> {
     await assert.rejects(a.addWake(wake('w9', 'ghost', '2024-01-01T00:00:00.000Z', {})), code('APP_NOT_FOUND'));
   });
 
+  await t.test('fractional milliseconds (as the lifecycle measures them) are stored rounded', async () => {
+    await a.createApp({ name: 'frac', idleTimeoutS: 60 });
+    const w = { ...wake('wf', 'frac', '2024-05-01T10:00:00.000Z', { restore: 64.3 }), wallMs: 12510.4, bootMs: 958.6, gateMs: 171.5, appStartMs: 1999.2 };
+    await a.addWake(w);
+    const [got] = await b.listWakes('frac');
+    assert.deepEqual(got, { ...w, wallMs: 12510, bootMs: 959, gateMs: 172, appStartMs: 1999 });
+  });
+
   await t.test('seeds upsert, current seed, delete; nodes upsert', async () => {
     await a.createApp({ name: 'zeta', idleTimeoutS: 60 });
     assert.equal(await a.getSeed('zeta'), null);
