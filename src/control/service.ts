@@ -135,7 +135,7 @@ export class Service implements ControlService, AppDirectory {
     await this.runs.purgeStale(app.name);
     for (const s of (await this.o.store.listSeeds()).filter((s) => s.app === app.name)) await this.o.replication.purge(s);
     await rm(appRoot(this.o.dataDir, app.name), { recursive: true, force: true });
-    await Promise.all(this.o.cluster.live().map((m) => m.api.deleteLogs(app.name).catch(() => {})));
+    await Promise.all(this.o.cluster.live().map((m) => m.api.forgetApp(app.name).catch(() => {})));
     await this.o.store.deleteApp(app.name);
   }
 

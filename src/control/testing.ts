@@ -61,7 +61,7 @@ export class FakeNode implements InProcessNode {
     if (!vmId || this.running.get(app) === vmId) this.running.delete(app);
   }
   async logs() { return ''; }
-  async deleteLogs() {}
+  async forgetApp() {}
   uploadFails = false;
   async uploadSeed(seed: SeedRef) {
     this.calls.push(`upload ${seed.id}`);

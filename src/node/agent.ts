@@ -19,6 +19,7 @@ import path from 'node:path';
 /** Where a node finds a deploy's disk image. */
 export interface ImageSource {
   ensure(app: string, deployId: string, controlPath: string): Promise<string>;
+  /** The app was deleted: drop its images. */
   remove?(app: string): Promise<void>;
 }
 
@@ -213,8 +214,10 @@ export class NodeAgent implements InProcessNode {
     return this.o.node.logs(app);
   }
 
-  async deleteLogs(app: string): Promise<void> {
+  async forgetApp(app: string): Promise<void> {
+    await this.stop(app);
     await this.o.node.deleteLogs(app);
+    await this.o.images.remove?.(app);
   }
 
   /** One upload per seed at a time: a retry must not rewrite the object while the first upload completes. */

@@ -64,8 +64,8 @@ export class RemoteNode implements NodeApi {
     return (await this.call(Logs, 'GET', `/v1/apps/${app}/logs`)).text;
   }
 
-  async deleteLogs(app: string): Promise<void> {
-    await this.call(Ok, 'DELETE', `/v1/apps/${app}/logs`);
+  async forgetApp(app: string): Promise<void> {
+    await this.call(Ok, 'DELETE', `/v1/apps/${app}`);
   }
 
   uploadSeed(seed: SeedRef) {

@@ -1,6 +1,6 @@
 // Deploy images on a `thaw node`: fetched from the control plane on the first
 // wake of a deploy (zstd stream, written sparse), kept as
-// DATA/images/APP--DEPLOY.img; older images of the app are deleted then.
+// DATA/node/images/APP@DEPLOY.img; older images of the app are deleted then.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
@@ -17,7 +17,7 @@ export class ImageFetcher implements ImageSource {
   constructor(private readonly dir: string, private readonly controlUrl: string, private readonly token: string) {}
 
   private file(app: string, deployId: string): string {
-    return path.join(this.dir, `${app}--${deployId}.img`);
+    return path.join(this.dir, `${app}@${deployId}.img`);
   }
 
   ensure(app: string, deployId: string): Promise<string> {
@@ -56,9 +56,13 @@ export class ImageFetcher implements ImageSource {
     }
     // Older deploys of this app are not woken again.
     for (const f of await readdir(this.dir)) {
-      if (f.startsWith(`${app}--`) && path.join(this.dir, f) !== file && !f.includes('.partial-')) await rm(path.join(this.dir, f), { force: true });
+      if (f.startsWith(`${app}@`) && path.join(this.dir, f) !== file && !f.includes('.partial-')) await rm(path.join(this.dir, f), { force: true });
     }
     return file;
+  }
+
+  async remove(app: string): Promise<void> {
+    for (const f of await readdir(this.dir).catch(() => [] as string[])) if (f.startsWith(`${app}@`)) await rm(path.join(this.dir, f), { force: true });
   }
 
   /** Remove partial downloads a killed predecessor left. */

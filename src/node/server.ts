@@ -33,8 +33,8 @@ export async function createNodeServer(agent: NodeApi & { renderMetrics(): Promi
     return { ok: true };
   });
   app.get('/v1/apps/:app/logs', async (req) => ({ text: await agent.logs(parseOrThrow(AppParams, req.params, 'path').app) }));
-  app.delete('/v1/apps/:app/logs', async (req) => {
-    await agent.deleteLogs(parseOrThrow(AppParams, req.params, 'path').app);
+  app.delete('/v1/apps/:app', async (req) => {
+    await agent.forgetApp(parseOrThrow(AppParams, req.params, 'path').app);
     return { ok: true };
   });
   app.post('/v1/seeds/:id/upload', async (req) => {

@@ -12,7 +12,8 @@ export interface NodeApi {
   /** Delete the app's VM without baking. `vmId` limits it to that VM. */
   stop(app: string, vmId?: string): Promise<void>;
   logs(app: string): Promise<string>;
-  deleteLogs(app: string): Promise<void>;
+  /** The app was deleted: its VM, logs and images go. */
+  forgetApp(app: string): Promise<void>;
   /** Pack and upload a seed this node holds; resolves once the object is checked. */
   uploadSeed(seed: SeedRef): Promise<NodeUploadResponse>;
   deleteSeed(seedId: string): Promise<void>;
