@@ -8,15 +8,21 @@ import type { Cluster } from './cluster.ts';
 import type { Placements } from './placements.ts';
 import type { Replication } from './replication.ts';
 
+
 export interface FleetOptions {
   store: Store;
   cluster: Cluster;
   placements: Placements;
   replication: Replication;
   log: Logger;
+  /** A VM placed this long ago must show up in its node's heartbeats (default 10 s). */
+  reportGraceMs?: number;
 }
 
 export class Fleet {
+  /** Apps whose lost VM is being handled (heartbeats keep reporting it until then). */
+  private readonly losing = new Set<string>();
+
   constructor(private readonly o: FleetOptions) {
     o.cluster.onEvent = (node, e) => void this.event(node, e).catch((err) => o.log.error({ node, err }, 'handling a node event failed'));
     o.cluster.onDown = (node) => this.down(node);
@@ -28,7 +34,14 @@ export class Fleet {
 
   /** Record a heartbeat; answer with VMs the node runs that are placed elsewhere (stop them). */
   async heartbeat(st: NodeStatus): Promise<HeartbeatResponse> {
-    await this.o.cluster.heartbeat(st);
+    const m = await this.o.cluster.heartbeat(st);
+    // The heartbeat may predate the latest placements: the control plane's own count wins.
+    for (const [app, p] of this.o.placements.on(st.name)) m.running.set(app, p.vmId);
+    // VMs placed here a while ago that the node no longer runs (it fenced them, or it restarted).
+    const reported = new Set(st.running.map((r) => `${r.app}/${r.vmId}`));
+    for (const [app, p] of this.o.placements.on(st.name)) {
+      if (!reported.has(`${app}/${p.vmId}`) && Date.now() - (p.at ?? 0) > (this.o.reportGraceMs ?? 10_000)) void this.lost(app, st.name, p.vmId);
+    }
     const stop: HeartbeatResponse['stop'] = [];
     for (const r of st.running) {
       const app = await this.o.store.findApp(r.app);
@@ -55,6 +68,22 @@ export class Fleet {
       const row = await this.o.store.transition(e.app, 'running', 'failed', { vmId: null, hostPort: null, error: `app exited (code ${e.code}, signal ${e.signal})` }).catch(() => null);
       this.o.placements.route(row);
     });
+  }
+
+  /** A placed VM is gone from its node: the app is asleep and wakes (anywhere) on its next request. */
+  private async lost(app: string, node: string, vmId: string): Promise<void> {
+    if (this.losing.has(app)) return;
+    this.losing.add(app);
+    await this.lock(app, async () => {
+      const pl = this.o.placements.get(app);
+      if (!pl || pl.node !== node || pl.vmId !== vmId) return;
+      this.o.log.warn({ app, node, vmId }, 'the VM of a running app is gone from its node; the app is asleep');
+      this.o.placements.delete(app);
+      const row = await this.o.store.transition(app, 'running', 'asleep', { vmId: null, hostPort: null }).catch(() => null);
+      this.o.placements.route(row);
+    })
+      .catch((err) => this.o.log.error({ app, err }, 'could not mark a lost VM asleep'))
+      .finally(() => this.losing.delete(app));
   }
 
   /** A node is down: its apps count as asleep and wake elsewhere on their next request. */

@@ -13,7 +13,8 @@ export async function streamImage(file: string): Promise<{ stream: Readable; byt
   });
   const z = spawn('zstd', ['-q', '-1', '-T0', '-c', file], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
-  z.stderr.on('data', (d: Buffer) => (err += d.toString()).slice(-2000));
+  z.stderr.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
+  z.once('error', (e) => z.stdout.destroy(new ThawError('HOST_MISSING_TOOL', `cannot run zstd: ${e.message}`, { cause: e })));
   z.once('close', (code) => {
     if (code) z.stdout.destroy(new ThawError('INTERNAL', `zstd failed on ${file}: ${err.trim()}`));
   });

@@ -11,6 +11,8 @@ export interface Placed {
   node: string;
   vmId: string;
   address: Address;
+  /** When the control plane placed it (Date.now()). */
+  at?: number;
 }
 
 export class Placements {
@@ -28,8 +30,13 @@ export class Placements {
   }
 
   set(name: string, p: Placed): void {
-    this.placed.set(name, p);
+    this.placed.set(name, { ...p, at: p.at ?? Date.now() });
     this.cluster.get(p.node)?.running.set(name, p.vmId);
+  }
+
+  /** Apps placed on `node`. */
+  on(node: string): [string, Placed][] {
+    return [...this.placed].filter(([, p]) => p.node === node);
   }
 
   /** Forget the placement (the VM is gone or no longer ours). */

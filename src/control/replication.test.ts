@@ -11,7 +11,7 @@ import { PutObjectCommand } from '@aws-sdk/client-s3';
 import pino from 'pino';
 import { SeedStore } from '../seed/s3.ts';
 import { openStore } from '../store/index.ts';
-import type { SeedRow, Store } from '../store/types.ts';
+import type { SeedRow } from '../store/types.ts';
 import { S3RVER_CREDENTIALS, startS3Server, type S3TestServer } from '../../test/helpers/s3server.ts';
 import { Cluster } from './cluster.ts';
 import { Replication } from './replication.ts';

@@ -64,12 +64,16 @@ export class Replication {
 
   /** A node evicted a seed from its cache: without a durable copy elsewhere, it is gone. */
   async evicted(node: string, seedId: string): Promise<void> {
-    const row = (await this.o.store.listSeeds()).find((s) => s.id === seedId);
-    if (!row || row.replicated) return;
-    if (this.o.cluster.holders(seedId).some((m) => m.name !== node)) return;
-    this.pending.delete(seedId);
-    this.o.log.warn({ seedId, node }, 'an unreplicated seed was evicted; the next wake cold-boots');
-    await this.o.onSeedGone(row);
+    const first = (await this.o.store.listSeeds()).find((s) => s.id === seedId);
+    if (!first) return;
+    await this.o.store.withAppLock(first.app, async () => {
+      const row = (await this.o.store.listSeeds()).find((s) => s.id === seedId);
+      if (!row || row.replicated) return;
+      if (this.o.cluster.holders(seedId).some((m) => m.name !== node)) return;
+      this.pending.delete(seedId);
+      this.o.log.warn({ seedId, node }, 'an unreplicated seed was evicted; the next wake cold-boots');
+      await this.o.onSeedGone(row);
+    });
   }
 
   private async upload(seed: SeedRow): Promise<void> {
@@ -80,8 +84,7 @@ export class Replication {
     try {
       const r = await holder.api.uploadSeed(seedRef(seed));
       this.pending.delete(seed.id);
-      const row = (await this.o.store.listSeeds()).find((s) => s.id === seed.id);
-      if (row) await this.o.store.putSeed({ ...row, replicated: true, bytesCompressed: r.bytesCompressed });
+      await this.o.store.markSeedReplicated(seed.id, r.bytesCompressed);
       this.stats.uploads++;
       this.stats.uploadedBytes += r.bytesCompressed;
       this.o.log.info({ seedId: seed.id, node: holder.name, bytes: r.bytesCompressed, ms: r.ms }, 'seed replicated');
@@ -165,11 +168,16 @@ export class Replication {
     const cutoff = Date.now() - this.o.ttlMs;
     for (const s of await this.o.store.listSeeds()) {
       if (Date.parse(s.lastUsedAt) >= cutoff) continue;
-      const app = await this.o.store.findApp(s.app);
-      if (app && ['waking', 'running', 'sleeping'].includes(app.state)) continue; // a VM may use its disk
-      this.o.log.info({ seedId: s.id }, 'seed TTL expired; deleting it everywhere');
-      await this.purge(s);
-      await this.o.onSeedGone(s);
+      // Under the app's lock, so no wake is thawing from it meanwhile.
+      await this.o.store.withAppLock(s.app, async () => {
+        const row = (await this.o.store.listSeeds()).find((x) => x.id === s.id);
+        if (!row || Date.parse(row.lastUsedAt) >= cutoff) return;
+        const app = await this.o.store.findApp(s.app);
+        if (app && ['waking', 'running', 'sleeping'].includes(app.state)) return; // a VM may use its disk
+        this.o.log.info({ seedId: s.id }, 'seed TTL expired; deleting it everywhere');
+        await this.purge(row);
+        await this.o.onSeedGone(row);
+      });
     }
   }
 }

@@ -24,6 +24,11 @@ export interface RunsOptions {
 export class Runs {
   /** Seeds dropped while a VM may still use their disk; purged once the app's VM is gone. */
   private readonly stale = new Map<string, SeedRow>();
+  /**
+   * After a restart, wakes wait until remote nodes have heartbeated once and been told
+   * to stop the VMs their apps had (those apps count as asleep now), so no app runs twice.
+   */
+  settleUntil = 0;
   /** Told about every wake, so the router idles apps woken through the API too. */
   onWoke: (name: string, address: { host: string; port: number }, idleTimeoutS: number) => void = () => {};
 
@@ -41,13 +46,15 @@ export class Runs {
     const deploy = (await this.o.store.listDeploys(name)).find((d) => d.id === app.deployId);
     if (!deploy) throw new ThawError('APP_NOT_DEPLOYED', `deploy ${app.deployId} of ${name} is gone`);
     await this.o.store.transition(name, ['asleep', 'failed'], 'waking', { error: null });
+    const settle = this.settleUntil - Date.now();
+    if (settle > 0) await new Promise((r) => setTimeout(r, settle));
     let out: NodeWakeResponse | null = null;
     let member: Member | null = null;
     try {
       const env = await this.o.store.getEnv(name);
       const seedRow = app.seedId ? await this.o.store.getSeed(name) : null;
       const seed = seedRow && seedRow.id === app.seedId ? seedRow : null;
-      // Schedule; a node that breaks off (killed mid-pull or mid-thaw) is marked down and the next one tries.
+      // Schedule; when a node breaks off (killed mid-pull or mid-thaw) the next one tries.
       const tried: string[] = [];
       while (!out) {
         const p = this.o.cluster.pick(app.seedId, new Set(tried));
@@ -58,9 +65,10 @@ export class Runs {
           out = await p.member.api.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, seed: seed ? seedRef(seed) : null, env, placement });
           member = p.member;
         } catch (err) {
+          // Skipped for this wake only: a node that is really gone is marked down by its missing
+          // heartbeats, and one that is alive is told to stop a VM it may have started.
           if (!isThawError(err, 'NODE_UNREACHABLE')) throw err;
           this.o.log.warn({ app: name, node: p.member.name, err: err.message }, 'node broke off the wake; trying another node');
-          await this.o.cluster.markDown(p.member.name, err.message);
         }
       }
       const m = member!;
@@ -103,9 +111,8 @@ export class Runs {
     }
   }
 
-  private async seedUsed(name: string, seedId: string): Promise<void> {
-    const row = await this.o.store.getSeed(name);
-    if (row?.id === seedId) await this.o.store.putSeed({ ...row, lastUsedAt: new Date().toISOString() });
+  private async seedUsed(_name: string, seedId: string): Promise<void> {
+    await this.o.store.touchSeed(seedId, new Date().toISOString());
   }
 
   /** Sleep `name`: bake on the first idle, delete the VM (the caller holds its app lock). */

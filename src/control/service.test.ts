@@ -44,13 +44,13 @@ async function pgOpts(t: TestContext): Promise<OpenStoreOptions | null> {
 }
 
 /** A control plane over `store` with the given in-process nodes. */
-function controlPlane(t: TestContext, store: Store, nodes: FakeNode[]) {
+function controlPlane(t: TestContext, store: Store, nodes: FakeNode[], extra: { reportGraceMs?: number } = {}) {
   const cluster = new Cluster({ store, token: TOKEN, log, downAfterMs: 60_000 });
   for (const n of nodes) cluster.addLocal(n);
   const replication = new Replication({ s3: null, ttlMs: 1e12, store, cluster, log, onSeedGone: async () => {} });
   const service = new Service({
     store, cluster, baseRootfs: '/nonexistent', dataDir: os.tmpdir(), log, domain: 'localhost', routerPort: 8080,
-    idleTimeoutS: 300, diskMiB: 64, maxAppBytes: 1 << 20, maxTarballBytes: 1 << 20, replication,
+    idleTimeoutS: 300, diskMiB: 64, maxAppBytes: 1 << 20, maxTarballBytes: 1 << 20, replication, ...extra,
   });
   t.after(() => cluster.close());
   return { service, cluster };
@@ -189,4 +189,26 @@ test('an app_exit event from its node fails the app; one from a stale VM is igno
   assert.equal(app.state, 'failed');
   assert.match(app.error ?? '', /app exited \(code 1/);
   assert.ok(a.calls.includes('stop x'));
+});
+
+test('a VM its node stopped reporting (fenced, restarted) makes the app asleep; a fresh placement is left alone', async (t) => {
+  const store = await openStore(await sqliteOpts(t));
+  t.after(() => store.close());
+  const far = new FakeNode('far');
+  const server = await createNodeServer(far, TOKEN);
+  await server.listen({ host: '127.0.0.1', port: 0 });
+  t.after(() => server.close());
+  const url = `http://127.0.0.1:${(server.server.address() as { port: number }).port}`;
+  const { service } = controlPlane(t, store, [], { reportGraceMs: 300 });
+  const beat = (running: { app: string; vmId: string }[]) => service.heartbeat({ name: 'far', url, capacity: 4, running, seeds: [], events: [] });
+  await beat([]);
+  await deployed(store, 'x');
+  await service.wake('x');
+  await beat([]); // placed just now: the heartbeat may predate it
+  assert.equal((await store.getApp('x')).state, 'running');
+  await new Promise((r) => setTimeout(r, 400));
+  await beat([]);
+  for (let i = 0; i < 50 && (await store.getApp('x')).state !== 'asleep'; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.equal((await store.getApp('x')).state, 'asleep');
+  assert.equal(service.lookup('x')?.address, null, 'no longer routed to the dead address');
 });

@@ -35,6 +35,8 @@ export interface ServiceOptions {
   maxAppBytes: number;
   maxTarballBytes: number;
   replication: Replication;
+  /** See FleetOptions.reportGraceMs. */
+  reportGraceMs?: number;
 }
 
 export class Service implements ControlService, AppDirectory {
@@ -51,7 +53,7 @@ export class Service implements ControlService, AppDirectory {
   constructor(private readonly o: ServiceOptions) {
     this.placed = new Placements(o.cluster, o.log);
     this.runs = new Runs({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, metrics: this.metrics_, log: o.log });
-    this.fleet = new Fleet({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, log: o.log });
+    this.fleet = new Fleet({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, log: o.log, ...(o.reportGraceMs !== undefined ? { reportGraceMs: o.reportGraceMs } : {}) });
   }
 
   /** Serialize operations on one app (the store's lock works across processes). */
@@ -69,6 +71,9 @@ export class Service implements ControlService, AppDirectory {
 
   /** Load apps; apps a killed predecessor left mid-flight are asleep now (their VMs were killed by recover()). */
   async start(): Promise<void> {
+    // Remote nodes may still run VMs of apps that count as asleep from now on: let them
+    // heartbeat once (and be told to stop those) before the first wake.
+    if ((await this.o.store.listNodes()).length > 0) this.runs.settleUntil = Date.now() + 2500;
     for (const a of await this.o.store.listApps()) {
       let row = a;
       if (a.state === 'running' || a.state === 'waking' || a.state === 'sleeping') row = await this.o.store.transition(a.name, a.state, 'asleep', { vmId: null, hostPort: null });

@@ -11,6 +11,7 @@ import { ensureAssets } from '../guest/assets.ts';
 import { sharedImages, type NodeAgent } from '../node/agent.ts';
 import { createNodeAgent, nodeDir } from '../node/bootstrap.ts';
 import { createRouter } from '../router/router.ts';
+import { s3FromFlags } from '../seed/s3.ts';
 import { openStore } from '../store/index.ts';
 import { Cluster } from './cluster.ts';
 import { Replication } from './replication.ts';
@@ -63,10 +64,6 @@ async function secret(file: string, make: () => string): Promise<string> {
   }
 }
 
-export function s3Config(o: { s3Endpoint?: string; s3Bucket?: string; s3Region?: string }) {
-  return o.s3Bucket ? { bucket: o.s3Bucket, ...(o.s3Endpoint ? { endpoint: o.s3Endpoint } : {}), ...(o.s3Region ? { region: o.s3Region } : {}) } : null;
-}
-
 /** Start everything; resolves once the API and the router listen. */
 export async function startThaw(o: UpOptions, log: Logger = pino({ level: process.env.THAW_LOG_LEVEL ?? 'info' })): Promise<Running> {
   const data = path.resolve(o.data);
@@ -76,7 +73,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   // A wake holds its app's lock through a pull and a cold boot.
   const store = await openStore({ url: o.database, ...(o.databaseSchema ? { pgSchema: o.databaseSchema } : {}), sqlitePath: path.join(data, 'thaw.db'), envKey, lockWaitMs: 10 * 60_000 });
   const assets = await ensureAssets((l) => log.info(l));
-  const s3 = s3Config(o);
+  const s3 = s3FromFlags(o);
   const cluster = new Cluster({ store, token, log, downAfterMs: o.nodeDownAfterMs ?? 5000 });
   let agent: NodeAgent | null = null;
   if (o.localNode !== false) {

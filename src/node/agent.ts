@@ -45,6 +45,10 @@ export class NodeAgent implements InProcessNode {
   private events: NodeEvent[] = [];
   private readonly uploads = new Map<string, Promise<NodeUploadResponse>>();
   private readonly pulls = new Map<string, Promise<{ ms: number; bytes: number }>>();
+  /** app -> the seed its VM was woken with (thawed from it, or cold-booted on its disk copy). */
+  private readonly seedOfApp = new Map<string, string>();
+  /** Seeds to delete once no VM uses them any more. */
+  private readonly deferred = new Set<string>();
   /** Set by an in-process control plane: events are delivered at once instead of queued. */
   onEvent: ((e: NodeEvent) => void) | null = null;
 
@@ -73,8 +77,19 @@ export class NodeAgent implements InProcessNode {
     else this.events.push(e);
   }
 
+  /** A running VM was thawed from the seed or may have its disk copy as backing file. */
   private inUse(seedId: string): boolean {
-    return [...this.o.node.running.values()].some((r) => r.seedId === seedId);
+    return [...this.seedOfApp.values()].includes(seedId) || [...this.o.node.running.values()].some((r) => r.seedId === seedId);
+  }
+
+  /** The app's VM is gone: a seed whose deletion waited for it goes now. */
+  private async released(app: string): Promise<void> {
+    const id = this.seedOfApp.get(app);
+    this.seedOfApp.delete(app);
+    if (id && this.deferred.has(id) && !this.inUse(id)) {
+      this.deferred.delete(id);
+      await this.deleteSeed(id);
+    }
   }
 
   async start(): Promise<void> {
@@ -113,6 +128,7 @@ export class NodeAgent implements InProcessNode {
     if (req.seed && !this.o.node.hasSeed(req.seed.id)) extra = await this.pullForWake(req.seed);
     const pullMs = performance.now() - t;
     const out = await this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env }, extra);
+    if (req.seed) this.seedOfApp.set(req.app, req.seed.id);
     if (out.record.bootMode === 'snapshot' && req.seed) this.cache.touch(req.seed.id);
     // The wake's wall clock includes fetching what it needed.
     const record = { ...out.record, placement: req.placement ?? null, wallMs: Math.round(out.record.wallMs + imageMs + pullMs), stages: { ...out.record.stages } };
@@ -189,7 +205,7 @@ export class NodeAgent implements InProcessNode {
   }
 
   async sleep(req: NodeSleepRequest): Promise<NodeSleepResponse> {
-    const r = await this.o.node.sleep(req.app, { haveSeed: req.haveSeed });
+    const r = await this.o.node.sleep(req.app, { haveSeed: req.haveSeed }).finally(() => this.released(req.app));
     if (!r.baked) return { baked: null, error: r.error };
     const f = r.baked.manifest.files;
     for (const id of await this.cache.add(r.baked.seedId)) this.evicted(id);
@@ -208,6 +224,7 @@ export class NodeAgent implements InProcessNode {
     const run = this.o.node.running.get(app);
     if (!run || (vmId && run.vm.id !== vmId)) return;
     await this.o.node.stop(app);
+    await this.released(app);
   }
 
   logs(app: string): Promise<string> {
@@ -239,7 +256,12 @@ export class NodeAgent implements InProcessNode {
     return { bytesCompressed: r.bytesCompressed, ms: r.ms };
   }
 
+  /** Deleted now, or once the VM that uses it is gone. */
   async deleteSeed(seedId: string): Promise<void> {
+    if (this.inUse(seedId)) {
+      this.deferred.add(seedId);
+      return;
+    }
     await this.cache.remove(seedId).catch(() => {});
     await this.o.node.deleteSeed(seedId);
   }
@@ -262,8 +284,13 @@ export class NodeAgent implements InProcessNode {
     this.events = [...events, ...this.events];
   }
 
+  /** Delete every VM (shutdown, or a node that lost its control plane). */
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.o.node.running.keys()].map((app) => this.stop(app)));
+  }
+
   async close(): Promise<void> {
-    await this.o.node.shutdown();
+    await this.stopAll();
     this.o.s3?.destroy();
   }
 }

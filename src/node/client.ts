@@ -18,13 +18,16 @@ export class RemoteNode implements NodeApi {
   private readonly base: string;
 
   constructor(readonly name: string, readonly url: string, private readonly token: string) {
-    // Wakes, bakes and uploads take as long as they take; a dead node shows up as a reset or refused connection.
     const u = new URL(url);
     this.base = u.pathname.replace(/\/+$/, '');
-    this.pool = new Pool(u.origin, { connect: { timeout: 3000 }, headersTimeout: 0, bodyTimeout: 0, connections: 16 });
+    this.pool = new Pool(u.origin, { connect: { timeout: 3000 }, connections: 16 });
   }
 
-  private async call<S extends z.ZodType>(schema: S, method: Dispatcher.HttpMethod, path: string, body?: unknown): Promise<z.output<S>> {
+  /**
+   * `timeoutMs`: how long the node may take to answer. A killed node shows up at once
+   * (refused or reset); a partitioned one only through this bound.
+   */
+  private async call<S extends z.ZodType>(schema: S, method: Dispatcher.HttpMethod, path: string, body?: unknown, timeoutMs = 30_000): Promise<z.output<S>> {
     let res: Dispatcher.ResponseData;
     try {
       res = await this.pool.request({
@@ -32,6 +35,8 @@ export class RemoteNode implements NodeApi {
         path: `${this.base}${path}`,
         headers: { authorization: `Bearer ${this.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
       });
     } catch (err) {
       throw new ThawError('NODE_UNREACHABLE', `node ${this.name} (${this.url}) did not answer ${method} ${path}: ${(err as Error).message}`, { cause: err, details: { node: this.name } });
@@ -49,11 +54,12 @@ export class RemoteNode implements NodeApi {
   }
 
   wake(req: NodeWakeRequest) {
-    return this.call(NodeWakeResponse, 'POST', '/v1/wake', req);
+    // A pull, a failed thaw and a cold boot (each with its own deadlines on the node) fit well within.
+    return this.call(NodeWakeResponse, 'POST', '/v1/wake', req, 10 * 60_000);
   }
 
   sleep(req: NodeSleepRequest) {
-    return this.call(NodeSleepResponse, 'POST', '/v1/sleep', req);
+    return this.call(NodeSleepResponse, 'POST', '/v1/sleep', req, 5 * 60_000);
   }
 
   async stop(app: string, vmId?: string): Promise<void> {
@@ -69,7 +75,7 @@ export class RemoteNode implements NodeApi {
   }
 
   uploadSeed(seed: SeedRef) {
-    return this.call(NodeUploadResponse, 'POST', `/v1/seeds/${seed.id}/upload`, seed);
+    return this.call(NodeUploadResponse, 'POST', `/v1/seeds/${seed.id}/upload`, seed, 60 * 60_000);
   }
 
   async deleteSeed(seedId: string): Promise<void> {

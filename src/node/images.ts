@@ -41,8 +41,12 @@ export class ImageFetcher implements ImageSource {
       // zstd writes its output sparse: the zero blocks of the image take no space here either.
       const z = spawn('zstd', ['-q', '-d', '-f', '-o', tmp], { stdio: ['pipe', 'ignore', 'pipe'] });
       let err = '';
-      z.stderr.on('data', (d: Buffer) => (err += d.toString()));
-      const exited = new Promise<number | null>((r) => z.once('close', r));
+      z.stderr.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
+      const exited = new Promise<number | null>((resolve, reject) => {
+        z.once('close', resolve);
+        z.once('error', (e) => reject(new ThawError('HOST_MISSING_TOOL', `cannot run zstd: ${e.message}`, { cause: e })));
+      });
+      exited.catch(() => {});
       await pipeline(res.body, z.stdin);
       const code = await exited;
       if (code !== 0) throw new ThawError('INTERNAL', `unpacking the image of ${app} failed${/No space/.test(err) ? ' (disk full)' : ''}: ${err.trim()}`);

@@ -7,9 +7,10 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
-import { request } from 'undici';
+import { Agent, request } from 'undici';
 import { errorFromBody } from '../api/client.ts';
 import { ThawError, asThawError } from '../errors.ts';
+import { s3FromFlags } from '../seed/s3.ts';
 import { HeartbeatResponse, NodeName } from '../wire/node.ts';
 import type { NodeAgent } from './agent.ts';
 import { createNodeAgent, nodeDir } from './bootstrap.ts';
@@ -60,7 +61,7 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
   const host = o.host ?? '127.0.0.1';
   const fetcher = new ImageFetcher(path.join(nodeDir(data), 'images'), control, o.token);
   await fetcher.recover();
-  const s3 = o.s3Bucket ? { bucket: o.s3Bucket, ...(o.s3Endpoint ? { endpoint: o.s3Endpoint } : {}), ...(o.s3Region ? { region: o.s3Region } : {}) } : null;
+  const s3 = s3FromFlags(o);
   const agent = await createNodeAgent({
     dir: nodeDir(data),
     name: o.name,
@@ -78,6 +79,9 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
 
   const every = o.heartbeatMs ?? 1000;
   const fenceAfter = Math.round((o.nodeTimeoutMs ?? 5000) * 0.6);
+  // The fence runs on its own timer; a heartbeat slower than this no longer matters.
+  const hbTimeout = Math.max(1000, fenceAfter);
+  const dispatcher = new Agent({ connect: { timeout: hbTimeout }, headersTimeout: hbTimeout, bodyTimeout: hbTimeout });
   let lastOk = Date.now();
   let fenced = false;
   let stopped = false;
@@ -86,8 +90,7 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
       method: 'POST',
       headers: { authorization: `Bearer ${o.token}`, 'content-type': 'application/json' },
       body: JSON.stringify(st),
-      headersTimeout: Math.max(every * 3, 2000),
-      bodyTimeout: Math.max(every * 3, 2000),
+      dispatcher,
     });
   const beat = async () => {
     const st = agent.status(url);
@@ -96,21 +99,24 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
       const body = await res.body.json();
       if (res.statusCode !== 200) throw errorFromBody(res.statusCode, body);
       const answer = HeartbeatResponse.parse(body);
-      if (Date.now() - lastOk > fenceAfter || fenced) log.info('control plane reachable again');
+      if (fenced) log.info('control plane reachable again');
       lastOk = Date.now();
       fenced = false;
       for (const r of answer.stop) await agent.stop(r.app, r.vmId);
     } catch (err) {
       agent.requeue(st.events);
-      const silent = Date.now() - lastOk;
-      log.warn({ err: asThawError(err).message, silentMs: silent }, 'heartbeat failed');
-      if (silent >= fenceAfter && !fenced && agent.node.running.size) {
-        fenced = true;
-        log.warn({ apps: [...agent.node.running.keys()] }, 'lost the control plane: stopping VMs so no app runs twice');
-        await agent.node.shutdown();
-      }
+      log.warn({ err: asThawError(err).message, silentMs: Date.now() - lastOk }, 'heartbeat failed');
     }
   };
+  // Self-fencing on its own clock, so a slow heartbeat cannot delay it: while the control
+  // plane is unreachable, no VM runs here (it may be waking the apps on other nodes).
+  const fence = setInterval(() => {
+    if (Date.now() - lastOk < fenceAfter || agent.node.running.size === 0) return;
+    if (!fenced) log.warn({ apps: [...agent.node.running.keys()] }, 'lost the control plane: stopping VMs so no app runs twice');
+    fenced = true;
+    void agent.stopAll();
+  }, Math.max(50, Math.floor(fenceAfter / 10)));
+  fence.unref();
   let timer: NodeJS.Timeout | null = null;
   const loop = async () => {
     await beat();
@@ -124,9 +130,11 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
     stop: async () => {
       stopped = true;
       if (timer) clearTimeout(timer);
-      await agent.node.shutdown();
+      clearInterval(fence);
+      await agent.stopAll();
       // Tell the control plane at once, so requests do not wait for the node timeout.
       await send({ ...agent.status(url), leaving: true }).then((r) => r.body.dump(), () => {});
+      await dispatcher.close();
       await server.close();
       await agent.close();
     },

@@ -44,6 +44,11 @@ export interface SeedStoreOptions {
 export interface SeedObject { key: string; bytes: number; lastModified: Date | undefined }
 export interface SeedHead extends SeedObject { manifestSha256: string | undefined }
 
+/** Object storage settings from the `--s3-*` flags (null: no replication). */
+export function s3FromFlags(o: { s3Endpoint?: string; s3Bucket?: string; s3Region?: string }): { bucket: string; endpoint?: string; region?: string } | null {
+  return o.s3Bucket ? { bucket: o.s3Bucket, ...(o.s3Endpoint ? { endpoint: o.s3Endpoint } : {}), ...(o.s3Region ? { region: o.s3Region } : {}) } : null;
+}
+
 /** Object key of a seed: `${prefix}${app}/${seedId}.tar.zst`. */
 export function seedKey(app: string, seedId: string, prefix = DEFAULT_PREFIX): string {
   for (const [what, v] of [['app', app], ['seed id', seedId]] as const) {

@@ -215,6 +215,14 @@ export class SqlStore implements Store {
     );
   }
 
+  async markSeedReplicated(id: string, bytesCompressed: number): Promise<void> {
+    await this.db.batch([{ sql: 'UPDATE seeds SET replicated = ?, bytes_compressed = ? WHERE id = ?', params: [true, bytesCompressed, id] }]);
+  }
+
+  async touchSeed(id: string, at: string): Promise<void> {
+    await this.db.batch([{ sql: 'UPDATE seeds SET last_used_at = ? WHERE id = ?', params: [at, id] }]);
+  }
+
   async getSeed(app: string): Promise<SeedRow | null> {
     const rows = await this.db.all(
       `SELECT s.* FROM seeds s JOIN apps a ON a.name = s.app WHERE s.app = ?

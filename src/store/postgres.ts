@@ -31,6 +31,12 @@ async function q(c: pg.PoolClient, sql: string, params: Param[] = []): Promise<p
 export class PgDriver implements Driver {
   readonly dialect = 'pg' as const;
   private readonly pool: pg.Pool;
+  /**
+   * Connections that hold advisory locks. Separate from the query pool: a lock is
+   * held while its operation runs queries, so lock holders sharing the query pool
+   * could take every connection and wait forever for one more.
+   */
+  private readonly lockPool: pg.Pool;
 
   /** `schema` (optional) puts every table in that Postgres schema, created if missing. */
   constructor(
@@ -39,14 +45,17 @@ export class PgDriver implements Driver {
     private readonly lockWaitMs = 60_000,
   ) {
     if (schema !== undefined && !/^[a-z_][a-z0-9_]{0,62}$/.test(schema)) throw new ThawError('INVALID_REQUEST', `invalid Postgres schema name: ${schema}`);
-    this.pool = new pg.Pool({ connectionString: url, max: 10, ...(schema ? { options: `-c search_path=${schema}` } : {}) });
+    const opts = { connectionString: url, ...(schema ? { options: `-c search_path=${schema}` } : {}) };
+    this.pool = new pg.Pool({ ...opts, max: 10 });
+    this.lockPool = new pg.Pool({ ...opts, max: 64 });
     // An idle client losing its connection must not crash the process; the next query reports it.
     this.pool.on('error', noop);
+    this.lockPool.on('error', noop);
   }
 
   /** A dedicated connection; destroyed instead of reused when fn reports it broken. */
-  private async client<T>(fn: (c: pg.PoolClient, broken: () => void) => Promise<T>): Promise<T> {
-    const c = await this.pool.connect().catch((err: unknown) => {
+  private async client<T>(fn: (c: pg.PoolClient, broken: () => void) => Promise<T>, pool = this.pool): Promise<T> {
+    const c = await pool.connect().catch((err: unknown) => {
       throw classify(err);
     });
     c.on('error', noop);
@@ -60,7 +69,7 @@ export class PgDriver implements Driver {
   }
 
   /** fn in a transaction, rolled back when it throws; fn's own errors pass through unchanged. */
-  private tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+  private tx<T>(fn: (c: pg.PoolClient) => Promise<T>, pool = this.pool): Promise<T> {
     return this.client(async (c, broken) => {
       await q(c, 'BEGIN');
       let result: T;
@@ -72,7 +81,7 @@ export class PgDriver implements Driver {
       }
       await q(c, 'COMMIT');
       return result;
-    });
+    }, pool);
   }
 
   async init(): Promise<void> {
@@ -106,7 +115,7 @@ export class PgDriver implements Driver {
       } finally {
         await c.query('SELECT pg_advisory_unlock($1, $2)', [LOCK_NS, MIGRATE_KEY]).catch(broken);
       }
-    });
+    }, this.lockPool);
   }
 
   /** Transaction-scoped advisory lock, held on a dedicated connection while fn runs. */
@@ -122,10 +131,10 @@ export class PgDriver implements Driver {
         throw classify(err);
       }
       return fn();
-    });
+    }, this.lockPool);
   }
 
   async close(): Promise<void> {
-    await this.pool.end();
+    await Promise.all([this.pool.end(), this.lockPool.end()]);
   }
 }

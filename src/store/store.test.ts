@@ -167,6 +167,25 @@ async function suite(t: TestContext, env: Env): Promise<void> {
     await assert.rejects(a.addWake(wake('w9', 'ghost', '2024-01-01T00:00:00.000Z', {})), code('APP_NOT_FOUND'));
   });
 
+  await t.test('seed columns updated on their own: replicated and last use do not overwrite each other', async () => {
+    await a.createApp({ name: 'cols', idleTimeoutS: 60 });
+    await a.putSeed(seed('sc', 'cols', '2024-05-01T10:00:00.000Z'));
+    await Promise.all([a.markSeedReplicated('sc', 4242), b.touchSeed('sc', '2024-06-01T00:00:00.000Z')]);
+    const got = (await b.listSeeds()).find((s) => s.id === 'sc')!;
+    assert.equal(got.replicated, true);
+    assert.equal(got.bytesCompressed, 4242);
+    assert.equal(got.lastUsedAt, '2024-06-01T00:00:00.000Z');
+  });
+
+  await t.test('many app locks held at once do not starve their own queries', { timeout: 30_000 }, async () => {
+    const names = Array.from({ length: 24 }, (_, i) => `many-${i}`);
+    const got = await Promise.all(names.map((n) => a.withAppLock(n, async () => {
+      await new Promise((r) => setTimeout(r, 30));
+      return (await a.listApps()).length >= 0;
+    })));
+    assert.equal(got.filter(Boolean).length, names.length);
+  });
+
   await t.test('fractional milliseconds (as the lifecycle measures them) are stored rounded', async () => {
     await a.createApp({ name: 'frac', idleTimeoutS: 60 });
     const w = { ...wake('wf', 'frac', '2024-05-01T10:00:00.000Z', { restore: 64.3 }), wallMs: 12510.4, bootMs: 958.6, gateMs: 171.5, appStartMs: 1999.2 };

@@ -99,6 +99,9 @@ export interface Store {
   // seeds
   /** Upsert by id. */
   putSeed(s: SeedRow): Promise<void>;
+  /** Only these columns, so concurrent writers of other columns lose nothing. */
+  markSeedReplicated(id: string, bytesCompressed: number): Promise<void>;
+  touchSeed(id: string, at: string): Promise<void>;
   /** The seed apps.seed_id points to, else the newest seed row of the app. */
   getSeed(app: string): Promise<SeedRow | null>;
   listSeeds(): Promise<SeedRow[]>;

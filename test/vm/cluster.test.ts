@@ -19,7 +19,7 @@ import { S3RVER_CREDENTIALS, startS3Server, type S3TestServer } from '../helpers
 import { HELLO, qemuProcesses } from './fixture.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const DOWN_MS = 3000;
+const DOWN_MS = 5000;
 const pgUrl = process.env.THAW_TEST_PG;
 const pgSchema = `thaw_cluster_${process.pid}`;
 
