@@ -5,6 +5,7 @@
 // (from another node), no half seed is ever used, and no VM outlives its node.
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -192,4 +193,69 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
     assert.equal((await api.getApp('hello')).state, 'asleep');
     assert.deepEqual(qemuProcesses(dirs.get('c')!), []);
   });
+
+  test('a node cut off from the control plane stops its VM before the control plane gives the app away', async () => {
+    // Node d reaches the control plane through a proxy the test can cut; the control plane still reaches d.
+    const proxy = await cuttableProxy(Number(new URL(ctl.apiUrl).port));
+    try {
+      const dir = await mkdtemp(path.join(os.tmpdir(), 'thaw-node-d-'));
+      dirs.set('d', dir);
+      const d = spawnNode({
+        name: 'd', dir, control: `http://127.0.0.1:${proxy.port}`, tokenFile: path.join(ctlDir, 'token'), nodeTimeoutMs: DOWN_MS,
+        s3: { endpoint: s3.endpoint, bucket: 'seeds', ...S3RVER_CREDENTIALS },
+      });
+      procs.set('d', d);
+      await up('d');
+      await procs.get('a')!.stop(); // leaves: d is the only node with room
+      const r = await get();
+      assert.equal(r.status, 200);
+      assert.equal((await lastWake()).node, 'd');
+      assert.equal(qemuProcesses(dir).length, 1);
+      proxy.cut();
+      let vmGoneWhile: string | undefined;
+      await until('d stops its VM', async () => {
+        if (qemuProcesses(dir).length > 0) return false;
+        vmGoneWhile = await nodeState('d');
+        return true;
+      }, 20_000);
+      assert.equal(vmGoneWhile, 'up', 'the VM was gone before the control plane marked d down');
+      await down('d');
+      assert.equal((await api.getApp('hello')).state, 'asleep');
+      proxy.heal();
+      await up('d');
+    } finally {
+      proxy.close();
+    }
+  });
 });
+
+/** A TCP proxy to 127.0.0.1:target whose connections can be cut (and refused) and healed. */
+async function cuttableProxy(target: number): Promise<{ port: number; cut(): void; heal(): void; close(): void }> {
+  const sockets = new Set<net.Socket>();
+  let open = true;
+  const server = net.createServer((client) => {
+    if (!open) return client.destroy();
+    const upstream = net.connect(target, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => {});
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    cut() {
+      open = false;
+      for (const s of sockets) s.destroy();
+    },
+    heal() {
+      open = true;
+    },
+    close() {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
