@@ -64,6 +64,17 @@ test('a silent node is marked down once, calls onDown, and rejoins with its next
   assert.equal(c.pick('s1')!.member.name, 'a');
 });
 
+test('a second live node with the same name is refused; after the first one times out it may take the name', async (t) => {
+  const { c } = cluster(1000);
+  t.after(() => c.close());
+  await c.heartbeat(hb('a'));
+  await assert.rejects(c.heartbeat(hb('a', { url: 'http://127.0.0.1:9/other' })), (e: Error & { code?: string }) => e.code === 'INVALID_REQUEST' && /in use/.test(e.message));
+  assert.equal(c.get('a')!.url, hb('a').url);
+  c.get('a')!.lastSeen = Date.now() - 5000;
+  await c.heartbeat(hb('a', { url: 'http://127.0.0.1:9/other' }));
+  assert.equal(c.get('a')!.url, 'http://127.0.0.1:9/other');
+});
+
 test('events in a heartbeat reach onEvent; a node that moved gets a new client', async (t) => {
   const { c } = cluster();
   t.after(() => c.close());
@@ -72,6 +83,7 @@ test('events in a heartbeat reach onEvent; a node that moved gets a new client',
   await c.heartbeat(hb('a', { events: [{ type: 'seed_evicted', seedId: 's9' }, { type: 'app_exit', app: 'x', vmId: 'v', code: 1, signal: null }] }));
   assert.deepEqual(seen, ['a:seed_evicted', 'a:app_exit']);
   const api = c.get('a')!.api;
+  c.get('a')!.lastSeen = 0; // the old address went silent: the node moved
   await c.heartbeat(hb('a', { url: 'http://127.0.0.1:1/elsewhere' }));
   assert.notEqual(c.get('a')!.api, api);
   assert.equal(c.list().find((n) => n.name === 'a')!.url, 'http://127.0.0.1:1/elsewhere');

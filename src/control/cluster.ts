@@ -86,6 +86,10 @@ export class Cluster {
   async heartbeat(st: NodeStatus): Promise<Member> {
     let m = this.members.get(st.name);
     if (m?.local) throw new ThawError('INVALID_REQUEST', `node name ${st.name} is the control plane's own node; pick another --name`);
+    if (m && m.url !== st.url && m.state === 'up' && Date.now() - m.lastSeen < this.o.downAfterMs) {
+      // Two live nodes with one name would take turns owning it. A restarted node (new port) gets in once the old entry times out.
+      throw new ThawError('INVALID_REQUEST', `node name ${st.name} is in use by ${m.url}; pick another --name (or wait ${this.o.downAfterMs} ms if that node was restarted)`);
+    }
     if (!m || m.url !== st.url) {
       if (m) void m.api.close();
       m = new Member(st.name, st.url, new RemoteNode(st.name, st.url, this.o.token), null);

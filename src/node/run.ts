@@ -9,7 +9,7 @@ import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { Agent, request } from 'undici';
 import { errorFromBody } from '../api/client.ts';
-import { ThawError, asThawError } from '../errors.ts';
+import { ThawError, asThawError, isThawError } from '../errors.ts';
 import { s3FromFlags } from '../seed/s3.ts';
 import { HeartbeatResponse, NodeName } from '../wire/node.ts';
 import type { NodeAgent } from './agent.ts';
@@ -92,8 +92,11 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
       body: JSON.stringify(st),
       dispatcher,
     });
+  let first = true;
   const beat = async () => {
     const st = agent.status(url);
+    const wasFirst = first;
+    first = false;
     try {
       const res = await send(st);
       const body = await res.body.json();
@@ -105,6 +108,8 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
       for (const r of answer.stop) await agent.stop(r.app, r.vmId);
     } catch (err) {
       agent.requeue(st.events);
+      // A wrong token will not fix itself: say so and stop instead of retrying forever.
+      if (wasFirst && isThawError(err, 'UNAUTHORIZED')) throw new ThawError('UNAUTHORIZED', `the control plane at ${control} refused this node's token: pass --token-file with the DATA/token of \`thaw up\``, { cause: err });
       log.warn({ err: asThawError(err).message, silentMs: Date.now() - lastOk }, 'heartbeat failed');
     }
   };
@@ -122,7 +127,15 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
     await beat();
     if (!stopped) timer = setTimeout(() => void loop(), every);
   };
-  await loop();
+  try {
+    await loop();
+  } catch (err) {
+    clearInterval(fence);
+    await dispatcher.close();
+    await server.close();
+    await agent.close();
+    throw err;
+  }
   log.info({ node: o.name, url, control }, 'node is up');
   return {
     agent,

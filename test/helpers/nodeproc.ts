@@ -18,6 +18,8 @@ export interface NodeProc {
   kill(): Promise<void>;
   /** SIGTERM (graceful: VMs deleted, the control plane told) and wait. */
   stop(): Promise<void>;
+  /** The last 4 KB of its stderr. */
+  stderr(): string;
 }
 
 export interface NodeProcOptions {
@@ -28,6 +30,8 @@ export interface NodeProcOptions {
   s3?: { endpoint: string; bucket: string; accessKeyId: string; secretAccessKey: string };
   nodeTimeoutMs?: number;
   extraArgs?: string[];
+  /** The test expects it to exit with an error: do not print its stderr. */
+  expectExit?: boolean;
 }
 
 export function spawnNode(o: NodeProcOptions): NodeProc {
@@ -54,7 +58,7 @@ export function spawnNode(o: NodeProcOptions): NodeProc {
   });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   void exited.then(() => {
-    if (proc.exitCode) console.error(`node ${o.name} exited with ${proc.exitCode}: ${stderr}`);
+    if (proc.exitCode && !o.expectExit) console.error(`node ${o.name} exited with ${proc.exitCode}: ${stderr}`);
   });
   const alive = () => proc.exitCode === null && proc.signalCode === null;
   return {
@@ -71,5 +75,6 @@ export function spawnNode(o: NodeProcOptions): NodeProc {
       if (alive()) proc.kill('SIGTERM');
       await exited;
     },
+    stderr: () => stderr,
   };
 }

@@ -4,7 +4,7 @@
 // while idle, mid-pull and mid-thaw, and every request is still answered
 // (from another node), no half seed is ever used, and no VM outlives its node.
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -113,6 +113,17 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
     }
     const nodes = await api.nodes();
     assert.deepEqual(nodes.map((n) => [n.name, n.state, n.local]), [['a', 'up', false], ['b', 'up', false], ['c', 'up', false]]);
+  });
+
+  test('a node with the wrong token exits at once with a clear error', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'thaw-node-x-'));
+    dirs.set('x', dir);
+    await writeFile(path.join(dir, 'wrong-token'), 'not-the-cluster-token-0123\n');
+    const x = spawnNode({ name: 'x', dir, control: ctl.apiUrl, tokenFile: path.join(dir, 'wrong-token'), expectExit: true });
+    await x.exited;
+    assert.notEqual(x.proc.exitCode, 0);
+    assert.match(x.stderr(), /UNAUTHORIZED.*refused this node's token/s);
+    assert.equal(await nodeState('x'), undefined);
   });
 
   test('baked on node a; with a killed, node b pulls, verifies and thaws it and serves the marker written on a', async () => {
