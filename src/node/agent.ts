@@ -118,7 +118,7 @@ export class NodeAgent implements InProcessNode {
     // (left from before the node was marked down): delete it first.
     if (this.o.node.running.has(req.app)) {
       this.o.log.warn({ app: req.app }, 'deleting a stale VM of the app before waking it again');
-      await this.o.node.stop(req.app);
+      await this.stop(req.app);
     }
     let t = performance.now();
     const image = await this.o.images.ensure(req.app, req.deployId, req.image);

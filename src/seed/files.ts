@@ -1,18 +1,16 @@
 // Seed file helpers: SHA-256 of (sparse) files, allocated size, and verifying
 // a seed folder against its manifest.
 import { createHash } from 'node:crypto';
-import { open, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { ThawError } from '../errors.ts';
 import { Manifest, SEED_FILES, type FileEntry } from './manifest.ts';
 
-const CHUNK = 4 * 1024 * 1024;
-
 /** Files at least this large are hashed on a worker thread (several hash in parallel). */
 const WORKER_MIN_BYTES = 64 * 1024 * 1024;
 
-/** SHA-256 of a file's full content (holes read as zeros), streaming in 4 MiB chunks. */
+/** SHA-256 of a file's full content (holes read as zeros); large files stream on a worker thread. */
 export async function sha256File(file: string): Promise<string> {
   const st = await stat(file);
   return st.size >= WORKER_MIN_BYTES ? sha256OnWorker(file) : sha256Here(file);
@@ -33,20 +31,9 @@ function sha256OnWorker(file: string): Promise<string> {
   });
 }
 
+/** Small files (manifests, device state) are read whole. */
 async function sha256Here(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  const fh = await open(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(CHUNK);
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, CHUNK, null);
-      if (bytesRead === 0) break;
-      hash.update(bytesRead === CHUNK ? buf : buf.subarray(0, bytesRead));
-    }
-  } finally {
-    await fh.close();
-  }
-  return hash.digest('hex');
+  return createHash('sha256').update(await readFile(file)).digest('hex');
 }
 
 export async function fileEntry(file: string): Promise<FileEntry> {

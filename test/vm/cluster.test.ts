@@ -64,6 +64,17 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
     return { status: r.statusCode, boot: r.headers['x-thaw-boot'], json: (await r.body.json()) as { marker: string | null; pid: number } };
   };
   const lastWake = async () => (await api.wakes('hello', 1))[0]!;
+  /** The request was answered from a thaw on `node` that serves the marker written before the bake. */
+  const thawedBy = async (answer: ReturnType<typeof get>, node: string, seedSource: string, placement: RegExp) => {
+    const r = await answer;
+    const w = await lastWake();
+    assert.equal(r.status, 200);
+    assert.equal(r.boot, 'snapshot', `fallback: ${w.fallback_reason}`);
+    assert.equal(r.json.marker, 'baked-on-a');
+    assert.equal(w.node, node);
+    assert.equal(w.seed_source, seedSource);
+    assert.match(w.placement ?? '', placement);
+  };
   const seedDirs = async (name: string) => readdir(path.join(dirs.get(name)!, 'node', 'seeds')).catch(() => [] as string[]);
 
   before(async () => {
@@ -163,14 +174,7 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
     const answer = get();
     await pulling;
     await kill('a');
-    const r = await answer;
-    const w = await lastWake();
-    assert.equal(r.status, 200);
-    assert.equal(r.boot, 'snapshot', `fallback: ${w.fallback_reason}`);
-    assert.equal(r.json.marker, 'baked-on-a');
-    assert.equal(w.node, 'c');
-    assert.equal(w.seed_source, 'pulled');
-    assert.match(w.placement ?? '', /after a broke off/);
+    await thawedBy(answer, 'c', 'pulled', /after a broke off/);
     assert.deepEqual(qemuProcesses(dirs.get('a')!), []);
     await startNode('a');
     await up('a');
@@ -186,14 +190,7 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
     const answer = get();
     await until('a VM on node b', () => qemuProcesses(b.dir).length > 0, 60_000);
     await kill('b');
-    const r = await answer;
-    const w = await lastWake();
-    assert.equal(r.status, 200);
-    assert.equal(r.boot, 'snapshot', `fallback: ${w.fallback_reason}`);
-    assert.equal(r.json.marker, 'baked-on-a');
-    assert.equal(w.node, 'c');
-    assert.equal(w.seed_source, 'local');
-    assert.match(w.placement ?? '', /c holds seed .* \(after b broke off\)/);
+    await thawedBy(answer, 'c', 'local', /c holds seed .* \(after b broke off\)/);
     await until('b\'s QEMU gone with it', () => qemuProcesses(b.dir).length === 0, 10_000);
   });
 
