@@ -35,11 +35,11 @@ export class Fleet {
   /** Record a heartbeat; answer with VMs the node runs that are placed elsewhere (stop them). */
   async heartbeat(st: NodeStatus): Promise<HeartbeatResponse> {
     const m = await this.o.cluster.heartbeat(st);
-    // The heartbeat may predate the latest placements: the control plane's own count wins.
-    for (const [app, p] of this.o.placements.on(st.name)) m.running.set(app, p.vmId);
-    // VMs placed here a while ago that the node no longer runs (it fenced them, or it restarted).
     const reported = new Set(st.running.map((r) => `${r.app}/${r.vmId}`));
     for (const [app, p] of this.o.placements.on(st.name)) {
+      // The heartbeat may predate the latest placements: the control plane's own count wins.
+      m.running.set(app, p.vmId);
+      // Placed here a while ago but no longer run by the node (it fenced the VM, or it restarted).
       if (!reported.has(`${app}/${p.vmId}`) && Date.now() - (p.at ?? 0) > (this.o.reportGraceMs ?? 10_000)) void this.lost(app, st.name, p.vmId);
     }
     const stop: HeartbeatResponse['stop'] = [];

@@ -39,10 +39,6 @@ export class Replication {
     this.s3 = o.s3 ? new SeedStore({ ...o.s3, forcePathStyle: true }) : null;
   }
 
-  get enabled(): boolean {
-    return this.s3 !== null;
-  }
-
   async start(): Promise<void> {
     if (this.s3) await this.s3.ensureBucket().catch((err) => this.o.log.warn({ err: asThawError(err).message }, 'object storage unreachable; seeds stay local until it returns'));
     if (this.s3) for (const s of await this.o.store.listSeeds()) if (!s.replicated) this.pending.set(s.id, s);

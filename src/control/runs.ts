@@ -94,7 +94,7 @@ export class Runs {
       this.onWoke(name, out.address, row.idleTimeoutS);
       // Bookkeeping for the TTL, off the wake's critical path.
       if (record.bootMode === 'snapshot' && app.seedId) {
-        this.seedUsed(name, app.seedId).catch((err) => this.o.log.warn({ app: name, err: asThawError(err).message }, 'could not record seed use'));
+        this.o.store.touchSeed(app.seedId, new Date().toISOString()).catch((err) => this.o.log.warn({ app: name, err: asThawError(err).message }, 'could not record seed use'));
       }
       return { ...record, address: out.address, wakeId: record.id };
     } catch (err) {
@@ -109,10 +109,6 @@ export class Runs {
       this.o.placements.route(row);
       throw e;
     }
-  }
-
-  private async seedUsed(_name: string, seedId: string): Promise<void> {
-    await this.o.store.touchSeed(seedId, new Date().toISOString());
   }
 
   /** Sleep `name`: bake on the first idle, delete the VM (the caller holds its app lock). */

@@ -12,6 +12,7 @@ import { sharedImages, type NodeAgent } from '../node/agent.ts';
 import { createNodeAgent, nodeDir } from '../node/bootstrap.ts';
 import { createRouter } from '../router/router.ts';
 import { s3FromFlags } from '../seed/s3.ts';
+import { untilSignal } from '../signals.ts';
 import { openStore } from '../store/index.ts';
 import { Cluster } from './cluster.ts';
 import { Replication } from './replication.ts';
@@ -143,12 +144,5 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
 export async function runUp(o: UpOptions): Promise<void> {
   const log = pino({ level: process.env.THAW_LOG_LEVEL ?? 'info' });
   const t = await startThaw(o, log);
-  await new Promise<void>((resolve) => {
-    const onSig = (sig: string) => {
-      log.info({ sig }, 'shutting down: held requests get 503, VMs are deleted');
-      void t.stop().then(resolve, resolve);
-    };
-    process.once('SIGINT', onSig);
-    process.once('SIGTERM', onSig);
-  });
+  await untilSignal(log, 'shutting down: held requests get 503, VMs are deleted', t.stop);
 }

@@ -11,6 +11,7 @@ import { Agent, request } from 'undici';
 import { errorFromBody } from '../api/client.ts';
 import { ThawError, asThawError, isThawError } from '../errors.ts';
 import { s3FromFlags } from '../seed/s3.ts';
+import { untilSignal } from '../signals.ts';
 import { HeartbeatResponse, NodeName } from '../wire/node.ts';
 import type { NodeAgent } from './agent.ts';
 import { createNodeAgent, nodeDir } from './bootstrap.ts';
@@ -158,12 +159,5 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
 export async function runNode(o: NodeOptions): Promise<void> {
   const log = pino({ level: process.env.THAW_LOG_LEVEL ?? 'info' });
   const n = await startNode(o, log);
-  await new Promise<void>((resolve) => {
-    const onSig = (sig: string) => {
-      log.info({ sig }, 'node shutting down: its VMs are deleted');
-      void n.stop().then(resolve, resolve);
-    };
-    process.once('SIGINT', onSig);
-    process.once('SIGTERM', onSig);
-  });
+  await untilSignal(log, 'node shutting down: its VMs are deleted', n.stop);
 }

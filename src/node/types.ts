@@ -20,8 +20,6 @@ export interface NodeApi {
   close(): Promise<void>;
 }
 
-export type NodeEventHandler = (node: string, e: NodeEvent) => void;
-
 /** A node in the control plane's own process (`thaw up`'s local node; fakes in tests). */
 export interface InProcessNode extends NodeApi {
   readonly capacity: number;
