@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs zstd cpio xz-utils tar gzip)
+PKGS=(qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs zstd cpio xz-utils tar gzip gcc libc6-dev libsodium-dev libjansson-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -3,6 +3,7 @@
 // build the demo app's image, cold-boot it, one GET through the forwarded
 // port, destroy, and make sure no QEMU process of that VM is left.
 // Also exports the small toolkit the lifecycle benchmark shares.
+import type { RunConfig } from './wire/run.ts';
 import { execFile as execFileCb } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, mkdtemp, readdir, readFile, rm, statfs } from 'node:fs/promises';
@@ -79,10 +80,10 @@ export function demoContext(dataDir: string, assets: GuestAssets, hv = new QemuD
 }
 
 /** Build examples/hello into a read-only raw image at `out`; returns the build's ms. */
-export async function buildDemoImage(assets: GuestAssets, out: string): Promise<number> {
+export async function buildDemoImage(assets: GuestAssets, out: string): Promise<{ ms: number; run: RunConfig }> {
   const r = await buildAppImage({ appDir: DEMO_APP_DIR, baseRootfs: assets.rootfs, out, diskMiB: Number(process.env.THAW_DISK_MIB ?? 1024), maxAppBytes: 512 << 20 });
   await chmod(out, 0o444);
-  return r.ms;
+  return { ms: r.ms, run: r.run };
 }
 
 export interface HttpResult {
@@ -219,9 +220,9 @@ async function smoke(assets: GuestAssets, hv: QemuDriver): Promise<SmokeReport> 
   const lap = (from: number) => Math.round(performance.now() - from);
   try {
     const image = path.join(work, 'app.img');
-    const image_ms = await buildDemoImage(assets, image);
+    const { ms: image_ms, run: runConfig } = await buildDemoImage(assets, image);
     let t = performance.now();
-    const w = await wake(ctx, { app: 'doctor', deployId: 'doctor', image, seedDir: null, seedSource: 'none', env: { WHO: 'doctor' } });
+    const w = await wake(ctx, { app: 'doctor', deployId: 'doctor', image, seedDir: null, seedSource: 'none', env: { WHO: 'doctor' }, run: runConfig });
     run = w.run;
     const boot_ms = lap(t);
     t = performance.now();

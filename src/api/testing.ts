@@ -73,7 +73,7 @@ export class FakeService implements ControlService {
     for (const l of this.progressLines) opts.onProgress?.(l);
     if (this.deployError) throw this.deployError;
     if (!this.apps.has(name)) this.apps.set(name, appView(name));
-    return { app: name, deploy: { id: 'd1', app: name, imagePath: '/img', imageBytes: this.received.length, createdAt: T0 }, purgedSeed: null, buildMs: 5 };
+    return { app: name, deploy: { id: 'd1', app: name, imagePath: '/img', imageBytes: this.received.length, createdAt: T0, runConfig: null }, purgedSeed: null, buildMs: 5 };
   }
   async setEnv(name: string, vars: Record<string, string>) {
     this.#get(name);

@@ -2,6 +2,7 @@
 // measured from the start of wake() to the first HTTP 200 through the VM's
 // forwarded port. Self-contained: its own temp data folder, removed at the end.
 // Numbers are defined in docs/BENCHMARKS.md.
+import type { RunConfig } from '../wire/run.ts';
 import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -61,9 +62,9 @@ const MARKER = 'marker-before-bake';
 const r1 = (x: number) => Math.round(x * 10) / 10;
 
 /** Wake, then GET / until 200: the wall time covers the app's first response. */
-async function timedWake(ctx: NodeContext, image: string, seedDir: string | null, who: string) {
+async function timedWake(ctx: NodeContext, image: string, run: RunConfig, seedDir: string | null, who: string) {
   const t0 = performance.now();
-  const out: WakeOutcome = await wake(ctx, { app: APP, deployId: DEPLOY, image, seedDir, seedSource: seedDir ? 'local' : 'none', env: { WHO: who } });
+  const out: WakeOutcome = await wake(ctx, { app: APP, deployId: DEPLOY, image, seedDir, seedSource: seedDir ? 'local' : 'none', env: { WHO: who }, run });
   const tWoke = performance.now();
   try {
     const body = await getUntil200(out.run.vm.appAddress.port);
@@ -127,10 +128,10 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
     const accel = await ctx.hv.accel();
     const image = path.join(work, 'app.img');
     log(`building the demo image (accel ${accel})`);
-    await buildDemoImage(assets, image);
+    const { run } = await buildDemoImage(assets, image);
 
     log('cold wake');
-    const cold = await timedWake(ctx, image, null, 'deploy-value');
+    const cold = await timedWake(ctx, image, run, null, 'deploy-value');
     live = { ctx, run: cold.out.run };
     const pidBefore = Number(cold.body.pid);
     const port = cold.out.run.vm.appAddress.port;
@@ -148,7 +149,7 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
 
     const thaws: ThawRun[] = [];
     for (let i = 0; i < n; i++) {
-      const t = await timedWake(ctx, image, seed.seedDir, 'rotated-value');
+      const t = await timedWake(ctx, image, run, seed.seedDir, 'rotated-value');
       live = { ctx, run: t.out.run };
       const rec = t.out.record;
       const firstResponse = t.firstResponseMs;

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { buildAppImage } from '../image/build.ts';
 import { extractAppTarball } from '../image/tarball.ts';
+import type { RunConfig } from '../wire/run.ts';
 
 export interface BuildLimits {
   dataDir: string;
@@ -20,7 +21,7 @@ export interface BuildLimits {
 export const appRoot = (dataDir: string, app: string) => path.join(dataDir, 'apps', app);
 export const imagePath = (dataDir: string, app: string, deployId: string) => path.join(appRoot(dataDir, app), `${deployId}.img`);
 
-export async function buildDeploy(o: BuildLimits, app: string, tarball: Readable, progress: (line: string) => void): Promise<{ deployId: string; image: string; bytesAllocated: number }> {
+export async function buildDeploy(o: BuildLimits, app: string, tarball: Readable, progress: (line: string) => void): Promise<{ deployId: string; image: string; bytesAllocated: number; run: RunConfig }> {
   const deployId = `d-${Date.now().toString(36)}-${randomUUID().slice(0, 6)}`;
   const root = appRoot(o.dataDir, app);
   const src = path.join(root, `src-${deployId}`);
@@ -32,7 +33,7 @@ export async function buildDeploy(o: BuildLimits, app: string, tarball: Readable
     progress(`unpacked ${x.files} files (${x.bytes} bytes); building disk image`);
     const built = await buildAppImage({ appDir: src, baseRootfs: o.baseRootfs, out: image, diskMiB: o.diskMiB, maxAppBytes: o.maxAppBytes, log: progress });
     await chmod(image, 0o444);
-    return { deployId, image, bytesAllocated: built.bytesAllocated };
+    return { deployId, image, bytesAllocated: built.bytesAllocated, run: built.run };
   } catch (err) {
     await rm(image, { force: true });
     throw err;

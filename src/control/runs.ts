@@ -2,6 +2,7 @@
 // node when one breaks off), record it, drop a seed that was not used; on
 // sleep, have the node bake (first idle after a deploy) and publish the seed.
 // Callers hold the app's lock (src/control/service.ts).
+import { runConfigFromImage } from '../image/runconfig.ts';
 import type { Logger } from 'pino';
 import { ThawError, asThawError, isThawError } from '../errors.ts';
 import type { WakeResult } from '../router/types.ts';
@@ -52,6 +53,7 @@ export class Runs {
     let member: Member | null = null;
     try {
       const env = await this.o.store.getEnv(name);
+      const run = deploy.runConfig ?? (await runConfigFromImage(deploy.imagePath));
       const seedRow = app.seedId ? await this.o.store.getSeed(name) : null;
       const seed = seedRow && seedRow.id === app.seedId ? seedRow : null;
       // Schedule; when a node breaks off (killed mid-pull or mid-thaw) the next one tries.
@@ -62,7 +64,7 @@ export class Runs {
         const placement = tried.length ? `${p.reason} (after ${tried.join(', ')} broke off)` : p.reason;
         tried.push(p.member.name);
         try {
-          out = await p.member.api.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, seed: seed ? seedRef(seed) : null, env, placement });
+          out = await p.member.api.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, run, seed: seed ? seedRef(seed) : null, env, placement });
           member = p.member;
         } catch (err) {
           // Skipped for this wake only: a node that is really gone is marked down by its missing

@@ -164,7 +164,7 @@ export class Service implements ControlService, AppDirectory {
       this.route(await this.o.store.getApp(name));
       try {
         const built = await buildDeploy(this.o, name, tarball, progress);
-        const deploy = await this.o.store.addDeploy({ id: built.deployId, app: name, imagePath: built.image, imageBytes: built.bytesAllocated });
+        const deploy = await this.o.store.addDeploy({ id: built.deployId, app: name, imagePath: built.image, imageBytes: built.bytesAllocated, runConfig: built.run });
         // A seed froze the old code: it is worthless now.
         const old = await this.o.store.getSeed(name);
         let purgedSeed: string | null = null;

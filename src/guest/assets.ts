@@ -1,8 +1,11 @@
-// Guest assets: the kernel (Debian linux-image-amd64), a small initramfs that
-// loads the virtio and ext4 modules and switches to the root disk, and a base
-// root filesystem folder (busybox, the host's node binary with its libraries,
-// the guest agent). Built by the project itself and cached under a hash of
-// every input, so tests and `thaw up` build them once.
+// Guest assets: the kernel (Debian linux-image-amd64), an initramfs holding
+// the static guest agent as /init (built here from guest/agent/) and the
+// virtio, vsock and ext4 modules, and a base root filesystem folder for Node
+// apps (busybox, the host's node binary with its libraries). The agent is
+// shipped with the kernel, not in any app image: it runs whatever root the
+// image brings, and an agent update needs no image rebuild. Built by the
+// project itself and cached under a hash of every input, so tests and
+// `thaw up` build them once.
 import { createHash } from 'node:crypto';
 import { execFile as execFileCb } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -13,18 +16,20 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { ThawError } from '../errors.ts';
 import { sha256File } from '../seed/files.ts';
-import { bundleAgent } from './bundle.ts';
-import { INITRAMFS_INIT, ROOT_INIT, MODULES } from './scripts.ts';
+import { agentSources, buildAgent } from './agent-build.ts';
+import { MODULES } from './scripts.ts';
 
 const execFile = promisify(execFileCb);
-const ASSETS_FORMAT = 4; // bump when the layout below changes
+const ASSETS_FORMAT = 5; // bump when the layout below changes
 
 export interface GuestAssets {
   dir: string;
   kernel: string;
   initrd: string;
-  /** Base root filesystem folder, read-only; the image builder copies it under each app. */
+  /** Base root filesystem folder for Node apps, read-only; the image builder copies it under each app. */
   rootfs: string;
+  /** The static guest agent binary (also /init in the initramfs). */
+  agent: string;
   kernelSha256: string;
   initrdSha256: string;
   key: string;
@@ -84,7 +89,7 @@ async function buildAssets(log: (l: string) => void): Promise<GuestAssets> {
   const kernel = await findKernel();
   const busybox = await which('busybox');
   const nodeBin = process.execPath;
-  const agentJs = await bundleAgent();
+  const agentSrc = await agentSources();
   const mods: string[] = [];
   for (const m of MODULES) {
     const f = await findModule(kernel.modules, m);
@@ -92,7 +97,7 @@ async function buildAssets(log: (l: string) => void): Promise<GuestAssets> {
   }
   const libs = await nodeLibs(nodeBin);
   const inputs = [kernel.vmlinuz, busybox, nodeBin, ...mods, ...libs];
-  const h = createHash('sha256').update(`format ${ASSETS_FORMAT}\n${INITRAMFS_INIT}\n${ROOT_INIT}\n${agentJs}\n`);
+  const h = createHash('sha256').update(`format ${ASSETS_FORMAT}\n${MODULES.join(' ')}\n${agentSrc.hash}\n`);
   for (const f of inputs) {
     const st = await stat(f);
     h.update(`${f} ${st.size} ${st.mtimeMs}\n`);
@@ -103,15 +108,17 @@ async function buildAssets(log: (l: string) => void): Promise<GuestAssets> {
   if (existsSync(done)) {
     const ready = JSON.parse(await readFile(done, 'utf8')) as { kernelSha256: string; initrdSha256: string };
     const { kernelSha256, initrdSha256 } = ready;
-    return { dir, kernel: path.join(dir, 'vmlinuz'), initrd: path.join(dir, 'initrd.img'), rootfs: path.join(dir, 'rootfs'), key, kernelSha256, initrdSha256 };
+    return { dir, kernel: path.join(dir, 'vmlinuz'), initrd: path.join(dir, 'initrd.img'), rootfs: path.join(dir, 'rootfs'), agent: path.join(dir, 'thaw-agent'), key, kernelSha256, initrdSha256 };
   }
   log(`building guest assets ${key} (kernel ${kernel.version})`);
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
   await mkdir(tmp, { recursive: true });
   try {
     await extractVmlinux(kernel.vmlinuz, path.join(tmp, 'vmlinuz'));
-    await buildInitramfs(tmp, busybox, mods);
-    await buildRootfs(path.join(tmp, 'rootfs'), busybox, nodeBin, libs, agentJs);
+    log('compiling the static guest agent');
+    await buildAgent(path.join(tmp, 'thaw-agent'));
+    await buildInitramfs(tmp, path.join(tmp, 'thaw-agent'), mods);
+    await buildRootfs(path.join(tmp, 'rootfs'), busybox, nodeBin, libs);
     const kernelSha256 = await sha256File(path.join(tmp, 'vmlinuz'));
     const initrdSha256 = await sha256File(path.join(tmp, 'initrd.img'));
     await writeFile(path.join(tmp, 'ready.json'), JSON.stringify({ kernelSha256, initrdSha256, kernel: kernel.version }));
@@ -158,25 +165,30 @@ async function extractVmlinux(bzImage: string, out: string): Promise<void> {
   await copyFile(bzImage, out);
 }
 
-async function buildInitramfs(out: string, busybox: string, mods: string[]): Promise<void> {
+/** The initramfs: /init is the agent (PID 1), /modules holds the modules and their load order. */
+async function buildInitramfs(out: string, agent: string, mods: string[]): Promise<void> {
   const root = path.join(out, 'initramfs');
-  await mkdir(path.join(root, 'bin'), { recursive: true });
-  await mkdir(path.join(root, 'lib', 'modules'), { recursive: true });
+  await mkdir(path.join(root, 'modules'), { recursive: true });
   for (const d of ['proc', 'sys', 'dev', 'newroot']) await mkdir(path.join(root, d));
-  await copyFile(busybox, path.join(root, 'bin', 'busybox'));
-  await writeFile(path.join(root, 'init'), INITRAMFS_INIT, { mode: 0o755 });
+  await copyFile(agent, path.join(root, 'init'));
+  await chmod(path.join(root, 'init'), 0o755);
+  const order: string[] = [];
   for (const m of mods) {
-    const base = path.basename(m);
-    if (base.endsWith('.ko')) await copyFile(m, path.join(root, 'lib', 'modules', base));
-    else if (base.endsWith('.ko.xz')) await execFile('sh', ['-c', `xz -dc '${m}' > '${path.join(root, 'lib', 'modules', base.slice(0, -3))}'`]);
-    else if (base.endsWith('.ko.zst')) await execFile('sh', ['-c', `zstd -qdc '${m}' > '${path.join(root, 'lib', 'modules', base.slice(0, -4))}'`]);
+    const base = path.basename(m).replace(/\.(xz|zst)$/, '');
+    const dest = path.join(root, 'modules', base);
+    if (m.endsWith('.ko')) await copyFile(m, dest);
+    else if (m.endsWith('.ko.xz')) await execFile('sh', ['-c', `xz -dc '${m}' > '${dest}'`]);
+    else if (m.endsWith('.ko.zst')) await execFile('sh', ['-c', `zstd -qdc '${m}' > '${dest}'`]);
+    else continue;
+    order.push(base);
   }
+  await writeFile(path.join(root, 'modules', 'order'), `${order.join('\n')}\n`);
   await execFile('sh', ['-c', `cd '${root}' && find . | cpio -o -H newc --quiet | gzip -1 > '${path.join(out, 'initrd.img')}'`]);
   await rm(root, { recursive: true, force: true });
 }
 
-async function buildRootfs(root: string, busybox: string, nodeBin: string, libs: string[], agentJs: string): Promise<void> {
-  for (const d of ['bin', 'sbin', 'etc', 'proc', 'sys', 'dev', 'run', 'tmp', 'root', 'app', 'var/lib/thaw', 'var/log', 'usr/local/bin', 'opt/thaw']) {
+async function buildRootfs(root: string, busybox: string, nodeBin: string, libs: string[]): Promise<void> {
+  for (const d of ['bin', 'sbin', 'etc', 'proc', 'sys', 'dev', 'run', 'tmp', 'root', 'app', 'var/lib/thaw', 'var/log', 'usr/local/bin']) {
     await mkdir(path.join(root, d), { recursive: true });
   }
   await chmod(path.join(root, 'tmp'), 0o1777);
@@ -196,9 +208,6 @@ async function buildRootfs(root: string, busybox: string, nodeBin: string, libs:
     await mkdir(path.dirname(dest), { recursive: true });
     await copyFile(lib, dest);
   }
-  // /lib64 -> the dynamic loader, as on the host.
-  await writeFile(path.join(root, 'sbin', 'thaw-init'), ROOT_INIT, { mode: 0o755 });
-  await writeFile(path.join(root, 'opt/thaw/agent.mjs'), agentJs);
   await writeFile(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
   await writeFile(path.join(root, 'etc/group'), 'root:x:0:\nnogroup:x:65534:\n');
   await writeFile(path.join(root, 'etc/hosts'), '127.0.0.1 localhost\n::1 localhost\n');

@@ -9,6 +9,8 @@ import { lstat, mkdir, mkdtemp, open, readdir, rename, rm, stat } from 'node:fs/
 import path from 'node:path';
 import { ThawError } from '../errors.ts';
 import { UndoStack } from '../undo.ts';
+import type { RunConfig } from '../wire/run.ts';
+import { nodeRunConfig } from './runconfig.ts';
 import { validateAppDir } from './validate.ts';
 
 export interface BuildAppImageOpts {
@@ -27,6 +29,8 @@ export interface BuildAppImageResult {
   bytesAllocated: number;
   appBytes: number;
   ms: number;
+  /** How the app starts in the guest (scripts.start under /bin/sh in /app). */
+  run: RunConfig;
 }
 
 const TOOL_PATH = `${process.env.PATH ?? ''}:/usr/local/sbin:/usr/sbin:/sbin`;
@@ -97,7 +101,7 @@ export async function buildAppImage(opts: BuildAppImageOpts): Promise<BuildAppIm
   }
   const appDir = path.resolve(opts.appDir);
   const out = path.resolve(opts.out);
-  await validateAppDir(appDir);
+  const { pkg } = await validateAppDir(appDir);
   const base = path.resolve(opts.baseRootfs);
   if (!(await stat(base).then((s) => s.isDirectory(), () => false))) {
     throw new ThawError('HOST_MISSING_TOOL', `base rootfs folder ${base} is missing`, { details: { baseRootfs: base } });
@@ -175,7 +179,7 @@ export async function buildAppImage(opts: BuildAppImageOpts): Promise<BuildAppIm
       const st = await stat(out);
       const ms = Math.round(performance.now() - t0);
       log(`image ${out}: ${st.size} bytes apparent, ${st.blocks * 512} allocated, app ${appBytes} bytes, ${ms} ms`);
-      return { out, bytesApparent: st.size, bytesAllocated: st.blocks * 512, appBytes, ms };
+      return { out, bytesApparent: st.size, bytesAllocated: st.blocks * 512, appBytes, ms, run: nodeRunConfig(pkg.start) };
     });
   } finally {
     await rm(staging, { recursive: true, force: true });

@@ -77,6 +77,7 @@ export async function bake(ctx: NodeContext, run: RunningVm): Promise<BakeResult
         initrd_sha256: ctx.assets.initrdSha256,
         files: { 'mem.ram': memE, 'state.bin': stateE, 'disk.img': diskE },
         agent_pubkey: fresh.pubkey,
+        agent_protocol: fresh.version,
         canary: { path: CANARY_PATH, sha256: createHash('sha256').update(canary).digest('hex') },
         bake: { pause_ms: pauseMs, total_ms: Math.round(performance.now() - t0) },
       };

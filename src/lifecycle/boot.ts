@@ -8,7 +8,10 @@ import { AgentClient } from '../guest/channel.ts';
 import { KERNEL_CMDLINE } from '../guest/scripts.ts';
 import type { VmSpec } from '../hypervisor/types.ts';
 import { UndoStack } from '../undo.ts';
+import { PROTOCOL_VERSION, type Hello } from '../wire/agent.ts';
+import { appEnvironment, type RunConfig } from '../wire/run.ts';
 import { sealEnv } from '../wire/seal.ts';
+import { setClock } from './clock.ts';
 import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
 
 export interface ColdBootParams {
@@ -17,6 +20,7 @@ export interface ColdBootParams {
   /** Read-only raw disk to boot from: the deploy's image, or a seed's disk copy. */
   baseDisk: string;
   env: Record<string, string>;
+  run: RunConfig;
 }
 
 export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: string | null): VmSpec {
@@ -39,19 +43,26 @@ export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: stri
 
 /** Set the guest clock and reseed its RNG: both are stale after a restore. */
 export async function refreshGuest(agent: AgentClient): Promise<void> {
-  await Promise.all([
-    agent.request({ op: 'set_clock', epoch_ms: Date.now() }, 5000),
-    agent.request({ op: 'reseed', entropy_b64: randomBytes(64).toString('base64') }, 5000),
-  ]);
+  await Promise.all([setClock(agent, 5000), agent.request({ op: 'reseed', entropy_b64: randomBytes(64).toString('base64') }, 5000)]);
 }
 
-export async function startApp(ctx: NodeContext, agent: AgentClient, env: Record<string, string>, pubkey = agent.lastHello?.pubkey): Promise<number> {
-  if (!pubkey) throw new Error('startApp before the agent said hello');
+/**
+ * Start the deploy's program with its full environment (image env < app env <
+ * PORT), sealed to the agent's key. Resolves to the app's pid once it listens.
+ */
+export async function startApp(ctx: NodeContext, agent: AgentClient, run: RunConfig, env: Record<string, string>, pubkey = agent.lastHello?.pubkey): Promise<number> {
+  if (!pubkey) throw new ThawError('INTERNAL', 'startApp before the agent said hello');
+  const sealed = sealEnv(appEnvironment(run, env, ctx.guestPort), pubkey);
   const r = await agent.request(
-    { op: 'start_app', env: sealEnv(env, pubkey), port: ctx.guestPort, listen_timeout_ms: ctx.appStartTimeoutMs },
+    { op: 'start_app', argv: run.argv, cwd: run.cwd, uid: run.uid, gid: run.gid, env: sealed, port: ctx.guestPort, listen_timeout_ms: ctx.appStartTimeoutMs },
     ctx.appStartTimeoutMs + 5000,
   );
   return r.pid;
+}
+
+/** The host speaks PROTOCOL_VERSION only: an agent that speaks another is refused (AGENT_PROTOCOL). */
+export function checkAgentVersion(h: Hello): void {
+  if (h.version !== PROTOCOL_VERSION) throw new ThawError('AGENT_PROTOCOL', `the guest agent speaks protocol ${h.version}, this host ${PROTOCOL_VERSION}`);
 }
 
 /** On failure, attach the tail of the guest's serial console to the error. */
@@ -78,10 +89,11 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
     const agent = new AgentClient(await ctx.hv.openAgentChannel(vm), vm.exited);
     undo.push('close agent', () => agent.close());
     sw.lap('vmm_start_ms');
-    await withConsole(vm.consoleLog, agent.ready(ctx.bootTimeoutMs));
+    const hello = await withConsole(vm.consoleLog, agent.ready(ctx.bootTimeoutMs));
+    checkAgentVersion(hello);
     sw.lap('boot_ms');
     await refreshGuest(agent);
-    const appPid = await startApp(ctx, agent, p.env);
+    const appPid = await startApp(ctx, agent, p.run, p.env);
     sw.lap('app_start_ms');
     ctx.log.info({ app: p.app, vm: id, pid: vm.pid, appPid }, 'cold boot ready');
     return { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'cold', seedId: null, startedAt: Date.now() };

@@ -9,7 +9,8 @@ import { ThawError } from '../errors.ts';
 import type { Manifest } from '../seed/manifest.ts';
 import { UndoStack } from '../undo.ts';
 import type { GateResult } from '../wire/agent.ts';
-import { refreshGuest, startApp, vmSpec, withConsole } from './boot.ts';
+import type { RunConfig } from '../wire/run.ts';
+import { checkAgentVersion, refreshGuest, startApp, vmSpec, withConsole } from './boot.ts';
 import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
 
 export interface ThawParams {
@@ -18,6 +19,7 @@ export interface ThawParams {
   seedDir: string;
   manifest: Manifest;
   env: Record<string, string>;
+  run: RunConfig;
   /**
    * TEST ONLY: restore the memory image over this disk instead of the seed's
    * own (reproduces the incident: memory and disk that are not a pair).
@@ -54,6 +56,7 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     const t = performance.now();
     const helloP = withConsole(vm.consoleLog, agent.ready(10_000, { ping: true })).then((h) => {
       sw.stages.agent_ms = Math.round(performance.now() - t);
+      checkAgentVersion(h);
       if (h.app_pid !== null) throw new ThawError('SEED_CORRUPT', 'seed has a running app; a bake always stops it');
       if (h.pubkey !== p.manifest.agent_pubkey) throw new ThawError('SEED_CORRUPT', 'the agent in the memory image is not the one the manifest names');
       return h;
@@ -67,7 +70,7 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
       if (!g.ok) throw new ThawError('GATE_FAILED', `liveness gate failed: ${g.reason ?? 'unknown'}`, { details: { gate: g } });
       return g;
     });
-    const appP = startApp(ctx, agent, p.env, p.manifest.agent_pubkey).then((pid) => {
+    const appP = startApp(ctx, agent, p.run, p.env, p.manifest.agent_pubkey).then((pid) => {
       sw.stages.app_start_ms = Math.round(performance.now() - t);
       return pid;
     });

@@ -4,6 +4,7 @@
 // At wake, a stat of each file must match that record (cheap); any difference
 // (a rewritten, replaced or touched file) triggers the full check again, and
 // a mismatch refuses the seed. Seed files are read-only (0444) on disk.
+import { PROTOCOL_VERSION } from '../wire/agent.ts';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ThawError } from '../errors.ts';
@@ -37,6 +38,7 @@ export async function checkSeed(
   if (manifest.kernel_sha256 !== expect.kernelSha256 || manifest.initrd_sha256 !== expect.initrdSha256) {
     throw new ThawError('SEED_MISMATCH', 'seed was baked with another guest kernel or initramfs');
   }
+  if (manifest.agent_protocol !== PROTOCOL_VERSION) throw new ThawError('SEED_MISMATCH', `seed's guest agent speaks protocol ${manifest.agent_protocol}, this host ${PROTOCOL_VERSION}`);
   if (manifest.driver !== expect.driver) throw new ThawError('SEED_MISMATCH', `seed was baked by the ${manifest.driver} driver`);
   if (manifest.accel !== expect.accel) throw new ThawError('SEED_MISMATCH', `seed was baked under ${manifest.accel}, this host runs ${expect.accel}`);
   let now: Identity;

@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { asThawError, ThawError } from '../errors.ts';
 import type { WakeRow } from '../store/types.ts';
+import type { RunConfig } from '../wire/run.ts';
 import { coldBoot } from './boot.ts';
 import { Stopwatch, type NodeContext, type RunningVm } from './context.ts';
 import { thaw } from './thaw.ts';
@@ -25,6 +26,8 @@ export interface WakeParams {
   /** Why there is no seed although one was expected (e.g. pull failed). */
   seedUnavailable?: string;
   env: Record<string, string>;
+  /** How the program starts in the guest. */
+  run: RunConfig;
   node?: string | null;
   /** TEST ONLY, see ThawParams.unsafeDiskOverride. */
   unsafeDiskOverride?: string;
@@ -52,7 +55,7 @@ export async function wake(ctx: NodeContext, p: WakeParams): Promise<WakeOutcome
       sw.lap('seed_check_ms');
       if (manifest.deploy_id !== p.deployId) throw new ThawError('SEED_MISMATCH', `seed is of deploy ${manifest.deploy_id}, app runs ${p.deployId}`);
       coldDisk = path.join(p.seedDir, 'disk.img');
-      const { run, gate } = await thaw(ctx, { app: p.app, deployId: p.deployId, seedDir: p.seedDir, manifest, env: p.env, unsafeDiskOverride: p.unsafeDiskOverride }, sw);
+      const { run, gate } = await thaw(ctx, { app: p.app, deployId: p.deployId, seedDir: p.seedDir, manifest, env: p.env, run: p.run, unsafeDiskOverride: p.unsafeDiskOverride }, sw);
       const s = sw.stages;
       return {
         run,
@@ -80,7 +83,7 @@ export async function wake(ctx: NodeContext, p: WakeParams): Promise<WakeOutcome
   }
   const sw = new Stopwatch();
   try {
-    const run = await coldBoot(ctx, { app: p.app, deployId: p.deployId, baseDisk: coldDisk, env: p.env }, sw);
+    const run = await coldBoot(ctx, { app: p.app, deployId: p.deployId, baseDisk: coldDisk, env: p.env, run: p.run }, sw);
     const s = sw.stages;
     return {
       run,

@@ -127,7 +127,7 @@ export class NodeAgent implements InProcessNode {
     t = performance.now();
     if (req.seed && !this.o.node.hasSeed(req.seed.id)) extra = await this.pullForWake(req.seed);
     const pullMs = performance.now() - t;
-    const out = await this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env }, extra);
+    const out = await this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env, run: req.run }, extra);
     if (req.seed) this.seedOfApp.set(req.app, req.seed.id);
     if (out.record.bootMode === 'snapshot' && req.seed) this.cache.touch(req.seed.id);
     // The wake's wall clock includes fetching what it needed.

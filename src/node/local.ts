@@ -1,6 +1,7 @@
 // The node agent: owns HOW apps run on this host. It keeps the running VMs,
 // the seed folder, and turns wake/sleep requests into the lifecycle steps
 // (src/lifecycle/*). The control plane decides WHERE and THAT.
+import type { RunConfig } from '../wire/run.ts';
 import { existsSync } from 'node:fs';
 import { appendFile, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -18,6 +19,7 @@ export interface NodeWakeRequest {
   image: string;
   seedId: string | null;
   env: Record<string, string>;
+  run: RunConfig;
   unsafeDiskOverride?: string;
 }
 
@@ -50,6 +52,7 @@ export class LocalNode {
       seedSource: seedDir ? extra.seedSource : 'none',
       seedUnavailable: extra.seedUnavailable ?? (req.seedId && !seedDir ? `SEED_MISSING: seed ${req.seedId} is not on node ${this.name}` : undefined),
       env: req.env,
+      run: req.run,
       node: this.name,
       unsafeDiskOverride: req.unsafeDiskOverride,
     });

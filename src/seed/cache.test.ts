@@ -30,9 +30,9 @@ async function makeSeed(id: string, mib: number, manifest = true): Promise<void>
 function fakeManifest(id: string): unknown {
   const f = { bytes: 1, allocated: 1, sha256: '0'.repeat(64) };
   return {
-    version: 1, app: 'demo', deploy_id: 'd', seed_id: id, created_at: 'now', driver: 'qemu', accel: 'tcg',
+    version: 2, app: 'demo', deploy_id: 'd', seed_id: id, created_at: 'now', driver: 'qemu', accel: 'tcg',
     machine: { mem_mib: 256, vcpus: 1, cmdline: '', guest_port: 8080 }, kernel_sha256: 'k', initrd_sha256: 'i',
-    files: { 'mem.ram': f, 'state.bin': f, 'disk.img': f }, canary: { path: '/c', sha256: '0'.repeat(64) }, agent_pubkey: 'test-key',
+    files: { 'mem.ram': f, 'state.bin': f, 'disk.img': f }, canary: { path: '/c', sha256: '0'.repeat(64) }, agent_pubkey: 'test-key', agent_protocol: 2,
     bake: { pause_ms: 1, total_ms: 1 },
   };
 }

@@ -5,7 +5,7 @@ import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { ThawError } from '../errors.ts';
-import { Manifest, SEED_FILES, type FileEntry } from './manifest.ts';
+import { Manifest, MANIFEST_VERSION, SEED_FILES, type FileEntry } from './manifest.ts';
 
 /** Files at least this large are hashed on a worker thread (several hash in parallel). */
 const WORKER_MIN_BYTES = 64 * 1024 * 1024;
@@ -53,6 +53,10 @@ export async function readManifest(seedDir: string): Promise<Manifest> {
     json = JSON.parse(raw);
   } catch (err) {
     throw new ThawError('SEED_CORRUPT', `manifest of ${seedDir} is not JSON`, { cause: err });
+  }
+  const version = (json as { version?: unknown } | null)?.version;
+  if (typeof version === 'number' && version !== MANIFEST_VERSION) {
+    throw new ThawError('SEED_MISMATCH', `seed ${path.basename(seedDir)} was made by another Thaw (manifest version ${version}, this one reads ${MANIFEST_VERSION})`);
   }
   const parsed = Manifest.safeParse(json);
   if (!parsed.success) throw new ThawError('SEED_CORRUPT', `manifest of ${seedDir} is invalid: ${parsed.error.message}`);

@@ -3,7 +3,8 @@
 // written last. A seed without a complete, valid manifest does not exist.
 import { z } from 'zod';
 
-export const MANIFEST_VERSION = 1;
+/** 2: the static agent (agent_protocol recorded); seeds of version 1 carry the Node agent and are refused. */
+export const MANIFEST_VERSION = 2;
 export const SEED_FILES = ['mem.ram', 'state.bin', 'disk.img'] as const;
 export type SeedFileName = (typeof SEED_FILES)[number];
 
@@ -38,6 +39,8 @@ export const Manifest = z.object({
   canary: z.object({ path: z.string(), sha256: z.string().regex(/^[0-9a-f]{64}$/) }),
   /** Public X25519 key of the guest agent frozen in the seed: env for a thaw is sealed to it. */
   agent_pubkey: z.string(),
+  /** Protocol version of the agent frozen in the seed (src/wire/agent.ts PROTOCOL_VERSION). */
+  agent_protocol: z.number().int(),
   /** Timings of the bake, for the record. */
   bake: z.object({ pause_ms: z.number(), total_ms: z.number() }),
 });

@@ -29,10 +29,10 @@ async function makeSeed(dir: string): Promise<void> {
   await run('mkfs.ext4', ['-q', '-F', path.join(dir, 'disk.img')]);
   const [m, s, d] = await Promise.all(SEED_FILES.map((f) => fileEntry(path.join(dir, f))));
   const manifest = Manifest.parse({
-    version: 1, app: 'demo', deploy_id: 'd1', seed_id: 'seed-s3', created_at: new Date().toISOString(),
+    version: 2, app: 'demo', deploy_id: 'd1', seed_id: 'seed-s3', created_at: new Date().toISOString(),
     driver: 'qemu', accel: 'tcg', machine: { mem_mib: 64, vcpus: 1, cmdline: 'console=ttyS0', guest_port: 8080 },
     kernel_sha256: 'k', initrd_sha256: 'i', files: { 'mem.ram': m, 'state.bin': s, 'disk.img': d },
-    canary: { path: '/var/thaw/canary', sha256: '0'.repeat(64) }, agent_pubkey: 'test-key', bake: { pause_ms: 1, total_ms: 2 },
+    canary: { path: '/var/thaw/canary', sha256: '0'.repeat(64) }, agent_pubkey: 'test-key', agent_protocol: 2, bake: { pause_ms: 1, total_ms: 2 },
   });
   await writeFile(path.join(dir, 'manifest.json'), JSON.stringify(manifest));
 }

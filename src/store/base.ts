@@ -3,6 +3,7 @@ import { ThawError, isThawError } from '../errors.ts';
 import { canTransition, isState, type State } from '../state.ts';
 import { checkEnvKey, checkEnvVars, decryptValue, encryptValue } from './envcrypt.ts';
 import { MIGRATIONS, MIGRATIONS_TABLE, PATCH_COLUMNS, dialectSql, toApp, toDeploy, toNode, toSeed, toWake } from './schema.ts';
+import type { RunConfig } from '../wire/run.ts';
 import type { AppPatch, AppRow, DeployRow, Driver, NodeRow, Param, SeedRow, Stmt, Store, WakeRow } from './types.ts';
 
 export type Constraint = 'unique' | 'foreign_key';
@@ -155,13 +156,14 @@ export class SqlStore implements Store {
   }
 
   // --- deploys ---------------------------------------------------------------
-  async addDeploy(d: { id: string; app: string; imagePath: string; imageBytes: number; createdAt?: string }): Promise<DeployRow> {
-    const rows = await this.insert(d.app, `deploy ${d.id}`, 'INSERT INTO deploys (id, app, image_path, image_bytes, created_at) VALUES (?, ?, ?, ?, ?) RETURNING *', [
+  async addDeploy(d: { id: string; app: string; imagePath: string; imageBytes: number; runConfig?: RunConfig | null; createdAt?: string }): Promise<DeployRow> {
+    const rows = await this.insert(d.app, `deploy ${d.id}`, 'INSERT INTO deploys (id, app, image_path, image_bytes, created_at, run_config) VALUES (?, ?, ?, ?, ?, ?) RETURNING *', [
       d.id,
       d.app,
       d.imagePath,
       d.imageBytes,
       d.createdAt ?? now(),
+      d.runConfig ? JSON.stringify(d.runConfig) : null,
     ]);
     return toDeploy(rows[0]!);
   }

@@ -1,6 +1,7 @@
 // The one schema definition: migrations in portable SQL, the few dialect
 // differences (in DIALECT), placeholder conversion and row mappers.
 import type { State } from '../state.ts';
+import { RunConfig } from '../wire/run.ts';
 import type { AppRow, DeployRow, NodeRow, SeedRow, WakeRow } from './types.ts';
 
 export interface Migration {
@@ -104,6 +105,12 @@ export const MIGRATIONS: readonly Migration[] = [
     name: 'wake placement',
     up: [`ALTER TABLE wakes ADD COLUMN placement TEXT`],
   },
+  {
+    version: 3,
+    name: 'deploy run config',
+    // JSON of src/wire/run.ts RunConfig; NULL for deploys made before it (derived from the image).
+    up: [`ALTER TABLE deploys ADD COLUMN run_config TEXT`],
+  },
 ];
 
 export const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -173,7 +180,7 @@ export const PATCH_COLUMNS = {
 } as const;
 
 export function toDeploy(r: Raw): DeployRow {
-  return { id: str(r.id), app: str(r.app), imagePath: str(r.image_path), imageBytes: num(r.image_bytes), createdAt: str(r.created_at) };
+  return { id: str(r.id), app: str(r.app), imagePath: str(r.image_path), imageBytes: num(r.image_bytes), createdAt: str(r.created_at), runConfig: r.run_config == null ? null : RunConfig.parse(JSON.parse(str(r.run_config))) };
 }
 
 export function toSeed(r: Raw): SeedRow {

@@ -1,4 +1,5 @@
 // Row types and the Store interface shared by the SQLite and Postgres backends.
+import type { RunConfig } from '../wire/run.ts';
 import type { State } from '../state.ts';
 
 export interface AppRow {
@@ -27,6 +28,8 @@ export interface DeployRow {
   imagePath: string;
   imageBytes: number;
   createdAt: string;
+  /** How the program starts in the guest; null for deploys made before run configs (derived from the image at wake). */
+  runConfig: RunConfig | null;
 }
 
 export interface SeedRow {
@@ -88,7 +91,7 @@ export interface Store {
   /** Removes the app and its env, deploys, seeds and wake rows. */
   deleteApp(name: string): Promise<void>;
   // deploys
-  addDeploy(d: { id: string; app: string; imagePath: string; imageBytes: number; createdAt?: string }): Promise<DeployRow>;
+  addDeploy(d: { id: string; app: string; imagePath: string; imageBytes: number; runConfig?: RunConfig | null; createdAt?: string }): Promise<DeployRow>;
   listDeploys(app: string): Promise<DeployRow[]>;
   // env (AES-256-GCM at rest)
   setEnv(app: string, vars: Record<string, string>): Promise<void>;

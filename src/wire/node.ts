@@ -3,6 +3,7 @@
 // Both ends parse with these schemas: src/node/server.ts and src/node/client.ts
 // for the node's API, src/api/server.ts and src/node/run.ts for the heartbeat.
 import { z } from 'zod';
+import { RunConfig } from './run.ts';
 
 const Name = z.string().regex(/^[a-z][a-z0-9-]{0,39}$/);
 /** Seed and deploy ids (also object-key and folder names). */
@@ -46,6 +47,8 @@ export const NodeWakeRequest = z.object({
   deployId: Id,
   /** The deploy image's path on the control plane (an in-process node uses it directly; a remote node fetches the image by deploy id). */
   image: z.string(),
+  /** How the program starts in the guest (src/wire/run.ts). */
+  run: RunConfig,
   seed: SeedRef.nullable(),
   env: z.record(z.string(), z.string()),
   /** The scheduler's reason for this node, copied into the wake record. */

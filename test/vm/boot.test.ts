@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { coldBoot } from '../../src/lifecycle/boot.ts';
 import { destroyVm } from '../../src/lifecycle/destroy.ts';
-import { appImage, fixture, getJson, qemuProcesses, type Fixture } from './fixture.ts';
+import { appImage, fixture, getJson, qemuProcesses, runOf, type Fixture } from './fixture.ts';
 
 describe('cold boot', { concurrency: false }, () => {
   let f: Fixture;
@@ -19,7 +19,7 @@ describe('cold boot', { concurrency: false }, () => {
   });
 
   test('the demo app answers HTTP 200 with the env given at boot; destroy leaves nothing behind', async () => {
-    const run = await coldBoot(f.ctx, { app: 'hello', deployId: 'd1', baseDisk: f.image, env: { WHO: 'boot-value' } });
+    const run = await coldBoot(f.ctx, { app: 'hello', deployId: 'd1', baseDisk: f.image, env: { WHO: 'boot-value' }, run: f.run });
     const r = await getJson(run.vm.appAddress.port);
     assert.equal(r.status, 200);
     assert.equal(r.body.who, 'boot-value');
@@ -37,7 +37,7 @@ describe('cold boot', { concurrency: false }, () => {
       await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'crash', scripts: { start: 'node crash.js' } }));
       await writeFile(path.join(dir, 'crash.js'), "console.error('boom: missing DATABASE_URL'); process.exit(3);\n");
       const image = await appImage(f.assets, dir);
-      await assert.rejects(coldBoot(f.ctx, { app: 'crash', deployId: 'd1', baseDisk: image, env: {} }), (err: Error & { code?: string }) => {
+      await assert.rejects(coldBoot(f.ctx, { app: 'crash', deployId: 'd1', baseDisk: image, env: {}, run: await runOf(dir) }), (err: Error & { code?: string }) => {
         assert.equal(err.code, 'APP_CRASHED');
         assert.match(err.message, /boom: missing DATABASE_URL/);
         return true;
@@ -50,7 +50,7 @@ describe('cold boot', { concurrency: false }, () => {
 
   test('a QEMU that dies during boot is a clear error, not a hang', async () => {
     const t0 = Date.now();
-    const booting = coldBoot(f.ctx, { app: 'dies', deployId: 'd1', baseDisk: f.image, env: {} });
+    const booting = coldBoot(f.ctx, { app: 'dies', deployId: 'd1', baseDisk: f.image, env: {}, run: f.run });
     // Kill QEMU once it is up (its pid file exists), well before the guest is ready.
     for (let i = 0; i < 400 && qemuProcesses(f.dataDir).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
     const line = qemuProcesses(f.dataDir)[0];
@@ -67,7 +67,7 @@ describe('cold boot', { concurrency: false }, () => {
 
   test('a QEMU that cannot start (bad kernel) fails with VM_START_FAILED', async () => {
     const bad = { ...f.ctx, assets: { ...f.assets, kernel: path.join(f.dataDir, 'no-such-kernel') } };
-    await assert.rejects(coldBoot(bad, { app: 'nokernel', deployId: 'd1', baseDisk: f.image, env: {} }), { code: 'VM_START_FAILED' });
+    await assert.rejects(coldBoot(bad, { app: 'nokernel', deployId: 'd1', baseDisk: f.image, env: {}, run: f.run }), { code: 'VM_START_FAILED' });
     assert.deepEqual(await readdir(path.join(f.dataDir, 'vms')), []);
   });
 });

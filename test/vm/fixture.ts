@@ -13,6 +13,8 @@ import { cacheRoot, ensureAssets, type GuestAssets } from '../../src/guest/asset
 import { QemuDriver } from '../../src/hypervisor/qemu.ts';
 import { buildAppImage } from '../../src/image/build.ts';
 import type { NodeContext } from '../../src/lifecycle/context.ts';
+import { nodeRunConfig, startScript } from '../../src/image/runconfig.ts';
+import type { RunConfig } from '../../src/wire/run.ts';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const HELLO = path.join(ROOT, 'examples', 'hello');
@@ -42,8 +44,15 @@ export async function appImage(assets: GuestAssets, appDir: string): Promise<str
   return out;
 }
 
+/** The run config the image builder computes for a Node app folder. */
+export async function runOf(appDir: string): Promise<RunConfig> {
+  return nodeRunConfig(startScript(await readFile(path.join(appDir, 'package.json'), 'utf8')));
+}
+
 export interface Fixture {
   assets: GuestAssets;
+  /** How the demo app starts. */
+  run: RunConfig;
   ctx: NodeContext;
   image: string;
   dataDir: string;
@@ -65,7 +74,7 @@ export async function fixture(): Promise<Fixture> {
     appStartTimeoutMs: 60_000,
     bootTimeoutMs: 90_000,
   };
-  return { assets, ctx, image: await appImage(assets, HELLO), dataDir, cleanup: () => rm(dataDir, { recursive: true, force: true }) };
+  return { assets, ctx, run: await runOf(HELLO), image: await appImage(assets, HELLO), dataDir, cleanup: () => rm(dataDir, { recursive: true, force: true }) };
 }
 
 /** QEMU processes whose command line mentions `needle` (a data dir or VM id). */

@@ -22,11 +22,11 @@ describe('bake and thaw', { concurrency: false }, () => {
   const marker = `marker-${randomBytes(6).toString('hex')}`;
 
   const wakeWith = (over: Partial<Parameters<typeof wake>[1]> = {}): Promise<WakeOutcome> =>
-    wake(f.ctx, { app: 'hello', deployId: 'd1', image: f.image, seedDir, seedSource: 'local', env: { WHO: ROTATED }, ...over });
+    wake(f.ctx, { app: 'hello', deployId: 'd1', image: f.image, seedDir, seedSource: 'local', env: { WHO: ROTATED }, run: f.run, ...over });
 
   before(async () => {
     f = await fixture();
-    const cold = await wake(f.ctx, { app: 'hello', deployId: 'd1', image: f.image, seedDir: null, seedSource: 'none', env: { WHO: SECRET } });
+    const cold = await wake(f.ctx, { app: 'hello', deployId: 'd1', image: f.image, seedDir: null, seedSource: 'none', env: { WHO: SECRET }, run: f.run });
     assert.equal(cold.record.bootMode, 'cold');
     const port = cold.run.vm.appAddress.port;
     const r = await getJson(port);
@@ -121,7 +121,7 @@ describe('bake and thaw', { concurrency: false }, () => {
   });
 
   test('SIGKILL of QEMU in the middle of a bake leaves no usable seed; the next wake still works', async () => {
-    const cold = await wake(f.ctx, { app: 'other', deployId: 'd2', image: f.image, seedDir: null, seedSource: 'none', env: {} });
+    const cold = await wake(f.ctx, { app: 'other', deployId: 'd2', image: f.image, seedDir: null, seedSource: 'none', env: {}, run: f.run });
     const before = new Set(await readdir(seedsDir(f.ctx)));
     const killer = killWhenBakeStarts(f, cold.run);
     await assert.rejects(bake(f.ctx, cold.run), { code: 'BAKE_FAILED' });
@@ -129,7 +129,7 @@ describe('bake and thaw', { concurrency: false }, () => {
     const leftovers = (await readdir(seedsDir(f.ctx))).filter((d) => !before.has(d));
     assert.deepEqual(leftovers, [], 'a failed bake leaves nothing in the seed folder');
     assert.deepEqual(qemuProcesses(cold.run.vm.id), []);
-    const again = await wake(f.ctx, { app: 'other', deployId: 'd2', image: f.image, seedDir: null, seedSource: 'none', env: {} });
+    const again = await wake(f.ctx, { app: 'other', deployId: 'd2', image: f.image, seedDir: null, seedSource: 'none', env: {}, run: f.run });
     try {
       assert.equal((await getJson(again.run.vm.appAddress.port)).status, 200);
     } finally {

@@ -1,0 +1,45 @@
+// The run config of a Node-folder app, computed on the host: `scripts.start`
+// run by the image's /bin/sh in /app, with node_modules/.bin first on PATH,
+// as `npm start` would. Deploys made before run configs existed get theirs
+// from the package.json inside their image (read with debugfs, no mount).
+import { execFile as execFileCb } from 'node:child_process';
+import { promisify } from 'node:util';
+import { ThawError } from '../errors.ts';
+import type { RunConfig } from '../wire/run.ts';
+
+const execFile = promisify(execFileCb);
+
+export const NODE_APP_ENV: Readonly<Record<string, string>> = {
+  PATH: '/app/node_modules/.bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin',
+  HOME: '/root',
+  NODE_ENV: 'production',
+};
+
+/** Run config for a Node folder whose package.json has `scripts.start = start`. */
+export function nodeRunConfig(start: string): RunConfig {
+  return { argv: ['/bin/sh', '-c', `exec ${start}`], cwd: '/app', uid: 0, gid: 0, env: { ...NODE_APP_ENV } };
+}
+
+/** The start script of a package.json text. Errors: APP_NO_START_SCRIPT. */
+export function startScript(packageJson: string): string {
+  let pkg: { scripts?: { start?: unknown } };
+  try {
+    pkg = JSON.parse(packageJson) as typeof pkg;
+  } catch (err) {
+    throw new ThawError('APP_NO_START_SCRIPT', 'package.json is not valid JSON', { cause: err });
+  }
+  const start = pkg.scripts?.start;
+  if (typeof start !== 'string' || !start.trim()) throw new ThawError('APP_NO_START_SCRIPT', 'package.json has no scripts.start');
+  return start;
+}
+
+/** Run config of an image built before run configs were stored: read /app/package.json out of the ext4 image. */
+export async function runConfigFromImage(image: string): Promise<RunConfig> {
+  let text: string;
+  try {
+    ({ stdout: text } = await execFile('debugfs', ['-R', 'cat /app/package.json', image], { maxBuffer: 8 << 20 }));
+  } catch (err) {
+    throw new ThawError('HOST_MISSING_TOOL', `debugfs could not read /app/package.json from ${image}: ${(err as Error).message}`, { cause: err });
+  }
+  return nodeRunConfig(startScript(text));
+}

@@ -1,0 +1,23 @@
+// How a deploy's program is started inside the guest: decided on the host when
+// the image is built (from package.json for a Node folder, from the image
+// config for an OCI image), stored with the deploy, carried in every wake
+// request and handed to the agent in `start_app`. The agent reads no file to
+// decide how to start the app.
+import { z } from 'zod';
+
+export const RunConfig = z.object({
+  /** argv[0] is a path in the image, or a name looked up in env.PATH. */
+  argv: z.array(z.string().min(1)).min(1).max(4096),
+  /** Absolute working folder inside the image. */
+  cwd: z.string().startsWith('/'),
+  uid: z.number().int().min(0).max(2 ** 31 - 1),
+  gid: z.number().int().min(0).max(2 ** 31 - 1),
+  /** The image's own env; the app's env (thaw env, --env) wins over it, and PORT over both. */
+  env: z.record(z.string(), z.string()),
+});
+export type RunConfig = z.infer<typeof RunConfig>;
+
+/** The full environment the app starts with: image env < app env < PORT. */
+export function appEnvironment(run: RunConfig, appEnv: Record<string, string>, port: number): Record<string, string> {
+  return { ...run.env, ...appEnv, PORT: String(port) };
+}
