@@ -1,5 +1,6 @@
 // Thaw demo app. GET / -> JSON with pid, $WHO and the marker file's content.
 // POST / with a body -> writes the body to the marker file (on the VM's disk).
+// now_ms is the guest's clock when it answered.
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -31,7 +32,7 @@ const server = http.createServer((req, res) => {
     return;
   }
   res.writeHead(200, { 'content-type': 'application/json' });
-  res.end(JSON.stringify({ pid: process.pid, who: process.env.WHO ?? null, marker: readMarker(), uptime_s: process.uptime() }));
+  res.end(JSON.stringify({ pid: process.pid, who: process.env.WHO ?? null, marker: readMarker(), uptime_s: process.uptime(), now_ms: Date.now() }));
 });
 
 server.listen(port, '0.0.0.0', () => console.log(`hello listening on ${port}`));

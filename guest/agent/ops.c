@@ -137,7 +137,12 @@ static json_t *processes(int user_only_others, int *count_others) {
     if (flags & 0x00200000 /* PF_KTHREAD */) continue;
     if (user_only_others && (pid == 1 || pid == getpid())) continue;
     (*count_others)++;
-    if (arr) json_array_append_new(arr, json_pack("{s:i, s:i, s:o}", "pid", (int)pid, "ppid", ppid, "comm", jstr(l + 1, (size_t)(r - l - 1))));
+    long rss_pages = 0;
+    snprintf(path, sizeof path, "/proc/%ld/statm", pid);
+    FILE *sf = fopen(path, "re");
+    if (sf) { if (fscanf(sf, "%*d %ld", &rss_pages) != 1) rss_pages = 0; fclose(sf); }
+    if (arr) json_array_append_new(arr, json_pack("{s:i, s:i, s:o, s:I}", "pid", (int)pid, "ppid", ppid, "comm", jstr(l + 1, (size_t)(r - l - 1)),
+                                                  "rss_kib", (json_int_t)(rss_pages * (sysconf(_SC_PAGESIZE) / 1024))));
   }
   closedir(d);
   return arr;

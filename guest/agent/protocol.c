@@ -17,6 +17,8 @@ const char *const OP_NAMES[OP__COUNT] = {
 };
 
 #define FAIL(...) do { snprintf(msg, msgn, __VA_ARGS__); goto bad; } while (0)
+/* Largest timeout in ms: the handlers add ms * 1000 to now_mono_us(), which must not overflow. */
+#define MAX_MS ((int64_t)1 << 53)
 
 /* JSON numbers that are integers (also 5.0, as JavaScript sees it) within [lo, hi]. */
 static int get_int(json_t *o, const char *k, int64_t lo, int64_t hi, int64_t *out) {
@@ -29,8 +31,11 @@ static int get_int(json_t *o, const char *k, int64_t lo, int64_t hi, int64_t *ou
   }
   if (json_is_real(v)) {
     double d = json_real_value(v);
-    if (!isfinite(d) || d != floor(d) || d < (double)lo || d > (double)hi) return -1;
-    *out = (int64_t)d;
+    /* (double)INT64_MAX rounds up to 2^63: bound the cast, then compare as integers. */
+    if (!isfinite(d) || d != floor(d) || d < -9223372036854775808.0 || d >= 9223372036854775808.0) return -1;
+    int64_t x = (int64_t)d;
+    if (x < lo || x > hi) return -1;
+    *out = x;
     return 0;
   }
   return -1;
@@ -109,7 +114,7 @@ int request_parse(const char *line, size_t len, struct request *r, int64_t *id, 
       if (get_int(root, "uid", 0, 2147483647, &r->uid) < 0) FAIL("uid must be an integer from 0 to 2^31-1");
       if (get_int(root, "gid", 0, 2147483647, &r->gid) < 0) FAIL("gid must be an integer from 0 to 2^31-1");
       if (get_int(root, "port", 1, 65535, &r->port) < 0) FAIL("port must be an integer from 1 to 65535");
-      if (get_int(root, "listen_timeout_ms", 1, INT64_MAX / 1000, &r->listen_timeout_ms) < 0) FAIL("listen_timeout_ms must be a positive integer");
+      if (get_int(root, "listen_timeout_ms", 1, MAX_MS, &r->listen_timeout_ms) < 0) FAIL("listen_timeout_ms must be a positive integer");
       json_t *env = json_object_get(root, "env");
       if (!json_is_object(env)) FAIL("env must be a sealed env object");
       r->env.epk = get_b64(env, "epk");
@@ -120,7 +125,7 @@ int request_parse(const char *line, size_t len, struct request *r, int64_t *id, 
       break;
     }
     case OP_STOP_APP:
-      if (get_int(root, "timeout_ms", 1, INT64_MAX / 1000, &r->timeout_ms) < 0) FAIL("timeout_ms must be a positive integer");
+      if (get_int(root, "timeout_ms", 1, MAX_MS, &r->timeout_ms) < 0) FAIL("timeout_ms must be a positive integer");
       break;
     case OP_SCRUB:
       if (!(r->b64 = get_b64(root, "canary_b64"))) FAIL("canary_b64 must be a base64 string");
@@ -153,7 +158,7 @@ int request_parse(const char *line, size_t len, struct request *r, int64_t *id, 
       break;
     case OP_EXEC:
       if (get_argv(root, r, msg, msgn) < 0) goto bad;
-      if (get_int(root, "timeout_ms", 1, INT64_MAX / 1000, &r->timeout_ms) < 0) FAIL("timeout_ms must be a positive integer");
+      if (get_int(root, "timeout_ms", 1, MAX_MS, &r->timeout_ms) < 0) FAIL("timeout_ms must be a positive integer");
       break;
     case OP__COUNT:
       FAIL("unknown op");

@@ -2,6 +2,7 @@
 // measured from the start of wake() to the first HTTP 200 through the VM's
 // forwarded port. Self-contained: its own temp data folder, removed at the end.
 // Numbers are defined in docs/BENCHMARKS.md.
+import { agentRssKib, clockOutsideMs, compressedBytes, percentile } from './guest-metrics.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
@@ -34,16 +35,27 @@ export interface ThawRun {
   platform_ms: number;
   fallback_reason: string | null;
   stages: Record<string, number>;
+  /** How far the guest clock was outside the host's [send, receive] of a request right after the wake (ms). */
+  clock_outside_ms: number | null;
+  /** The guest agent's resident memory after the thaw, KiB. */
+  agent_rss_kib: number | null;
 }
 
 export interface LifecycleResult {
   accel: 'kvm' | 'tcg';
-  cold: { wall_ms: number; boot_mode: 'snapshot' | 'cold' };
-  bake: { ms: number; pause_ms: number; seed_bytes_apparent: number; seed_bytes_on_disk: number };
+  cold: { wall_ms: number; boot_mode: 'snapshot' | 'cold'; agent_ready_ms: number; stages: Record<string, number> };
+  bake: { ms: number; pause_ms: number; seed_bytes_apparent: number; seed_bytes_on_disk: number; seed_bytes_compressed: number };
   thaws: ThawRun[];
   median_thaw_ms: number;
   cold_over_thaw: number;
   platform_share_ms: number;
+  /** p99 (nearest rank) of thaw wall over its median. */
+  p99_over_median: number;
+  /** Medians: the agent's first answer after `cont`; the gate's answer after that. */
+  agent_first_answer_ms: number;
+  gate_after_agent_ms: number;
+  clock_outside_ms: number | null;
+  agent_rss_kib: number | null;
   stage_medians: Record<string, number>;
 }
 
@@ -146,6 +158,7 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
     if (!slept.baked) throw new ThawError('BAKE_FAILED', slept.error ?? 'bake produced no seed');
     const seed = slept.baked;
     const bytes = await seedBytes(seed.seedDir);
+    const compressed = await compressedBytes(seed.seedDir);
 
     const thaws: ThawRun[] = [];
     for (let i = 0; i < n; i++) {
@@ -153,11 +166,13 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
       live = { ctx, run: t.out.run };
       const rec = t.out.record;
       const firstResponse = t.firstResponseMs;
+      const clock = await clockOutsideMs(t.out.run.vm.appAddress.port);
+      const rss = await agentRssKib(t.out.run);
       thaws.push({
         wall_ms: t.wallMs, boot_mode: rec.bootMode, boot_ms: r1(rec.bootMs), gate_ms: rec.gateMs === null ? null : r1(rec.gateMs), app_start_ms: r1(rec.appStartMs),
         pid: rec.pid, pid_before: pidBefore, who: t.body.who, marker: t.body.marker, fs_errors: rec.fsErrors,
         first_response_ms: firstResponse, platform_ms: r1(t.wallMs - appCriticalMs(rec, firstResponse)),
-        fallback_reason: rec.fallbackReason,
+        fallback_reason: rec.fallbackReason, clock_outside_ms: clock, agent_rss_kib: rss,
         stages: { ...Object.fromEntries(Object.entries(rec.stages).map(([k, v]) => [k, r1(v)])), first_response_ms: firstResponse },
       });
       log(`thaw ${i + 1}/${n}: ${t.wallMs} ms (${rec.bootMode})`);
@@ -170,12 +185,22 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
     const medianThaw = r1(median(thaws.map((t) => t.wall_ms)));
     const result: LifecycleResult = {
       accel,
-      cold: { wall_ms: cold.wallMs, boot_mode: cold.out.record.bootMode },
-      bake: { ms: bakeMs, pause_ms: seed.pauseMs, seed_bytes_apparent: bytes.apparent, seed_bytes_on_disk: bytes.onDisk },
+      cold: {
+        wall_ms: cold.wallMs,
+        boot_mode: cold.out.record.bootMode,
+        agent_ready_ms: r1((cold.out.record.stages.vmm_start_ms ?? 0) + (cold.out.record.stages.boot_ms ?? 0) + (cold.out.record.stages.prepare_ms ?? 0)),
+        stages: cold.out.record.stages,
+      },
+      bake: { ms: bakeMs, pause_ms: seed.pauseMs, seed_bytes_apparent: bytes.apparent, seed_bytes_on_disk: bytes.onDisk, seed_bytes_compressed: compressed },
       thaws,
       median_thaw_ms: medianThaw,
       cold_over_thaw: Math.round((cold.wallMs / medianThaw) * 100) / 100,
       platform_share_ms: r1(median(thaws.map((t) => t.platform_ms))),
+      p99_over_median: Math.round((percentile(thaws.map((t) => t.wall_ms), 99) / medianThaw) * 100) / 100,
+      agent_first_answer_ms: r1(median(thaws.map((t) => t.stages.agent_ms ?? NaN))),
+      gate_after_agent_ms: r1(median(thaws.map((t) => (t.stages.gate_ms ?? NaN) - (t.stages.agent_ms ?? NaN)))),
+      clock_outside_ms: medianOrNull(thaws.map((t) => t.clock_outside_ms)),
+      agent_rss_kib: medianOrNull(thaws.map((t) => t.agent_rss_kib)),
       stage_medians,
     };
     const { jsonPath, mdPath } = await writeResult('lifecycle', { ...result, machine, thaws_requested: n }, markdownReport(result, machine));
@@ -189,14 +214,19 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
 }
 
 const MiB = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+const medianOrNull = (xs: (number | null)[]) => {
+  const v = xs.filter((x): x is number => x !== null);
+  return v.length ? r1(median(v)) : null;
+};
 
 /** A small table of the run. */
 export function lifecycleTable(r: LifecycleResult): string {
   const rows: (string | number)[][] = [
-    ['cold wake (wake -> first 200)', fmt(r.cold.wall_ms, 0), r.cold.boot_mode],
-    ['bake', fmt(r.bake.ms, 0), `pause ${r.bake.pause_ms} ms, seed ${MiB(r.bake.seed_bytes_apparent)} apparent / ${MiB(r.bake.seed_bytes_on_disk)} on disk`],
+    ['cold wake (wake -> first 200)', fmt(r.cold.wall_ms, 0), `${r.cold.boot_mode}, agent ready after ${fmt(r.cold.agent_ready_ms, 0)} ms`],
+    ['bake', fmt(r.bake.ms, 0), `pause ${r.bake.pause_ms} ms, seed ${MiB(r.bake.seed_bytes_apparent)} apparent / ${MiB(r.bake.seed_bytes_on_disk)} on disk / ${MiB(r.bake.seed_bytes_compressed)} compressed`],
     ...r.thaws.map((t, i) => [`thaw ${i + 1}`, fmt(t.wall_ms, 0), `${t.boot_mode}, gate ${t.gate_ms ?? 'n/a'} ms, app start ${t.app_start_ms} ms, pid ${t.pid} (was ${t.pid_before}), who=${String(t.who)}, marker ${t.marker === MARKER ? 'kept' : String(t.marker)}`]),
-    ['median thaw', fmt(r.median_thaw_ms, 0), `cold/thaw ${fmt(r.cold_over_thaw, 2)}x, platform share ${fmt(r.platform_share_ms, 0)} ms`],
+    ['median thaw', fmt(r.median_thaw_ms, 0), `cold/thaw ${fmt(r.cold_over_thaw, 2)}x, platform share ${fmt(r.platform_share_ms, 0)} ms, p99/median ${fmt(r.p99_over_median, 2)}`],
+    ['agent after cont (median)', fmt(r.agent_first_answer_ms, 0), `gate done ${fmt(r.gate_after_agent_ms, 0)} ms later; agent RSS ${r.agent_rss_kib ?? 'n/a'} KiB; guest clock outside [send, receive] by ${r.clock_outside_ms ?? 'n/a'} ms`],
   ];
   return markdownTable(['step', 'ms', 'notes'], rows);
 }

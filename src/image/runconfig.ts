@@ -36,10 +36,15 @@ export function startScript(packageJson: string): string {
 /** Run config of an image built before run configs were stored: read /app/package.json out of the ext4 image. */
 export async function runConfigFromImage(image: string): Promise<RunConfig> {
   let text: string;
+  let stderr: string;
   try {
-    ({ stdout: text } = await execFile('debugfs', ['-R', 'cat /app/package.json', image], { maxBuffer: 8 << 20 }));
+    ({ stdout: text, stderr } = await execFile('debugfs', ['-R', 'cat /app/package.json', image], { maxBuffer: 8 << 20 }));
   } catch (err) {
     throw new ThawError('HOST_MISSING_TOOL', `debugfs could not read /app/package.json from ${image}: ${(err as Error).message}`, { cause: err });
+  }
+  // debugfs exits 0 when the image or the file is missing: an empty output says so.
+  if (!text.trim()) {
+    throw new ThawError('APP_NOT_DEPLOYED', `the deploy's image ${image} has no run config and no readable /app/package.json (${stderr.trim().split('\n').at(-1) ?? ''}); deploy the app again`);
   }
   return nodeRunConfig(startScript(text));
 }

@@ -11,7 +11,7 @@ import { UndoStack } from '../undo.ts';
 import { PROTOCOL_VERSION, type Hello } from '../wire/agent.ts';
 import { appEnvironment, type RunConfig } from '../wire/run.ts';
 import { sealEnv } from '../wire/seal.ts';
-import { setClock } from './clock.ts';
+import { setClock, syncClock } from './clock.ts';
 import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
 
 export interface ColdBootParams {
@@ -41,9 +41,14 @@ export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: stri
   };
 }
 
-/** Set the guest clock and reseed its RNG: both are stale after a restore. */
+/**
+ * Set the guest clock and reseed its RNG: both are stale after a restore. The
+ * clock is stepped at once (the agent starts the app only after that), then
+ * measured again over the warmed-up channel and corrected to within 1 ms.
+ */
 export async function refreshGuest(agent: AgentClient): Promise<void> {
-  await Promise.all([setClock(agent, 5000), agent.request({ op: 'reseed', entropy_b64: randomBytes(64).toString('base64') }, 5000)]);
+  const clock = setClock(agent, 5000).then(() => syncClock(agent, { slew: false, rounds: 2 }));
+  await Promise.all([clock, agent.request({ op: 'reseed', entropy_b64: randomBytes(64).toString('base64') }, 5000)]);
 }
 
 /**

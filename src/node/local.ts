@@ -1,6 +1,7 @@
 // The node agent: owns HOW apps run on this host. It keeps the running VMs,
 // the seed folder, and turns wake/sleep requests into the lifecycle steps
 // (src/lifecycle/*). The control plane decides WHERE and THAT.
+import { syncClock } from '../lifecycle/clock.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { existsSync } from 'node:fs';
 import { appendFile, mkdir, readdir, readFile, rm } from 'node:fs/promises';
@@ -22,6 +23,9 @@ export interface NodeWakeRequest {
   run: RunConfig;
   unsafeDiskOverride?: string;
 }
+
+/** How often a running guest's clock is re-synced. */
+export const CLOCK_RESYNC_MS = 60_000;
 
 export class LocalNode {
   readonly running = new Map<string, RunningVm>();
@@ -57,6 +61,10 @@ export class LocalNode {
       unsafeDiskOverride: req.unsafeDiskOverride,
     });
     this.running.set(req.app, out.run);
+    // Keep the guest clock right while the app runs: re-measured every minute, slewed when it drifts over 1 ms.
+    const resync = setInterval(() => void syncClock(out.run.agent, { slew: true, rounds: 1 }).catch(() => {}), CLOCK_RESYNC_MS);
+    resync.unref();
+    out.run.agent.once('close', () => clearInterval(resync));
     out.run.agent.on('app_exit', (e) => {
       if (this.running.get(req.app) === out.run) this.onAppExit(req.app, e);
     });

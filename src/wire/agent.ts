@@ -95,7 +95,8 @@ export const GateResult = z.object({
 });
 export type GateResult = z.infer<typeof GateResult>;
 
-export const Process = z.object({ pid: z.number().int(), ppid: z.number().int(), comm: z.string() });
+/** A guest process: rss_kib is its resident memory in KiB. */
+export const Process = z.object({ pid: z.number().int(), ppid: z.number().int(), comm: z.string(), rss_kib: z.number().int() });
 
 /** Result payloads, by op. */
 export const Results = {

@@ -1,0 +1,41 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { appEnvironment } from '../wire/run.ts';
+import { nodeRunConfig, runConfigFromImage, startScript } from './runconfig.ts';
+
+test('a Node folder starts scripts.start under /bin/sh in /app, node_modules/.bin first', () => {
+  const r = nodeRunConfig('node server.js --port $PORT');
+  assert.deepEqual(r.argv, ['/bin/sh', '-c', 'exec node server.js --port $PORT']);
+  assert.equal(r.cwd, '/app');
+  assert.match(r.env.PATH!, /^\/app\/node_modules\/\.bin:/);
+});
+
+test('env precedence: image env < app env < PORT', () => {
+  const env = appEnvironment({ ...nodeRunConfig('x'), env: { A: 'image', NODE_ENV: 'production' } }, { A: 'app', PORT: '1' }, 8080);
+  assert.deepEqual(env, { A: 'app', NODE_ENV: 'production', PORT: '8080' });
+});
+
+test('startScript refuses a package.json without a start script', () => {
+  assert.throws(() => startScript('{"scripts":{}}'), { code: 'APP_NO_START_SCRIPT' });
+  assert.throws(() => startScript('not json'), { code: 'APP_NO_START_SCRIPT' });
+  assert.equal(startScript('{"scripts":{"start":"node a.js"}}'), 'node a.js');
+});
+
+test('a deploy made before run configs gets its run config from the package.json in its image', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'thaw-runconfig-'));
+  try {
+    await mkdir(path.join(dir, 'root', 'app'), { recursive: true });
+    await writeFile(path.join(dir, 'root', 'app', 'package.json'), JSON.stringify({ scripts: { start: 'node old.js' } }));
+    const img = path.join(dir, 'old.img');
+    execFileSync('truncate', ['-s', '8M', img]);
+    execFileSync('mkfs.ext4', ['-q', '-F', '-d', path.join(dir, 'root'), img]);
+    assert.deepEqual((await runConfigFromImage(img)).argv, ['/bin/sh', '-c', 'exec node old.js']);
+    await assert.rejects(runConfigFromImage(path.join(dir, 'missing.img')), { code: 'APP_NOT_DEPLOYED' });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
