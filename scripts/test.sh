@@ -9,19 +9,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 # What only the tests need: clang with libFuzzer and the sanitizers (the agent's fuzz test).
-TEST_PKGS=(clang libclang-rt-14-dev)
-missing=()
-for p in "${TEST_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "test: installing Debian packages: ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/thaw-apt-test.log 2>&1 \
-    || { $SUDO apt-get update -q >>/tmp/thaw-apt-test.log 2>&1 && $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/thaw-apt-test.log 2>&1; } \
-    || { tail -20 /tmp/thaw-apt-test.log; exit 1; }
-fi
+bash scripts/apt-install.sh test clang libclang-rt-14-dev
 
 PGDIR="${TMPDIR:-/tmp}/thaw-pg-test-$$"
 cleanup() { bash scripts/pg-stop.sh "$PGDIR" >/dev/null 2>&1 || true; }

@@ -108,6 +108,7 @@ int started_sid(pid_t sid);
 
 /* ---- exec (ops.c) ---- */
 void exec_tick(void);
+void exec_kill_all(void);    /* SIGKILL to every running command's process group */
 int exec_on_exit(pid_t pid, int status);
 int64_t exec_next_deadline(void);
 void exec_poll_fds(struct pollfd *fds, int *n, int max);

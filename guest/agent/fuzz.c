@@ -12,14 +12,16 @@
  * Besides the sanitizers, the harness checks properties:
  * - a parsed request satisfies the documented field ranges (agent.h, src/wire/agent.ts);
  * - every reply is one line of JSON with the request's id;
- * - seal_open_env() accepts exactly the plaintexts that are JSON objects of
- *   NUL-free strings under non-empty names without '=' or NUL, and returns
- *   exactly those entries. To reach the plaintext parser despite the AEAD,
- *   the harness seals the base64-decoded env.ct of a start_app to the
- *   agent's own key (as src/wire/seal.ts does) and opens that too.
+ * - seal_open_env() opens exactly the envs that open with the agent's key
+ *   (checked here independently) and hold a JSON object of NUL-free strings
+ *   under non-empty names without '=' or NUL, and returns exactly those
+ *   entries. A mutated sealed env never gets past the AEAD, so to reach the
+ *   plaintext parser the harness also seals the base64-decoded env.ct of a
+ *   start_app to the agent's key (as src/wire/seal.ts does) and checks that.
  *
- * The agent's key comes from a fixed-seed randombytes implementation, so a
- * start_app seed in corpus/ can carry an env that really opens. */
+ * The agent's key comes from a fixed-seed randombytes implementation (the
+ * same key in every run: THAW_FUZZ_PRINT_PUBKEY=1 prints it), so a start_app
+ * seed in corpus/ can carry an env sealed to it that really opens. */
 #include "agent.h"
 #include <sodium.h>
 #include <stdio.h>
@@ -46,6 +48,8 @@ void chan_write(const char *buf, size_t n) {
 /* ---- a deterministic randombytes (fixed seed): the agent's key is the same in every run ---- */
 static const unsigned char rng_seed[randombytes_SEEDBYTES] = "thaw guest agent fuzz, fixed rng";
 static uint64_t rng_calls;
+static unsigned char agent_sk[32], agent_pk[32];
+static int keygen; /* inside seal_keygen(): what rng_buf hands out is the agent's secret key */
 static const char *rng_name(void) { return "thaw-fuzz-fixed"; }
 static void rng_buf(void *const buf, const size_t size) {
   unsigned char seed[randombytes_SEEDBYTES];
@@ -53,11 +57,10 @@ static void rng_buf(void *const buf, const size_t size) {
   uint64_t c = rng_calls++;
   for (int i = 0; i < 8; i++) seed[i] ^= (unsigned char)(c >> (8 * i));
   randombytes_buf_deterministic(buf, size, seed);
+  if (keygen) { if (size != sizeof agent_sk) abort(); memcpy(agent_sk, buf, size); keygen++; }
 }
 static uint32_t rng_random(void) { uint32_t x; rng_buf(&x, sizeof x); return x; }
 static randombytes_implementation rng_fixed = { .implementation_name = rng_name, .random = rng_random, .buf = rng_buf };
-
-static unsigned char agent_pk[32];
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc; (void)argv;
@@ -65,10 +68,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   if (sodium_init() < 0) abort();
   json_set_alloc_funcs(zmalloc, zfree);
   json_object_seed(1); /* jansson's hash order: the same in every run */
+  keygen = 1;
   seal_keygen();
+  if (keygen != 2) abort();
+  keygen = 0;
   size_t n;
+  unsigned char pk2[32];
   const char *pk = seal_pubkey_b64();
   if (sodium_base642bin(agent_pk, sizeof agent_pk, pk, strlen(pk), NULL, &n, NULL, sodium_base64_VARIANT_ORIGINAL) || n != 32) abort();
+  if (crypto_scalarmult_base(pk2, agent_sk) || memcmp(pk2, agent_pk, 32)) abort();
   if (getenv("THAW_FUZZ_PRINT_PUBKEY")) fprintf(stderr, "agent pubkey: %s\n", pk);
   return 0;
 }
@@ -96,7 +104,7 @@ static void reply_check(int64_t id, int ok) {
   json_decref(m);
 }
 
-/* ---- sealing, the host's side (src/wire/seal.ts), to reach the plaintext parser ---- */
+/* ---- sealing and opening, independently of seal.c (as src/wire/seal.ts does) ---- */
 static void hkdf32(unsigned char okm[32], const unsigned char *salt, size_t saltn, const unsigned char *ikm, size_t ikmn) {
   static const char info[] = "thaw-env-v2";
   unsigned char prk[32];
@@ -119,7 +127,7 @@ static char *b64(const unsigned char *b, size_t n) {
   return s;
 }
 
-/* Is pt (n bytes) an env seal_open_env() must accept? */
+/* Is obj (the parsed plaintext, NULL if not JSON) an env seal_open_env() must accept? */
 static int env_acceptable(json_t *obj) {
   if (!json_is_object(obj)) return 0;
   const char *k;
@@ -144,7 +152,61 @@ static void check_envp(char **envp, json_t *obj) {
   CHECK(n == json_object_size(obj));
 }
 
-static void seal_and_open(const unsigned char *pt, size_t n) {
+/* The plaintext of s if it opens with the agent's key (the host-side view of
+ * what seal.c does), else NULL. */
+static unsigned char *open_like_agent(const struct sealed *s, size_t *ptn) {
+  unsigned char epk[32], nonce[12], tag[16], shared[32], key[32], salt[64];
+  size_t n, ctcap = strlen(s->ct) / 4 * 3 + 3, ctn;
+  const int V = sodium_base64_VARIANT_ORIGINAL;
+  if (sodium_base642bin(epk, 32, s->epk, strlen(s->epk), NULL, &n, NULL, V) || n != 32) return NULL;
+  if (sodium_base642bin(nonce, 12, s->nonce, strlen(s->nonce), NULL, &n, NULL, V) || n != 12) return NULL;
+  if (sodium_base642bin(tag, 16, s->tag, strlen(s->tag), NULL, &n, NULL, V) || n != 16) return NULL;
+  unsigned char *ct = malloc(ctcap), *pt = malloc(ctcap + 1);
+  CHECK(ct && pt);
+  int ok = sodium_base642bin(ct, ctcap, s->ct, strlen(s->ct), NULL, &ctn, NULL, V) == 0 && crypto_scalarmult(shared, agent_sk, epk) == 0;
+  if (ok) {
+    memcpy(salt, epk, 32);
+    memcpy(salt + 32, agent_pk, 32);
+    hkdf32(key, salt, sizeof salt, shared, sizeof shared);
+    ok = crypto_aead_chacha20poly1305_ietf_decrypt_detached(pt, NULL, ct, ctn, tag, NULL, 0, nonce, key) == 0;
+  }
+  free(ct);
+  if (!ok) { free(pt); return NULL; }
+  *ptn = ctn;
+  return pt;
+}
+
+/* seal_open_env(s) opens exactly the envs that open with the agent's key and
+ * hold an acceptable plaintext, and returns exactly the entries of it. */
+static void check_open(int64_t id, const struct sealed *s) {
+  size_t ptn = 0;
+  unsigned char *pt = open_like_agent(s, &ptn);
+  json_error_t e;
+  json_t *obj = pt ? json_loadb((const char *)pt, ptn, JSON_REJECT_DUPLICATES, &e) : NULL;
+  int want = env_acceptable(obj);
+  char **envp = (char **)&envp, err[512] = "";
+  int rc = seal_open_env(s, &envp, err, sizeof err);
+  CHECK(rc == 0 || rc == -1);
+  if (rc == 0) {
+    CHECK(envp);
+    if (want) check_envp(envp, obj);
+    envp_free(envp);
+  } else {
+    CHECK(envp == NULL && err[0]);
+    reply_begin();
+    reply_err(id, "AGENT_PROTOCOL", "%s", err); /* as handle_request answers */
+    reply_check(id, 0);
+  }
+  if (rc != (want ? 0 : -1)) {
+    fprintf(stderr, "seal_open_env returned %d for an env it should %s (%s)\n", rc, want ? "accept" : "refuse", err);
+    abort();
+  }
+  json_decref(obj);
+  free(pt);
+}
+
+/* Seal pt (n bytes) to the agent, as the host does, and check how it opens. */
+static void seal_and_check(int64_t id, const unsigned char *pt, size_t n) {
   static const unsigned char esk[32] = "ephemeral key of the fuzz host.";
   static const unsigned char nonce[12] = "fuzz nonce.";
   unsigned char epk[32], shared[32], key[32], salt[64], tag[16];
@@ -158,25 +220,7 @@ static void seal_and_open(const unsigned char *pt, size_t n) {
   crypto_aead_chacha20poly1305_ietf_encrypt_detached(ct, tag, NULL, pt, n, NULL, 0, NULL, nonce, key);
   struct sealed s = { .epk = b64(epk, 32), .nonce = b64(nonce, 12), .ct = b64(ct, n), .tag = b64(tag, 16) };
   free(ct);
-
-  json_error_t e;
-  json_t *obj = json_loadb((const char *)pt, n, JSON_REJECT_DUPLICATES, &e);
-  int want = env_acceptable(obj);
-  char **envp = (char **)&envp, err[512] = "";
-  int rc = seal_open_env(&s, &envp, err, sizeof err);
-  CHECK(rc == 0 || rc == -1);
-  if (rc == 0) {
-    CHECK(envp);
-    check_envp(envp, obj);
-    envp_free(envp);
-  } else {
-    CHECK(envp == NULL && err[0]);
-  }
-  if (rc != (want ? 0 : -1)) {
-    fprintf(stderr, "seal_open_env returned %d for a plaintext it should %s (%s)\n", rc, want ? "accept" : "refuse", err);
-    abort();
-  }
-  json_decref(obj);
+  check_open(id, &s);
   free((void *)s.epk); free((void *)s.nonce); free((void *)s.ct); free((void *)s.tag);
 }
 
@@ -244,19 +288,7 @@ static void handle_pure(struct request *r) {
       reply_check(r->id, 1);
       break;
     case OP_START_APP: {
-      char **envp = (char **)&envp, err[512] = "";
-      int rc = seal_open_env(&r->env, &envp, err, sizeof err);
-      CHECK(rc == 0 || rc == -1);
-      if (rc == 0) {
-        CHECK(envp);
-        for (char **e = envp; *e; e++) CHECK(strchr(*e, '=') && **e != '=');
-        envp_free(envp);
-      } else {
-        CHECK(envp == NULL && err[0]);
-        reply_begin();
-        reply_err(r->id, "AGENT_PROTOCOL", "%s", err);
-        reply_check(r->id, 0);
-      }
+      check_open(r->id, &r->env);
       volatile int64_t listen_deadline_us = now_mono_us() + r->listen_timeout_ms * 1000; /* app_start */
       (void)listen_deadline_us;
       /* The plaintext parser, behind the AEAD: seal the decoded ct to this agent and open it. */
@@ -264,7 +296,7 @@ static void handle_pure(struct request *r) {
       unsigned char *pt = malloc(cap);
       CHECK(pt);
       if (sodium_base642bin(pt, cap, r->env.ct, strlen(r->env.ct), NULL, &n, NULL, sodium_base64_VARIANT_ORIGINAL) == 0)
-        seal_and_open(pt, n);
+        seal_and_check(r->id, pt, n);
       free(pt);
       break;
     }

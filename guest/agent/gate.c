@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #define BLOCK 4096
+#define CANARY_MAX 65536 /* scrub takes canaries of 1 to 64 KiB */
 #define CANARY "/var/lib/thaw/canary"
 #define PROBE "/var/lib/thaw/gate.probe"
 
@@ -80,12 +81,24 @@ static ssize_t direct_read(const char *path, unsigned char *b) {
   return n;
 }
 
+/* The whole canary, read with O_DIRECT (one block more than the largest canary:
+ * a longer file is not the canary). */
 static int canary_check(const char *expected) {
   char p[4096];
-  unsigned char *b = aligned_block();
+  static unsigned char *b;
+  if (!b && posix_memalign((void **)&b, BLOCK, CANARY_MAX + BLOCK) != 0) b = NULL;
   if (!b) return 0;
-  ssize_t n = direct_read(path_in_root(CANARY, p, sizeof p), b);
-  if (n < 0) return 0;
+  int fd = open(path_in_root(CANARY, p, sizeof p), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = 0, r = 0;
+  while (n < CANARY_MAX + BLOCK) { /* short reads only at the end of the file */
+    r = pread(fd, b + n, (size_t)(CANARY_MAX + BLOCK - n), n);
+    if (r <= 0) break;
+    n += r;
+    if (n % BLOCK) break;
+  }
+  close(fd);
+  if (r < 0 || n > CANARY_MAX) return 0;
   unsigned char h[crypto_hash_sha256_BYTES];
   char hex[crypto_hash_sha256_BYTES * 2 + 1];
   crypto_hash_sha256(h, b, (unsigned long long)n);

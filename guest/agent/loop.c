@@ -48,6 +48,16 @@ void chan_write(const char *buf, size_t n) {
 
 void agent_exit_after_flush(void) { exiting = 1; }
 
+/* Test mode: the agent never leaves behind what it started (the app's process
+ * group, exec commands), whichever way it ends. In a VM, init reaps orphans. */
+static void agent_exit(int code) {
+  if (!CFG.guest) {
+    app_forward_signal(SIGKILL);
+    exec_kill_all();
+  }
+  exit(code);
+}
+
 static void flush_out(void) {
   while (out_len > 0 && chan >= 0) {
     ssize_t n = write(chan, out, out_len);
@@ -60,7 +70,7 @@ static void flush_out(void) {
 }
 
 static void on_line(char *line, size_t len) {
-  while (len && (line[len - 1] == '\r' || line[len - 1] == ' ')) len--;
+  while (len && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t')) len--; /* JSON whitespace */
   if (len == 0) return;
   struct request r;
   int64_t id;
@@ -78,7 +88,7 @@ static void on_readable(void) {
     if (n < 0 && errno == EINTR) continue;
     if (n == 0 && CFG.guest && CFG.channel_fd < 0 && vsock_listen < 0) { connected = 0; in_len = 0; discarding = 0; return; }
     if (n == 0) { /* a socket's peer closed: test mode ends, a vsock channel waits for the next connection */
-      if (CFG.channel_fd >= 0) exit(0);
+      if (CFG.channel_fd >= 0) agent_exit(0);
       close(chan);
       chan = -1;
       in_len = 0;
@@ -127,7 +137,11 @@ static const char *find_port(char *buf, size_t n) {
 }
 
 static void open_channel(void) {
-  if (CFG.channel_fd >= 0) { chan = CFG.channel_fd; return; }
+  if (CFG.channel_fd >= 0) { /* inherited without close-on-exec: the app and exec commands must not get it */
+    chan = CFG.channel_fd;
+    fcntl(chan, F_SETFD, FD_CLOEXEC);
+    return;
+  }
   int vs = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (vs >= 0) {
     struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = AGENT_VSOCK_PORT };
@@ -155,10 +169,7 @@ static void on_signal(void) {
   while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
     if (si.ssi_signo == SIGCHLD) continue;
     /* On a test host a termination signal ends the agent; in a VM it goes to the app. */
-    if (!CFG.guest && (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)) {
-      app_forward_signal(SIGKILL);
-      exit(0);
-    }
+    if (!CFG.guest && (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)) agent_exit(0);
     app_forward_signal((int)si.ssi_signo);
   }
   int status;
@@ -183,7 +194,7 @@ int agent_main(void) {
   if (chan >= 0) fcntl(chan, F_SETFL, O_NONBLOCK);
   if (chan >= 0) send_hello();
   for (;;) {
-    if (exiting && out_len == 0) exit(0);
+    if (exiting && out_len == 0) agent_exit(0);
     struct pollfd fds[16];
     int n = 0, ichan = -1, ivs = -1, iapp = -1;
     if (chan >= 0 && connected) { ichan = n; fds[n++] = (struct pollfd){ .fd = chan, .events = POLLIN | (out_len ? POLLOUT : 0) }; }

@@ -20,7 +20,7 @@ int64_t clock_offset_us; /* test mode: the host's clock is never touched */
 /* ---- exec: a command with captured output and a deadline ---- */
 #define EXEC_MAX 4
 #define EXEC_OUT (1 << 20)
-struct exec_job { pid_t pid; int64_t id, deadline_us; int fd[2]; char *buf[2]; size_t len[2]; int status, done; };
+struct exec_job { pid_t pid; int64_t id, deadline_us; int fd[2]; char *buf[2]; size_t len[2]; int status, done, killed; };
 static struct exec_job jobs[EXEC_MAX];
 
 static void exec_start(struct request *r) {
@@ -95,12 +95,26 @@ int exec_on_exit(pid_t pid, int status) {
   return 0;
 }
 
+/* The deadline holds until the answer, also after the command itself exited
+ * while a child of it keeps its output open: SIGKILL to its process group, and
+ * a second later stop waiting for output from anything that escaped it. */
 void exec_tick(void) {
   int64_t now = now_mono_us();
   for (int i = 0; i < EXEC_MAX; i++) {
-    if (jobs[i].pid && !jobs[i].done && now >= jobs[i].deadline_us) { kill(-jobs[i].pid, SIGKILL); jobs[i].deadline_us = INT64_MAX; }
-    if (jobs[i].pid && jobs[i].done) exec_finish(&jobs[i]);
+    struct exec_job *j = &jobs[i];
+    if (!j->pid) continue;
+    if (now >= j->deadline_us) {
+      kill(-j->pid, SIGKILL);
+      if (j->killed) for (int k = 0; k < 2; k++) if (j->fd[k] >= 0) { close(j->fd[k]); j->fd[k] = -1; }
+      j->killed = 1;
+      j->deadline_us = now + 1000000;
+    }
+    if (j->done) exec_finish(j);
   }
+}
+
+void exec_kill_all(void) {
+  for (int i = 0; i < EXEC_MAX; i++) if (jobs[i].pid) kill(-jobs[i].pid, SIGKILL);
 }
 
 int64_t exec_next_deadline(void) {
@@ -109,13 +123,14 @@ int64_t exec_next_deadline(void) {
   return d;
 }
 
-/* ---- ps ---- */
-static json_t *processes(int user_only_others, int *count_others) {
-  json_t *arr = json_array();
+/* ---- processes, from /proc ---- */
+struct proc { pid_t pid, ppid, sid; char comm[64]; long rss_kib; };
+
+/* Call fn for every user-space process (kernel threads are skipped). */
+static void each_process(void (*fn)(const struct proc *, void *), void *arg) {
   DIR *d = opendir("/proc");
-  if (!d) return arr;
+  if (!d) return;
   struct dirent *e;
-  *count_others = 0;
   while ((e = readdir(d))) {
     char *end;
     long pid = strtol(e->d_name, &end, 10);
@@ -129,51 +144,33 @@ static json_t *processes(int user_only_others, int *count_others) {
     if (n <= 0) continue;
     buf[n] = 0;
     char *l = strchr(buf, '('), *r = strrchr(buf, ')');
-    if (!l || !r || r < l) continue;
-    char state;
-    int ppid;
+    struct proc p = { .pid = (pid_t)pid };
     unsigned flags;
-    if (sscanf(r + 2, "%c %d %*d %*d %*d %*d %u", &state, &ppid, &flags) != 3) continue;
+    if (!l || !r || r < l || sscanf(r + 2, "%*c %d %*d %d %*d %*d %u", &p.ppid, &p.sid, &flags) != 3) continue;
     if (flags & 0x00200000 /* PF_KTHREAD */) continue;
-    if (user_only_others && (pid == 1 || pid == getpid())) continue;
-    (*count_others)++;
-    long rss_pages = 0;
+    snprintf(p.comm, sizeof p.comm, "%.*s", (int)(r - l - 1), l + 1);
     snprintf(path, sizeof path, "/proc/%ld/statm", pid);
     FILE *sf = fopen(path, "re");
-    if (sf) { if (fscanf(sf, "%*d %ld", &rss_pages) != 1) rss_pages = 0; fclose(sf); }
-    if (arr) json_array_append_new(arr, json_pack("{s:i, s:i, s:o, s:I}", "pid", (int)pid, "ppid", ppid, "comm", jstr(l + 1, (size_t)(r - l - 1)),
-                                                  "rss_kib", (json_int_t)(rss_pages * (sysconf(_SC_PAGESIZE) / 1024))));
+    if (sf) {
+      if (fscanf(sf, "%*d %ld", &p.rss_kib) != 1) p.rss_kib = 0;
+      p.rss_kib *= sysconf(_SC_PAGESIZE) / 1024;
+      fclose(sf);
+    }
+    fn(&p, arg);
   }
   closedir(d);
-  return arr;
+}
+
+static void add_process(const struct proc *p, void *arr) {
+  json_array_append_new(arr, json_pack("{s:i, s:i, s:o, s:I}", "pid", (int)p->pid, "ppid", (int)p->ppid,
+                                       "comm", jstr(p->comm, strlen(p->comm)), "rss_kib", (json_int_t)p->rss_kib));
 }
 
 /* ---- scrub: nothing of the app may survive into the seed ---- */
-static void kill_strays(void) {
-  DIR *d = opendir("/proc");
-  if (!d) return;
-  struct dirent *e;
-  while ((e = readdir(d))) {
-    char *end;
-    long pid = strtol(e->d_name, &end, 10);
-    if (*end || pid <= 1 || pid == getpid()) continue;
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) continue;
-    buf[n] = 0;
-    char *r = strrchr(buf, ')');
-    int ppid, pgrp, sid;
-    unsigned flags;
-    if (!r || sscanf(r + 2, "%*c %d %d %d %*d %*d %u", &ppid, &pgrp, &sid, &flags) != 4) continue;
-    if (flags & 0x00200000) continue;
-    /* In a VM every user process but init and this agent goes; on a test host only what this agent started. */
-    if (CFG.guest || started_sid(sid)) kill((pid_t)pid, SIGKILL);
-  }
-  closedir(d);
+static void kill_stray(const struct proc *p, void *unused) {
+  if (p->pid <= 1 || p->pid == getpid()) return;
+  /* In a VM every user process but init and this agent goes; on a test host only what this agent started. */
+  if (CFG.guest || started_sid(p->sid)) kill(p->pid, SIGKILL);
 }
 
 static void do_scrub(struct request *r) {
@@ -186,7 +183,7 @@ static void do_scrub(struct request *r) {
     return;
   }
   ring_clear();
-  kill_strays();
+  each_process(kill_stray, NULL);
   char p[4096];
   rm_tree_contents(path_in_root("/tmp", p, sizeof p));
   rm_tree_contents(path_in_root("/run/thaw", p, sizeof p));
@@ -202,7 +199,11 @@ static void do_scrub(struct request *r) {
 }
 
 /* ---- clock ---- */
+/* Targets from 1970 to 2^52 us (year 2112): the clock_us of every later hello
+ * must stay an integer the host can read (a safe integer: 2^53 us is in 2255). */
+#define CLOCK_MAX_US ((int64_t)1 << 52)
 static int set_real_us(int64_t us) {
+  if (us < 0 || us > CLOCK_MAX_US) { errno = ERANGE; return -1; }
   if (!CFG.guest) { clock_offset_us = us - now_real_us(); return 0; }
   struct timespec t = { .tv_sec = us / 1000000, .tv_nsec = (us % 1000000) * 1000 };
   return clock_settime(CLOCK_REALTIME, &t);
@@ -258,18 +259,21 @@ void handle_request(struct request *r) {
     case OP_ADJUST_CLOCK:
       do_adjust(r);
       return;
-    case OP_RESEED: {
-      unsigned char ent[4096];
-      size_t n;
-      if (sodium_base642bin(ent, sizeof ent, r->b64, strlen(r->b64), NULL, &n, NULL, sodium_base64_VARIANT_ORIGINAL) != 0) {
-        reply_err(r->id, "AGENT_PROTOCOL", "entropy_b64 must decode to at most 4096 bytes");
+    case OP_RESEED: { /* any size the line can carry (the schema sets no other bound) */
+      size_t cap = strlen(r->b64) / 4 * 3 + 3, n;
+      unsigned char *ent = zmalloc(cap);
+      if (!ent) { reply_err(r->id, "AGENT_ERROR", "out of memory"); return; }
+      if (sodium_base642bin(ent, cap, r->b64, strlen(r->b64), NULL, &n, NULL, sodium_base64_VARIANT_ORIGINAL) != 0) {
+        zfree(ent);
+        reply_err(r->id, "AGENT_PROTOCOL", "entropy_b64 must be base64");
         return;
       }
       int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
       ssize_t w = fd >= 0 ? write(fd, ent, n) : -1;
+      int e = errno;
       if (fd >= 0) close(fd);
-      sodium_memzero(ent, sizeof ent);
-      if (w != (ssize_t)n) { reply_err(r->id, "AGENT_ERROR", "writing /dev/urandom failed: %s", strerror(errno)); return; }
+      zfree(ent); /* zeroed */
+      if (w != (ssize_t)n) { reply_err(r->id, "AGENT_ERROR", "writing /dev/urandom failed: %s", strerror(e)); return; }
       reply_ok(r->id, json_pack("{s:b}", "ok", 1));
       return;
     }
@@ -292,8 +296,9 @@ void handle_request(struct request *r) {
       exec_start(r);
       return;
     case OP_PS: {
-      int n;
-      reply_ok(r->id, json_pack("{s:o}", "processes", processes(0, &n)));
+      json_t *arr = json_array();
+      each_process(add_process, arr);
+      reply_ok(r->id, json_pack("{s:o}", "processes", arr));
       return;
     }
     case OP__COUNT:

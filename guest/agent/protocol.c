@@ -20,9 +20,14 @@ const char *const OP_NAMES[OP__COUNT] = {
 /* Largest timeout in ms: the handlers add ms * 1000 to now_mono_us(), which must not overflow. */
 #define MAX_MS ((int64_t)1 << 53)
 
+/* zod's .int() takes safe integers only (|x| <= 2^53 - 1). */
+#define MAX_SAFE_INT (((int64_t)1 << 53) - 1)
+
 /* JSON numbers that are integers (also 5.0, as JavaScript sees it) within [lo, hi]. */
 static int get_int(json_t *o, const char *k, int64_t lo, int64_t hi, int64_t *out) {
   json_t *v = json_object_get(o, k);
+  if (hi > MAX_SAFE_INT) hi = MAX_SAFE_INT;
+  if (lo < -MAX_SAFE_INT) lo = -MAX_SAFE_INT;
   if (json_is_integer(v)) {
     json_int_t x = json_integer_value(v);
     if (x < lo || x > hi) return -1;
@@ -67,10 +72,14 @@ static const char *get_b64(json_t *o, const char *k) {
   return s && is_b64(s) ? s : NULL;
 }
 
-static int get_argv(json_t *o, struct request *r, char *msg, size_t msgn) {
+static int get_argv(json_t *o, struct request *r, size_t max, char *msg, size_t msgn) {
   json_t *a = json_object_get(o, "argv");
   size_t n = json_array_size(a);
-  if (!json_is_array(a) || n < 1 || n > MAX_ARGV) { snprintf(msg, msgn, "argv must be an array of 1 to %d strings", MAX_ARGV); return -1; }
+  if (!json_is_array(a) || n < 1 || n > max) {
+    if (max == SIZE_MAX) snprintf(msg, msgn, "argv must be a non-empty array of strings");
+    else snprintf(msg, msgn, "argv must be an array of 1 to %zu strings", max);
+    return -1;
+  }
   r->argv = zmalloc((n + 1) * sizeof *r->argv);
   if (!r->argv) { snprintf(msg, msgn, "out of memory"); return -1; }
   for (size_t i = 0; i < n; i++) {
@@ -91,7 +100,9 @@ int request_parse(const char *line, size_t len, struct request *r, int64_t *id, 
   memset(r, 0, sizeof *r);
   *id = -1;
   json_error_t jerr;
-  json_t *root = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+  /* Numbers as doubles, as JSON.parse reads them; \u0000 is parsed (so the id
+   * is known) and refused where a string must reach C (get_str, get_argv). */
+  json_t *root = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL, &jerr);
   if (!root) { snprintf(msg, msgn, "not JSON: %s", jerr.text); return -1; }
   r->root = root;
   if (!json_is_object(root)) FAIL("a message must be a JSON object");
@@ -108,7 +119,7 @@ int request_parse(const char *line, size_t len, struct request *r, int64_t *id, 
     case OP_PING: case OP_RESPAWN: case OP_PS:
       break;
     case OP_START_APP: {
-      if (get_argv(root, r, msg, msgn) < 0) goto bad;
+      if (get_argv(root, r, MAX_ARGV, msg, msgn) < 0) goto bad;
       r->cwd = get_str(root, "cwd", 4096);
       if (!r->cwd || r->cwd[0] != '/') FAIL("cwd must be an absolute path");
       if (get_int(root, "uid", 0, 2147483647, &r->uid) < 0) FAIL("uid must be an integer from 0 to 2^31-1");
@@ -157,7 +168,7 @@ int request_parse(const char *line, size_t len, struct request *r, int64_t *id, 
       if (get_int(root, "max_bytes", 1, INT64_MAX, &r->max_bytes) < 0) FAIL("max_bytes must be a positive integer");
       break;
     case OP_EXEC:
-      if (get_argv(root, r, msg, msgn) < 0) goto bad;
+      if (get_argv(root, r, SIZE_MAX, msg, msgn) < 0) goto bad; /* the schema bounds only start_app's argv */
       if (get_int(root, "timeout_ms", 1, MAX_MS, &r->timeout_ms) < 0) FAIL("timeout_ms must be a positive integer");
       break;
     case OP__COUNT:

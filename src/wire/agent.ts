@@ -23,7 +23,10 @@ export const MAX_LINE_BYTES = 1 << 20;
  * JSON object of strings: the app's complete environment.
  */
 export const SEAL_INFO = 'thaw-env-v2';
-const B64 = z.string().max(MAX_LINE_BYTES).regex(/^[A-Za-z0-9+/]*={0,2}$/);
+/** Canonical, padded base64 (what Buffer.toString('base64') writes and libsodium decodes). */
+const B64 = z.string().max(MAX_LINE_BYTES).regex(/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/);
+/** A string C can carry: no NUL byte. */
+const CStr = z.string().regex(/^[^\0]*$/, 'must not contain NUL');
 export const SealedEnv = z.object({
   epk: B64, // host ephemeral public key, raw 32 bytes
   nonce: B64, // 12 bytes
@@ -38,8 +41,8 @@ const Ping = z.object({ op: z.literal('ping') });
 const StartApp = z.object({
   op: z.literal('start_app'),
   /** argv[0] is a path inside the guest's root (or a name looked up in PATH from the env). */
-  argv: z.array(z.string().min(1)).min(1).max(4096),
-  cwd: z.string().startsWith('/'),
+  argv: z.array(CStr.min(1)).min(1).max(4096),
+  cwd: CStr.max(4096).startsWith('/'),
   uid: z.number().int().min(0).max(2 ** 31 - 1),
   gid: z.number().int().min(0).max(2 ** 31 - 1),
   env: SealedEnv,
@@ -50,7 +53,7 @@ const StartApp = z.object({
 /** SIGTERM to the app's process group, SIGKILL after timeout_ms. */
 const StopApp = z.object({ op: z.literal('stop_app'), timeout_ms: z.number().int().positive() });
 /** Before a bake: forget the app log, kill stray processes, empty /tmp, check the kernel log, write the canary, sync. */
-const Scrub = z.object({ op: z.literal('scrub'), canary_b64: B64 });
+const Scrub = z.object({ op: z.literal('scrub'), canary_b64: B64.min(4).max(87384) }); // 1 to 65536 bytes
 /** The agent exits after answering and init starts a fresh one (new key, a heap that never saw env). */
 const Respawn = z.object({ op: z.literal('respawn') });
 /** Step the guest's realtime clock to epoch_us (microseconds since the epoch, the host's clock when it sent this). */
@@ -61,7 +64,7 @@ const Reseed = z.object({ op: z.literal('reseed'), entropy_b64: B64 });
 /** Liveness gate: canary read with O_DIRECT, write/fsync/direct-read round trip, kernel log scan. */
 const Gate = z.object({ op: z.literal('gate'), canary_sha256: z.string().regex(/^[0-9a-f]{64}$/).nullable() });
 const Logs = z.object({ op: z.literal('logs'), max_bytes: z.number().int().positive() });
-const Exec = z.object({ op: z.literal('exec'), argv: z.array(z.string().min(1)).min(1), timeout_ms: z.number().int().positive() });
+const Exec = z.object({ op: z.literal('exec'), argv: z.array(CStr.min(1)).min(1), timeout_ms: z.number().int().positive() });
 /** User-space processes in the guest (kernel threads excluded). */
 const Ps = z.object({ op: z.literal('ps') });
 

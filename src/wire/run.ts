@@ -5,15 +5,18 @@
 // decide how to start the app.
 import { z } from 'zod';
 
+/** Strings the guest agent can carry (C strings): no NUL byte. */
+const CStr = z.string().regex(/^[^\0]*$/, 'must not contain NUL');
+
 export const RunConfig = z.object({
   /** argv[0] is a path in the image, or a name looked up in env.PATH. */
-  argv: z.array(z.string().min(1)).min(1).max(4096),
+  argv: z.array(CStr.min(1)).min(1).max(4096),
   /** Absolute working folder inside the image. */
-  cwd: z.string().startsWith('/'),
+  cwd: CStr.max(4096).startsWith('/'),
   uid: z.number().int().min(0).max(2 ** 31 - 1),
   gid: z.number().int().min(0).max(2 ** 31 - 1),
   /** The image's own env; the app's env (thaw env, --env) wins over it, and PORT over both. */
-  env: z.record(z.string(), z.string()),
+  env: z.record(z.string().regex(/^[^=\0]+$/, 'env names have no "=" or NUL'), CStr),
 });
 export type RunConfig = z.infer<typeof RunConfig>;
 
