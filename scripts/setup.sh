@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 bash scripts/apt-install.sh setup qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs zstd cpio xz-utils tar gzip \
   gcc libc6-dev libsodium-dev libjansson-dev
+# OCI images: skopeo pulls and checks digests, umoci unpacks layers.
+bash scripts/apt-install.sh setup skopeo umoci
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages"

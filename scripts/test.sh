@@ -10,6 +10,8 @@ bash scripts/setup.sh
 
 # What only the tests need: clang with libFuzzer and the sanitizers (the agent's fuzz test).
 bash scripts/apt-install.sh test clang libclang-rt-14-dev
+# A real registry for the OCI image tests.
+bash scripts/oci-tools.sh
 
 PGDIR="${TMPDIR:-/tmp}/thaw-pg-test-$$"
 cleanup() { bash scripts/pg-stop.sh "$PGDIR" >/dev/null 2>&1 || true; }

@@ -119,6 +119,7 @@ void kmsg_open(void);
 int kmsg_fs_errors(json_t *out_array, char *first, size_t firstn); /* count of fs errors since last call */
 json_t *gate_run(const char *canary_sha256, int *ok);
 int write_canary(const unsigned char *data, size_t n, char *err, size_t errn);
+int prepare_probe(void); /* the gate's probe block, allocated before a bake */
 extern int gate_failed;
 extern char gate_reason[512];
 

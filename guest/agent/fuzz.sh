@@ -27,15 +27,16 @@ clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recove
   -o "$work/agent-fuzz" "$here"/fuzz.c "$here"/protocol.c "$here"/seal.c "$here"/util.c \
   -l:libsodium.a -l:libjansson.a -lm
 echo "fuzz.sh: built $work/agent-fuzz"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:allocator_may_return_null=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 
-if [ "$#" -gt 0 ] && [ -f "${*: -1}" ]; then # replay inputs: fuzz.sh 0 WORKDIR crash-...
+if [ "$#" -gt 0 ] && [ -f "${!#}" ]; then # replay inputs: fuzz.sh 0 WORKDIR crash-...
   exec "$work/agent-fuzz" -max_len=131072 -timeout=10 "$@"
 fi
+[ "$seconds" -gt 0 ] || { echo "fuzz.sh: SECONDS must be at least 1 (0 is for replaying input files)" >&2; exit 2; }
 
 rm -rf "$work/corpus"
 cp -R "$here/corpus" "$work/corpus"
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:allocator_may_return_null=1}"
-export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 # -max_len: a scrub canary of 64 KiB is 87,384 base64 characters.
 cd "$work"
 "$work/agent-fuzz" -max_total_time="$seconds" -max_len=131072 -timeout=10 -rss_limit_mb=2048 \

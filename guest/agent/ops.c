@@ -194,6 +194,7 @@ static void do_scrub(struct request *r) {
   }
   char err[256];
   if (write_canary(canary, n, err, sizeof err) < 0) { reply_err(r->id, "AGENT_ERROR", "%s", err); return; }
+  if (prepare_probe() < 0) { reply_err(r->id, "AGENT_ERROR", "writing the gate's probe file failed: %s", strerror(errno)); return; }
   sync();
   reply_ok(r->id, json_pack("{s:s, s:I}", "canary_path", "/var/lib/thaw/canary", "ms", (json_int_t)((now_mono_us() - t0) / 1000)));
 }

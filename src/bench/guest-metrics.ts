@@ -34,9 +34,3 @@ export async function compressedBytes(seedDir: string): Promise<number> {
   await pipeline(stream, new Writable({ write: (_c, _e, cb) => cb() }));
   return (await done).bytesOut;
 }
-
-/** The p-th percentile (nearest rank) of xs. */
-export function percentile(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] ?? NaN;
-}

@@ -2,12 +2,12 @@
 // measured from the start of wake() to the first HTTP 200 through the VM's
 // forwarded port. Self-contained: its own temp data folder, removed at the end.
 // Numbers are defined in docs/BENCHMARKS.md.
-import { agentRssKib, clockOutsideMs, compressedBytes, percentile } from './guest-metrics.ts';
+import { agentRssKib, clockOutsideMs, compressedBytes } from './guest-metrics.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fmt, machineFacts, markdownTable, median, writeResult } from '../../bench/lib.ts';
+import { fmt, machineFacts, markdownTable, median, percentile, writeResult } from '../../bench/lib.ts';
 import { buildDemoImage, demoContext, getUntil200, httpRequest, vmProcesses } from '../doctor.ts';
 import { ThawError } from '../errors.ts';
 import { ensureAssets } from '../guest/assets.ts';

@@ -66,7 +66,10 @@ export class QemuDriver implements Hypervisor {
       '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
       '-serial', `file:${path.join(spec.dir, 'console.log')}`,
       '-kernel', spec.kernel, '-initrd', spec.initrd, '-append', spec.cmdline,
-      '-drive', `if=none,id=disk0,file=${spec.disk},format=${spec.diskFormat}`,
+      // The root overlay is ephemeral (a thawed VM's writes are dropped; a baked VM's disk is
+      // copied after `stop`, which still writes QEMU's caches back to the OS): guest flushes
+      // need not reach the host's disk. Firecracker's default cache_type (Unsafe) is the same.
+      '-drive', `if=none,id=disk0,file=${spec.disk},format=${spec.diskFormat},cache=unsafe`,
       '-device', 'virtio-blk-pci,drive=disk0',
       '-netdev', `user,id=net0,hostfwd=tcp:${this.opts.bindHost ?? '127.0.0.1'}:${spec.hostPort}-:${spec.guestPort}`,
       '-device', 'virtio-net-pci,netdev=net0,romfile=',

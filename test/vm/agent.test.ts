@@ -2,9 +2,8 @@
 // one static app binary; a failed gate leaves no app process and the app's env
 // is never opened; the guest clock is right after a thaw.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -16,22 +15,8 @@ import { sleepVm } from '../../src/lifecycle/sleep.ts';
 import { wake, type WakeOutcome } from '../../src/lifecycle/wake.ts';
 import { readManifest } from '../../src/seed/files.ts';
 import { sealEnv } from '../../src/wire/seal.ts';
-import type { RunConfig } from '../../src/wire/run.ts';
-import { fixture, getJson, qemuProcesses, ROOT, type Fixture } from './fixture.ts';
-
-/** An ext4 image of a root that holds only a static HTTP server compiled here (no libc, no shell, no agent). */
-async function scratchImage(dir: string): Promise<string> {
-  const root = path.join(dir, 'root');
-  await mkdir(root, { recursive: true });
-  execFileSync('gcc', ['-static', '-O2', '-o', path.join(root, 'server'), path.join(ROOT, 'test/vm/apps/static-http.c')]);
-  const img = path.join(dir, 'scratch.img');
-  execFileSync('truncate', ['-s', '64M', img]);
-  execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'root_owner=0:0', '-d', root, img]);
-  await chmod(img, 0o444);
-  return img;
-}
-
-const SCRATCH_RUN: RunConfig = { argv: ['/server'], cwd: '/', uid: 0, gid: 0, env: {} };
+import { SCRATCH_RUN, scratchImage } from '../helpers/scratch.ts';
+import { fixture, getJson, qemuProcesses, type Fixture } from './fixture.ts';
 
 describe('static agent in a scratch root', { concurrency: false }, () => {
   let f: Fixture;
