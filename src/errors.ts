@@ -36,6 +36,7 @@ export const ERROR_CODES = {
   IMAGE_NO_COMMAND: { kind: 'user', status: 400, hint: 'The image config has no Entrypoint or Cmd: pass a command after `--`, or set CMD/ENTRYPOINT in the image.' },
   IMAGE_USER_UNKNOWN: { kind: 'user', status: 400, hint: "The image's User names a user or group missing from its /etc/passwd or /etc/group; use a numeric uid[:gid] or add the entry." },
   IMAGE_INVALID: { kind: 'user', status: 400, hint: 'Pass an OCI or Docker image: a registry reference, an oci-archive, a docker-archive (what `docker save` writes) or an OCI layout folder.' },
+  IMAGE_PATH_CONFLICT: { kind: 'user', status: 400, hint: 'Thaw mounts /proc, /sys, /dev, /run, /tmp and /var/lib/thaw in every guest: the image must hold them as folders or not at all.' },
   IMAGE_UNSAFE_LAYER: { kind: 'user', status: 400, hint: 'A layer holds an entry that escapes the root (absolute path, ".." component, or a link pointing outside); rebuild the image without it.' },
   APP_NOT_FOUND: { kind: 'user', status: 404, hint: 'List apps with `thaw apps`.' },
   APP_EXISTS: { kind: 'user', status: 409, hint: 'Pick another name or delete the app first.' },

@@ -109,6 +109,38 @@ static void platform_mounts(void) {
   for (size_t i = 0; i < sizeof links / sizeof *links; i++) if (symlink(links[i][0], links[i][1]) < 0 && errno != EEXIST) {}
 }
 
+/* /etc/hosts, /etc/resolv.conf and /etc/hostname come from the platform: files
+ * on /run bind-mounted over the image's (an empty file is created where the
+ * image has none; a symlink is left alone). Nothing of the image is changed. */
+static void platform_etc(void) {
+  static const char *const files[][2] = {
+    { "hosts", "127.0.0.1 localhost thaw\n::1 localhost ip6-localhost ip6-loopback\n" },
+    { "resolv.conf", "nameserver 10.0.2.3\n" },
+    { "hostname", "thaw\n" },
+  };
+  struct stat st;
+  if (stat("/etc", &st) < 0 || !S_ISDIR(st.st_mode)) return;
+  mkdir("/run/thaw-etc", 0755);
+  for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+    char src[64], dst[64];
+    snprintf(src, sizeof src, "/run/thaw-etc/%s", files[i][0]);
+    snprintf(dst, sizeof dst, "/etc/%s", files[i][0]);
+    int fd = open(src, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) continue;
+    ssize_t w = write(fd, files[i][1], strlen(files[i][1]));
+    (void)w;
+    close(fd);
+    if (lstat(dst, &st) < 0) {
+      int nf = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+      if (nf < 0) continue;
+      close(nf);
+    } else if (!S_ISREG(st.st_mode)) {
+      continue;
+    }
+    if (mount(src, dst, NULL, MS_BIND, NULL) < 0) logc("THAW: bind %s: %s", dst, strerror(errno));
+  }
+}
+
 static void ifup(int s, const char *name, const char *addr, const char *mask) {
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
@@ -167,6 +199,7 @@ int init_main(void) {
   load_modules();
   switch_root();
   platform_mounts();
+  platform_etc();
   sethostname("thaw", 4);
   network();
   logc("THAW-INIT-OK");

@@ -78,6 +78,7 @@ static void on_line(char *line, size_t len) {
   if (request_parse(line, len, &r, &id, msg, sizeof msg) < 0) { reply_err(id, "AGENT_PROTOCOL", "%s", msg); return; }
   handle_request(&r);
   request_free(&r);
+  flush_out(); /* each answer leaves at once: a ping is not held back by a gate behind it */
 }
 
 static void on_readable(void) {

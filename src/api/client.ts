@@ -5,7 +5,7 @@ import type { Readable } from 'node:stream';
 import { Agent, request } from 'undici';
 import type { z } from 'zod';
 import { ERROR_CODES, ThawError, type ErrorCode } from '../errors.ts';
-import {
+import { type ImageDeployBody,
   AppResponse,
   AppsResponse,
   DeployResultWire,
@@ -39,7 +39,8 @@ export interface ThawApi {
   createApp(name: string, opts?: { idleTimeoutS?: number }): Promise<AppWire>;
   getApp(name: string): Promise<AppWire>;
   deleteApp(name: string): Promise<void>;
-  deploy(name: string, tarball: Buffer | Readable, opts?: DeployOpts): Promise<DeployResultWire>;
+  /** Deploy a Node folder's tarball, or an OCI image (ImageDeployBody). */
+  deploy(name: string, source: Buffer | Readable | ImageDeployBody, opts?: DeployOpts): Promise<DeployResultWire>;
   listEnv(name: string): Promise<EnvKeyWire[]>;
   setEnv(name: string, vars: Record<string, string>): Promise<void>;
   unsetEnv(name: string, keys: string[]): Promise<void>;
@@ -132,12 +133,13 @@ export class ApiClient implements ThawApi {
     await this.#json(OkResponse, 'DELETE', `/v1/apps/${enc(name)}`);
   }
 
-  async deploy(name: string, tarball: Buffer | Readable, opts: DeployOpts = {}) {
-    const headers: Record<string, string> = { 'content-type': 'application/gzip' };
+  async deploy(name: string, source: Buffer | Readable | ImageDeployBody, opts: DeployOpts = {}) {
+    const isImage = !Buffer.isBuffer(source) && typeof (source as Readable).pipe !== 'function';
+    const headers: Record<string, string> = { 'content-type': isImage ? 'application/json' : 'application/gzip' };
     if (opts.env && Object.keys(opts.env).length > 0) headers['x-thaw-env'] = Buffer.from(JSON.stringify(opts.env), 'utf8').toString('base64');
     if (opts.idleTimeoutS !== undefined) headers['x-thaw-idle-timeout'] = String(opts.idleTimeoutS);
     const path = `/v1/apps/${enc(name)}/deploys${opts.onProgress ? '?progress=1' : ''}`;
-    const res = await this.#send('POST', path, { body: tarball, headers });
+    const res = await this.#send('POST', path, isImage ? { json: source, headers } : { body: source as Buffer | Readable, headers });
     if (!opts.onProgress || res.statusCode !== 200) return parseResponse(DeployResultWire, res, path);
     let buf = '';
     let result: DeployResultWire | undefined;

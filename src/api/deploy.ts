@@ -1,4 +1,5 @@
-// POST /v1/apps/:name/deploys: the request body is the raw tarball, streamed
+// POST /v1/apps/:name/deploys: an OCI image as a JSON body (ImageDeployBody),
+// or a Node folder: the request body is the raw tarball, streamed
 // straight into ControlService.deploy() (never buffered), capped at
 // maxTarballBytes. Env goes in the `x-thaw-env` header (base64 of a JSON
 // object), the idle timeout in `x-thaw-idle-timeout`. With `?progress=1` the
@@ -7,8 +8,8 @@
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ThawError, asThawError } from '../errors.ts';
-import type { ControlService } from '../control/types.ts';
-import { DeployQuery, EnvVars, IdleTimeoutHeader, NameParams, parseOrThrow, toDeployResultWire } from './schemas.ts';
+import type { ControlService, ImageSource } from '../control/types.ts';
+import { DeployQuery, EnvVars, IdleTimeoutHeader, ImageDeployBody, NameParams, parseOrThrow, toDeployResultWire } from './schemas.ts';
 
 export const TARBALL_TYPES = ['application/gzip', 'application/x-gzip', 'application/x-tar', 'application/octet-stream'];
 
@@ -64,20 +65,34 @@ export function registerDeploy(app: FastifyInstance, service: ControlService, ma
       const env = decodeEnvHeader(req.headers['x-thaw-env']);
       const idleHdr = req.headers['x-thaw-idle-timeout'];
       const idleTimeoutS = idleHdr === undefined ? undefined : parseOrThrow(IdleTimeoutHeader, idleHdr, 'x-thaw-idle-timeout header');
-      const body = req.body as Readable | undefined;
-      if (!body || typeof (body as Readable).pipe !== 'function') {
-        throw new ThawError('INVALID_REQUEST', `the deploy body must be a tarball sent as ${TARBALL_TYPES.join(', ')}`, { details: { where: 'body' } });
-      }
-      const { stream, tripped } = capped(body, maxTarballBytes);
-      const run = async (onProgress?: (line: string) => void) => {
-        try {
-          return await service.deploy(name, stream, { ...(env ? { env } : {}), ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}), ...(onProgress ? { onProgress } : {}) });
-        } catch (err) {
-          throw tripped() ? tooLarge(maxTarballBytes) : err;
-        } finally {
-          if (!stream.destroyed) stream.destroy();
+      const deployOpts = (onProgress?: (line: string) => void) => ({ ...(env ? { env } : {}), ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}), ...(onProgress ? { onProgress } : {}) });
+      let run: (onProgress?: (line: string) => void) => ReturnType<ControlService['deploy']>;
+      if (String(req.headers['content-type'] ?? '').startsWith('application/json')) {
+        // An OCI image: {"image": REF, "command"?: [...], "port"?: N, "registry_auth"?: {...}}.
+        const b = parseOrThrow(ImageDeployBody, req.body, 'body');
+        const source: ImageSource = {
+          image: b.image,
+          ...(b.command ? { command: b.command } : {}),
+          ...(b.port !== undefined ? { port: b.port } : {}),
+          ...(b.registry_auth ? { auth: b.registry_auth } : {}),
+        };
+        run = (onProgress) => service.deploy(name, source, deployOpts(onProgress));
+      } else {
+        const body = req.body as Readable | undefined;
+        if (!body || typeof (body as Readable).pipe !== 'function') {
+          throw new ThawError('INVALID_REQUEST', `the deploy body must be a tarball sent as ${TARBALL_TYPES.join(', ')}, or an image as application/json`, { details: { where: 'body' } });
         }
-      };
+        const { stream, tripped } = capped(body, maxTarballBytes);
+        run = async (onProgress) => {
+          try {
+            return await service.deploy(name, stream, deployOpts(onProgress));
+          } catch (err) {
+            throw tripped() ? tooLarge(maxTarballBytes) : err;
+          } finally {
+            if (!stream.destroyed) stream.destroy();
+          }
+        };
+      }
 
       if (!progress) return toDeployResultWire(await run());
 

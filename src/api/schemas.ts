@@ -109,6 +109,16 @@ export const WakeWire = z.object({
 });
 export const DeployResultWire = z.object({ app: z.string(), deploy: DeployWire, purged_seed: z.string().nullable(), build_ms: z.number() });
 
+/** Deploy an OCI image: a registry reference or a local archive on the control plane's host. */
+export const ImageDeployBody = z.strictObject({
+  image: z.string().min(1).max(2000),
+  /** Replaces the image's Cmd (the Entrypoint stays). */
+  command: z.array(z.string().min(1).max(65536).regex(/^[^\0]*$/, 'must not contain NUL')).min(1).max(4096).optional(),
+  port: z.number().int().min(1).max(65535).optional(),
+  registry_auth: z.strictObject({ username: z.string().min(1).max(256), password: z.string().max(4096) }).optional(),
+});
+export type ImageDeployBody = z.infer<typeof ImageDeployBody>;
+
 export const OkResponse = z.object({ ok: z.literal(true) });
 export const AppResponse = z.object({ app: AppWire });
 export const AppsResponse = z.object({ apps: z.array(AppWire) });

@@ -1,5 +1,7 @@
-// `thaw deploy DIR --name NAME [--env K=V]... [--idle-timeout S]`.
+// `thaw deploy DIR --name NAME [--env K=V]... [--idle-timeout S]`, or
+// `thaw deploy --image REF --name NAME [--port P] [--env K=V]... [-- CMD ARG...]`.
 import { Command, Option } from 'commander';
+import { ImageDeployBody, parseOrThrow } from '../api/schemas.ts';
 import { ThawError } from '../errors.ts';
 import { packAppDir } from '../image/tarball.ts';
 import { validateAppDir, validateAppName } from '../image/validate.ts';
@@ -26,23 +28,50 @@ export function parseEnvArgs(args: string[]): Record<string, string> {
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
+/** The app folder (a path), or the image to deploy. Errors: INVALID_REQUEST, and the folder checks of validateAppDir. */
+async function deploySource(args: string[], opts: { image?: string; port?: number; registryAuth?: string }): Promise<string | ImageDeployBody> {
+  if (opts.image === undefined) {
+    if (args.length !== 1) throw new ThawError('INVALID_REQUEST', 'pass one app folder, or --image REF (a command for the image goes after --)');
+    if (opts.port !== undefined || opts.registryAuth !== undefined) throw new ThawError('INVALID_REQUEST', '--port and --registry-auth go with --image');
+    await validateAppDir(args[0]!);
+    return args[0]!;
+  }
+  const auth = opts.registryAuth ?? process.env.THAW_REGISTRY_AUTH;
+  let registry_auth: ImageDeployBody['registry_auth'];
+  if (auth !== undefined) {
+    const i = auth.indexOf(':');
+    if (i <= 0) throw new ThawError('INVALID_REQUEST', 'registry credentials are USER:PASSWORD');
+    registry_auth = { username: auth.slice(0, i), password: auth.slice(i + 1) };
+  }
+  return parseOrThrow(ImageDeployBody, { image: opts.image, ...(args.length ? { command: args } : {}), ...(opts.port !== undefined ? { port: opts.port } : {}), ...(registry_auth ? { registry_auth } : {}) }, 'deploy options');
+}
+
 export function registerDeploy(program: Command, ctx: Ctx): void {
   program
     .command('deploy')
-    .description('pack an app folder, upload it and build it (creates the app if needed)')
-    .argument('<dir>', 'app folder with package.json and scripts.start')
+    .description('deploy an app folder (packed and uploaded) or an OCI image (creates the app if needed)')
+    .argument('[args...]', 'the app folder with package.json and scripts.start; with --image, the command after -- (replaces the image\'s Cmd)')
     .requiredOption('--name <name>', 'app name (lowercase letters, digits, dashes)')
+    .option('--image <ref>', 'an OCI image: HOST[:PORT]/REPO[:TAG|@sha256:...], a Docker Hub name, oci-archive:PATH, docker-archive:PATH or oci:DIR[:TAG]')
+    .addOption(new Option('--port <port>', "the app's port (default: the image's first exposed TCP port, else 8080)").argParser(intArg))
+    .option('--registry-auth <user:password>', 'registry credentials (default: ~/.docker/config.json on the control plane; also THAW_REGISTRY_AUTH)')
     .addOption(new Option('--env <K=V>', 'env var for the app; repeatable').argParser(collect).default([]))
     .addOption(new Option('--idle-timeout <seconds>', 'sleep after this many idle seconds').argParser(intArg))
-    .action(async (dir: string, opts: { name: string; env: string[]; idleTimeout?: number }, cmd: Command) => {
+    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; image?: string; port?: number; registryAuth?: string }, cmd: Command) => {
       validateAppName(opts.name);
       const env = parseEnvArgs(opts.env);
-      await validateAppDir(dir);
+      const source = await deploySource(args, opts);
       const { json } = ctx.globals(cmd);
       await ctx.withApi(cmd, async (api, instance) => {
-        const tarball = await packAppDir(dir);
-        if (!json) ctx.info(`uploading ${bytes(tarball.length)} to ${opts.name}`);
-        const result = await api.deploy(opts.name, tarball, {
+        let body: Buffer | ImageDeployBody;
+        if (typeof source === 'string') {
+          body = await packAppDir(source);
+          if (!json) ctx.info(`uploading ${bytes(body.length)} to ${opts.name}`);
+        } else {
+          body = source;
+          if (!json) ctx.info(`deploying image ${source.image} to ${opts.name}`);
+        }
+        const result = await api.deploy(opts.name, body, {
           ...(Object.keys(env).length > 0 ? { env } : {}),
           ...(opts.idleTimeout !== undefined ? { idleTimeoutS: opts.idleTimeout } : {}),
           onProgress: (line) => {

@@ -105,6 +105,23 @@ test('deploy packs the folder, shows progress and prints the URL', async (t) => 
   assert.match(missing.stderr, /^error APP_DIR_MISSING/);
 });
 
+test('deploy --image sends the image, the command after --, the port and credentials; bad combinations get a code', async () => {
+  let seen: unknown;
+  const r = await cli(['deploy', '--image', 'localhost:5000/web:1', '--name', 'web', '--port', '9000', '--registry-auth', 'u:p:w', '--', '/bin/sh', '-c', 'exec server --x'], {
+    deploy: async (name, source) => {
+      seen = source;
+      return { app: name, deploy: { id: 'd1', app: name, image_path: '/i', image_bytes: 1024, created_at: 'now' }, purged_seed: null, build_ms: 10 };
+    },
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(seen, { image: 'localhost:5000/web:1', command: ['/bin/sh', '-c', 'exec server --x'], port: 9000, registry_auth: { username: 'u', password: 'p:w' } });
+  const both = await cli(['deploy', '.', '--name', 'web', '--port', '1'], { deploy: async () => assert.fail('must not deploy') });
+  assert.equal(both.code, 1);
+  assert.match(both.stderr, /^error INVALID_REQUEST/);
+  const badAuth = await cli(['deploy', '--image', 'x', '--name', 'web', '--registry-auth', 'nocolon'], { deploy: async () => assert.fail('must not deploy') });
+  assert.match(badAuth.stderr, /^error INVALID_REQUEST/);
+});
+
 test('up loads runUp with the parsed flags', async (t) => {
   const dir = await tmpDir(t);
   let got: { url: string; opts: unknown } | undefined;

@@ -3,11 +3,14 @@
 // (`mkfs.ext4 -d`, no loop mounts). The source folder is removed either way;
 // the image only when the build fails.
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { buildAppImage } from '../image/build.ts';
+import { makeExt4 } from '../image/ext4.ts';
+import { pullImage } from '../image/oci.ts';
 import { extractAppTarball } from '../image/tarball.ts';
+import type { ImageSource } from './types.ts';
 import type { RunConfig } from '../wire/run.ts';
 
 export interface BuildLimits {
@@ -20,6 +23,30 @@ export interface BuildLimits {
 
 export const appRoot = (dataDir: string, app: string) => path.join(dataDir, 'apps', app);
 export const imagePath = (dataDir: string, app: string, deployId: string) => path.join(appRoot(dataDir, app), `${deployId}.img`);
+
+/** Pull an OCI image (cached by digest) and write its root as the deploy's ext4 image. */
+export async function buildImageDeploy(o: BuildLimits, app: string, src: ImageSource, progress: (line: string) => void): Promise<{ deployId: string; image: string; bytesAllocated: number; run: RunConfig }> {
+  const deployId = `d-${Date.now().toString(36)}-${randomUUID().slice(0, 6)}`;
+  const image = imagePath(o.dataDir, app, deployId);
+  try {
+    await mkdir(appRoot(o.dataDir, app), { recursive: true });
+    const pulled = await pullImage(src.image, {
+      cacheDir: path.join(o.dataDir, 'oci'),
+      ...(src.auth ? { auth: src.auth } : {}),
+      ...(src.command ? { command: src.command } : {}),
+      maxBytes: o.maxAppBytes,
+      onProgress: (p) => progress(`${p.phase}: ${p.message}`),
+    });
+    progress(`image ${pulled.name} ${pulled.digest}${pulled.cached ? ' (cached)' : ''}, ${pulled.bytes} bytes; building disk image`);
+    await makeExt4(pulled.rootfs, image, o.diskMiB, progress);
+    await chmod(image, 0o444);
+    const st = await stat(image);
+    return { deployId, image, bytesAllocated: st.blocks * 512, run: { ...pulled.run, port: src.port ?? pulled.port ?? pulled.run.port } };
+  } catch (err) {
+    await rm(image, { force: true });
+    throw err;
+  }
+}
 
 export async function buildDeploy(o: BuildLimits, app: string, tarball: Readable, progress: (line: string) => void): Promise<{ deployId: string; image: string; bytesAllocated: number; run: RunConfig }> {
   const deployId = `d-${Date.now().toString(36)}-${randomUUID().slice(0, 6)}`;

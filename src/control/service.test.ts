@@ -59,7 +59,7 @@ function controlPlane(t: TestContext, store: Store, nodes: FakeNode[], extra: { 
 /** An app with a deploy, asleep (no image is built: fake nodes never read it). */
 async function deployed(store: Store, name: string): Promise<void> {
   await store.createApp({ name, idleTimeoutS: 300 });
-  await store.addDeploy({ id: `d-${name}`, app: name, imagePath: '/nonexistent.img', imageBytes: 1, runConfig: { argv: ['/bin/true'], cwd: '/', uid: 0, gid: 0, env: {} } });
+  await store.addDeploy({ id: `d-${name}`, app: name, imagePath: '/nonexistent.img', imageBytes: 1, runConfig: { argv: ['/bin/true'], cwd: '/', uid: 0, gid: 0, port: 8080, env: {} } });
   await store.transition(name, 'created', 'building');
   await store.transition(name, 'building', 'asleep', { deployId: `d-${name}` });
 }

@@ -11,13 +11,13 @@ import { validateAppName } from '../image/validate.ts';
 import type { AppDirectory, WakeResult } from '../router/types.ts';
 import type { AppRow, SeedRow, Store, WakeRow } from '../store/types.ts';
 import type { HeartbeatResponse, NodeInfo, NodeStatus } from '../wire/node.ts';
-import { appRoot, buildDeploy, imagePath } from './build.ts';
+import { appRoot, buildDeploy, buildImageDeploy, imagePath } from './build.ts';
 import { Fleet } from './fleet.ts';
 import { Runs } from './runs.ts';
 import { Placements } from './placements.ts';
 import type { Cluster } from './cluster.ts';
 import { streamImage } from './images.ts';
-import type { AppView, ControlService, DeployResult } from './types.ts';
+import { isImageSource, type AppView, type ControlService, type DeployResult, type ImageSource } from './types.ts';
 import { Metrics } from './metrics.ts';
 import type { Replication } from './replication.ts';
 
@@ -144,7 +144,7 @@ export class Service implements ControlService, AppDirectory {
     await this.o.store.deleteApp(app.name);
   }
 
-  async deploy(name: string, tarball: Readable, opts: { env?: Record<string, string>; idleTimeoutS?: number; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
+  async deploy(name: string, source: Readable | ImageSource, opts: { env?: Record<string, string>; idleTimeoutS?: number; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
     validateAppName(name);
     const progress = opts.onProgress ?? (() => {});
     return this.lock(name, async () => {
@@ -163,7 +163,7 @@ export class Service implements ControlService, AppDirectory {
       await this.o.store.transition(name, ['created', 'asleep', 'failed'], 'building', { error: null });
       this.route(await this.o.store.getApp(name));
       try {
-        const built = await buildDeploy(this.o, name, tarball, progress);
+        const built = isImageSource(source) ? await buildImageDeploy(this.o, name, source, progress) : await buildDeploy(this.o, name, source, progress);
         const deploy = await this.o.store.addDeploy({ id: built.deployId, app: name, imagePath: built.image, imageBytes: built.bytesAllocated, runConfig: built.run });
         // A seed froze the old code: it is worthless now.
         const old = await this.o.store.getSeed(name);

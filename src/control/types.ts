@@ -15,6 +15,21 @@ export interface DeployResult {
   buildMs: number;
 }
 
+/** An OCI image to deploy: a registry reference or a local archive (src/image/oci-ref.ts). */
+export interface ImageSource {
+  image: string;
+  /** Replaces the image's Cmd. */
+  command?: string[];
+  /** The app's port; default: the image's first exposed TCP port, else 8080. */
+  port?: number;
+  /** Registry credentials; without them skopeo uses ~/.docker/config.json of the control plane's user. */
+  auth?: { username: string; password: string };
+}
+
+export function isImageSource(s: unknown): s is ImageSource {
+  return typeof s === 'object' && s !== null && typeof (s as { image?: unknown }).image === 'string';
+}
+
 export interface ControlService {
   createApp(name: string, opts?: { idleTimeoutS?: number }): Promise<AppView>;
   listApps(): Promise<AppView[]>;
@@ -22,7 +37,8 @@ export interface ControlService {
   /** Stops its VM, deletes images and seeds (locally, on every node, in object storage). */
   deleteApp(name: string): Promise<void>;
   /** Creates the app when it does not exist. `tarball`: gzip or plain tar of the app folder. */
-  deploy(name: string, tarball: Readable, opts?: { env?: Record<string, string>; idleTimeoutS?: number; onProgress?: (line: string) => void }): Promise<DeployResult>;
+  /** Deploy a Node folder (its tarball) or an OCI image (pulled by the control plane). */
+  deploy(name: string, source: Readable | ImageSource, opts?: { env?: Record<string, string>; idleTimeoutS?: number; onProgress?: (line: string) => void }): Promise<DeployResult>;
   setEnv(name: string, vars: Record<string, string>): Promise<void>;
   unsetEnv(name: string, keys: string[]): Promise<void>;
   listEnv(name: string): Promise<{ key: string; updatedAt: string }[]>;

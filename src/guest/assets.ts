@@ -210,9 +210,6 @@ async function buildRootfs(root: string, busybox: string, nodeBin: string, libs:
   }
   await writeFile(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
   await writeFile(path.join(root, 'etc/group'), 'root:x:0:\nnogroup:x:65534:\n');
-  await writeFile(path.join(root, 'etc/hosts'), '127.0.0.1 localhost\n::1 localhost\n');
-  await writeFile(path.join(root, 'etc/resolv.conf'), 'nameserver 10.0.2.3\n');
-  await writeFile(path.join(root, 'etc/hostname'), 'thaw\n');
 }
 
 export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');

@@ -3,14 +3,15 @@
 // Staging happens next to `out` (same filesystem) and the image is renamed
 // into place atomically; the staging folder is always removed.
 
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ThawError } from '../errors.ts';
 import { UndoStack } from '../undo.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { nodeRunConfig } from './runconfig.ts';
+import { run, tail, treeBytes } from './exec.ts';
+import { makeExt4 } from './ext4.ts';
 import { validateAppDir } from './validate.ts';
 
 export interface BuildAppImageOpts {
@@ -33,58 +34,11 @@ export interface BuildAppImageResult {
   run: RunConfig;
 }
 
-const TOOL_PATH = `${process.env.PATH ?? ''}:/usr/local/sbin:/usr/sbin:/sbin`;
-
-interface RunResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, {
-      cwd: opts.cwd,
-      env: { ...(opts.env ?? process.env), PATH: TOOL_PATH },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    const keep = (s: string, d: Buffer): string => (s + d.toString('utf8')).slice(-64 * 1024);
-    child.stdout.on('data', (d: Buffer) => (stdout = keep(stdout, d)));
-    child.stderr.on('data', (d: Buffer) => (stderr = keep(stderr, d)));
-    child.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') reject(new ThawError('HOST_MISSING_TOOL', `${cmd} is not installed`, { cause: err, details: { tool: cmd } }));
-      else reject(err);
-    });
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-function tail(s: string, lines = 20): string {
-  return s.trim().split('\n').slice(-lines).join('\n');
-}
-
 async function exists(p: string): Promise<boolean> {
   return lstat(p).then(
     () => true,
     () => false,
   );
-}
-
-/** Apparent bytes of every regular file and symlink under `dir` (symlinked folders are not followed). */
-async function treeBytes(dir: string): Promise<number> {
-  let total = 0;
-  const stack = [dir];
-  while (stack.length > 0) {
-    const d = stack.pop()!;
-    for (const e of await readdir(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) stack.push(p);
-      else if (e.isFile() || e.isSymbolicLink()) total += (await lstat(p)).size;
-    }
-  }
-  return total;
 }
 
 /** chown -R 0:0 without following symlinks (lchown on links). */
@@ -155,26 +109,7 @@ export async function buildAppImage(opts: BuildAppImageOpts): Promise<BuildAppIm
       else log('not root: files in the image keep their host owners');
 
       // 5. The image.
-      const diskBytes = opts.diskMiB * 1024 * 1024;
-      const fh = await open(tmpImg, 'wx', 0o644);
-      try {
-        await fh.truncate(diskBytes);
-      } finally {
-        await fh.close();
-      }
-      log(`mkfs.ext4 ${opts.diskMiB} MiB`);
-      const mk = await run('mkfs.ext4', ['-q', '-F', '-L', 'thaw-root', '-E', 'root_owner=0:0', '-d', staging, tmpImg]);
-      if (mk.code !== 0) {
-        const noSpace = /could not allocate|no space|no free space|not enough space|ENOSPC/i.test(mk.stderr);
-        const contentBytes = await treeBytes(staging);
-        if (noSpace || contentBytes >= diskBytes * 0.9) {
-          throw new ThawError('APP_TOO_LARGE', `base + app (${contentBytes} bytes) do not fit a ${opts.diskMiB} MiB disk`, {
-            details: { contentBytes, diskMiB: opts.diskMiB, stderr: tail(mk.stderr, 5) },
-          });
-        }
-        throw new ThawError('IMAGE_BUILD_FAILED', `mkfs.ext4 failed (exit ${mk.code}): ${tail(mk.stderr)}`, { details: { stderr: tail(mk.stderr, 40) } });
-      }
-
+      await makeExt4(staging, tmpImg, opts.diskMiB, log);
       await rename(tmpImg, out);
       const st = await stat(out);
       const ms = Math.round(performance.now() - t0);

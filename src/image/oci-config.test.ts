@@ -85,7 +85,7 @@ test('imageRunConfig: workdir, user, env defaults and port', async (t) => {
   });
   const c2 = cfg({ Cmd: ['x'], Env: ['PATH=/only', 'HOME=/h'] });
   await assert.rejects(imageRunConfig(c2, root, { command: ['/y', ''] }), (e: unknown) => isThawError(e, 'IMAGE_INVALID')); // RunConfig has no empty args
-  assert.deepEqual((await imageRunConfig(c2, root)).run, { argv: ['x'], cwd: '/', uid: 0, gid: 0, env: { PATH: '/only', HOME: '/h' } });
+  assert.deepEqual((await imageRunConfig(c2, root)).run, { argv: ['x'], cwd: '/', uid: 0, gid: 0, port: 8080, env: { PATH: '/only', HOME: '/h' } });
   await assert.rejects(imageRunConfig(cfg({ Cmd: ['x'], User: 'ghost' }), root), (e: unknown) => isThawError(e, 'IMAGE_USER_UNKNOWN'));
   assert.throws(() => parseImageConfig({ config: { Cmd: 'not-an-array' } }), (e: unknown) => isThawError(e, 'IMAGE_INVALID'));
 });

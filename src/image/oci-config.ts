@@ -186,7 +186,7 @@ export async function imageRunConfig(cfg: ImageConfigJson, rootfs: string, opts:
   const user = resolveUser(spec, passwd, group);
   const env = { PATH: DEFAULT_PATH, HOME: user.home, ...imageEnv(cfg) };
   const cwd = c.WorkingDir ? path.posix.resolve('/', c.WorkingDir) : '/';
-  const parsed = RunConfig.safeParse({ argv, cwd, uid: user.uid, gid: user.gid, env });
+  const parsed = RunConfig.safeParse({ argv, cwd, uid: user.uid, gid: user.gid, port: imagePort(cfg) ?? 8080, env });
   if (!parsed.success) {
     throw new ThawError('IMAGE_INVALID', `the image config gives an unusable run config: ${parsed.error.issues[0]?.message ?? 'invalid'}`, {
       details: { issues: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`) },

@@ -131,6 +131,7 @@ describe('OCI images: pull, scan, unpack, config', { skip }, () => {
       cwd: '/srv',
       uid: 1000,
       gid: 50,
+      port: 8080,
       env: { PATH: '/custom:/bin', HOME: '/home/app', FOO: 'bar' },
     });
     assert.equal(img.port, 8080);
@@ -173,7 +174,7 @@ describe('OCI images: pull, scan, unpack, config', { skip }, () => {
     assert.equal(await readFile(path.join(img.rootfs, 'dir/new.txt'), 'utf8'), 'layer 2');
     const [a, b] = await Promise.all(['dir/new.txt', 'dir/hard.txt'].map((p) => stat(path.join(img.rootfs, p))));
     assert.equal(a!.ino, b!.ino);
-    assert.deepEqual(img.run, { argv: ['/bin/true'], cwd: '/', uid: 0, gid: 0, env: { PATH: DEFAULT_PATH, HOME: '/' } });
+    assert.deepEqual(img.run, { argv: ['/bin/true'], cwd: '/', uid: 0, gid: 0, port: 8080, env: { PATH: DEFAULT_PATH, HOME: '/' } });
   });
 
   it('(d) the same image from docker-archive, oci-archive and an OCI layout folder', async () => {

@@ -15,7 +15,7 @@ test('a Node folder starts scripts.start under /bin/sh in /app, node_modules/.bi
 });
 
 test('env precedence: image env < app env < PORT', () => {
-  const env = appEnvironment({ ...nodeRunConfig('x'), env: { A: 'image', NODE_ENV: 'production' } }, { A: 'app', PORT: '1' }, 8080);
+  const env = appEnvironment({ ...nodeRunConfig('x'), env: { A: 'image', NODE_ENV: 'production' } }, { A: 'app', PORT: '1' });
   assert.deepEqual(env, { A: 'app', NODE_ENV: 'production', PORT: '8080' });
 });
 

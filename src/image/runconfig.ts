@@ -9,6 +9,9 @@ import type { RunConfig } from '../wire/run.ts';
 
 const execFile = promisify(execFileCb);
 
+/** The port a Node-folder app listens on ($PORT). */
+export const NODE_APP_PORT = 8080;
+
 export const NODE_APP_ENV: Readonly<Record<string, string>> = {
   PATH: '/app/node_modules/.bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin',
   HOME: '/root',
@@ -17,7 +20,7 @@ export const NODE_APP_ENV: Readonly<Record<string, string>> = {
 
 /** Run config for a Node folder whose package.json has `scripts.start = start`. */
 export function nodeRunConfig(start: string): RunConfig {
-  return { argv: ['/bin/sh', '-c', `exec ${start}`], cwd: '/app', uid: 0, gid: 0, env: { ...NODE_APP_ENV } };
+  return { argv: ['/bin/sh', '-c', `exec ${start}`], cwd: '/app', uid: 0, gid: 0, port: NODE_APP_PORT, env: { ...NODE_APP_ENV } };
 }
 
 /** The start script of a package.json text. Errors: APP_NO_START_SCRIPT. */

@@ -23,7 +23,7 @@ export interface ColdBootParams {
   run: RunConfig;
 }
 
-export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: string | null): VmSpec {
+export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: string | null, guestPort = ctx.guestPort): VmSpec {
   const dir = path.join(ctx.dataDir, 'vms', id);
   return {
     id,
@@ -36,7 +36,7 @@ export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: stri
     disk: path.join(dir, 'disk.qcow2'),
     diskFormat: 'qcow2',
     memFile: mem ?? path.join(dir, 'mem.ram'),
-    guestPort: ctx.guestPort,
+    guestPort,
     hostPort,
   };
 }
@@ -57,9 +57,9 @@ export async function refreshGuest(agent: AgentClient): Promise<void> {
  */
 export async function startApp(ctx: NodeContext, agent: AgentClient, run: RunConfig, env: Record<string, string>, pubkey = agent.lastHello?.pubkey): Promise<number> {
   if (!pubkey) throw new ThawError('INTERNAL', 'startApp before the agent said hello');
-  const sealed = sealEnv(appEnvironment(run, env, ctx.guestPort), pubkey);
+  const sealed = sealEnv(appEnvironment(run, env), pubkey);
   const r = await agent.request(
-    { op: 'start_app', argv: run.argv, cwd: run.cwd, uid: run.uid, gid: run.gid, env: sealed, port: ctx.guestPort, listen_timeout_ms: ctx.appStartTimeoutMs },
+    { op: 'start_app', argv: run.argv, cwd: run.cwd, uid: run.uid, gid: run.gid, env: sealed, port: run.port, listen_timeout_ms: ctx.appStartTimeoutMs },
     ctx.appStartTimeoutMs + 5000,
   );
   return r.pid;
@@ -84,7 +84,7 @@ export async function withConsole<T>(consoleLog: string, p: Promise<T>): Promise
 export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Stopwatch()): Promise<RunningVm> {
   return UndoStack.run(async (undo) => {
     const id = vmId(p.app);
-    const spec = vmSpec(ctx, id, await freePort(), null);
+    const spec = vmSpec(ctx, id, await freePort(), null, p.run.port);
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
     await createOverlay(p.baseDisk, spec.disk);

@@ -18,6 +18,7 @@ export interface NodeContext {
   log: Logger;
   memMiB: number;
   vcpus: number;
+  /** Default guest port (each deploy's run config names its own). */
   guestPort: number;
   /** How long an app may take to listen on its port. */
   appStartTimeoutMs: number;

@@ -36,7 +36,7 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
   return UndoStack.run(async (undo) => {
     const id = vmId(p.app);
     const mem = path.join(p.seedDir, 'mem.ram');
-    const spec = { ...vmSpec(ctx, id, await freePort(), mem), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline };
+    const spec = { ...vmSpec(ctx, id, await freePort(), mem, p.run.port), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
     await createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk);

@@ -29,7 +29,7 @@ test('deleting a seed that backs a running VM waits until the VM is stopped', as
   await mkdir(seedDir, { recursive: true });
   await writeFile(path.join(seedDir, 'manifest.json'), '{}');
   // The VM was woken with seed s1 (here: it fell back to a cold boot, which may use s1's disk copy).
-  await agent.wake({ app: 'x', deployId: 'd1', image: '/img', seed: { id: 's1', app: 'x', replicated: false, manifestSha256: 'ab'.repeat(32) }, env: {}, run: { argv: ['/bin/true'], cwd: '/', uid: 0, gid: 0, env: {} } });
+  await agent.wake({ app: 'x', deployId: 'd1', image: '/img', seed: { id: 's1', app: 'x', replicated: false, manifestSha256: 'ab'.repeat(32) }, env: {}, run: { argv: ['/bin/true'], cwd: '/', uid: 0, gid: 0, port: 8080, env: {} } });
   await agent.deleteSeed('s1');
   assert.ok(existsSync(seedDir), 'kept while the VM may read it');
   await agent.stop('x');

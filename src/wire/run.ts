@@ -15,12 +15,14 @@ export const RunConfig = z.object({
   cwd: CStr.max(4096).startsWith('/'),
   uid: z.number().int().min(0).max(2 ** 31 - 1),
   gid: z.number().int().min(0).max(2 ** 31 - 1),
+  /** TCP port the app listens on inside the guest (also $PORT). */
+  port: z.number().int().min(1).max(65535).default(8080),
   /** The image's own env; the app's env (thaw env, --env) wins over it, and PORT over both. */
   env: z.record(z.string().regex(/^[^=\0]+$/, 'env names have no "=" or NUL'), CStr),
 });
 export type RunConfig = z.infer<typeof RunConfig>;
 
 /** The full environment the app starts with: image env < app env < PORT. */
-export function appEnvironment(run: RunConfig, appEnv: Record<string, string>, port: number): Record<string, string> {
-  return { ...run.env, ...appEnv, PORT: String(port) };
+export function appEnvironment(run: RunConfig, appEnv: Record<string, string>): Record<string, string> {
+  return { ...run.env, ...appEnv, PORT: String(run.port) };
 }

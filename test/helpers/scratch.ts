@@ -10,7 +10,7 @@ import type { RunConfig } from '../../src/wire/run.ts';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 /** How the static server starts: it is /server. */
-export const SCRATCH_RUN: RunConfig = { argv: ['/server'], cwd: '/', uid: 0, gid: 0, env: {} };
+export const SCRATCH_RUN: RunConfig = { argv: ['/server'], cwd: '/', uid: 0, gid: 0, port: 8080, env: {} };
 
 /** Build the scratch image in `dir` (read-only); returns its path. */
 export async function scratchImage(dir: string): Promise<string> {

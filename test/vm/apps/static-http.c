@@ -1,8 +1,10 @@
 /* A static HTTP server for VM tests: the only file of a scratch root.
- * GET  -> {"pid":N,"who":"$WHO","marker":"<content of /marker or null>","uid":N,"now_us":N}
- * POST -> writes the body to /marker (fsync), answers 201.
+ * GET  -> {"pid":N,"who":"$WHO","marker":"<content of $MARKER or null>","uid":N,"now_us":N}
+ * GET /ls/PATH -> the names in folder /PATH, one JSON array
+ * POST -> writes the body to $MARKER (default /marker, fsync), answers 201.
  * Listens on 0.0.0.0:$PORT. No libc from any image: built with gcc -static. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -58,13 +60,27 @@ int main(void) {
     }
     struct timeval tv;
     gettimeofday(&tv, NULL);
-    if (!strncmp(req, "POST", 4)) {
-      int fd = open("/marker", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const char *mpath = getenv("MARKER") ? getenv("MARKER") : "/marker";
+    if (!strncmp(req, "GET /ls/", 8)) {
+      char dir[1024] = "/", out[8192] = "[";
+      sscanf(req + 8, "%1000[^ ?]", dir + 1);
+      DIR *d = opendir(dir);
+      struct dirent *e;
+      size_t o = 1;
+      while (d && (e = readdir(d)) && o + 300 < sizeof out) {
+        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2]))) continue;
+        o += (size_t)snprintf(out + o, sizeof out - o, "%s\"%s\"", o > 1 ? "," : "", e->d_name);
+      }
+      if (d) closedir(d);
+      snprintf(out + o, sizeof out - o, "]");
+      reply(c, 200, out);
+    } else if (!strncmp(req, "POST", 4)) {
+      int fd = open(mpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
       if (fd >= 0) { if (write(fd, body ? body : "", body ? strlen(body) : 0) < 0) {} fsync(fd); close(fd); }
       reply(c, 201, "{\"ok\":true}");
     } else {
       char marker[1024] = "", m[2048], who[1024];
-      int fd = open("/marker", O_RDONLY);
+      int fd = open(mpath, O_RDONLY);
       ssize_t n = fd >= 0 ? read(fd, marker, sizeof marker - 1) : -1;
       if (fd >= 0) close(fd);
       if (n >= 0) marker[n] = 0;
