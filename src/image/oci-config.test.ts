@@ -80,7 +80,7 @@ test('imageRunConfig: workdir, user, env defaults and port', async (t) => {
   await writeFile(path.join(root, 'etc/group'), GROUP);
   const c = cfg({ Entrypoint: ['/app/run'], Cmd: ['--serve'], WorkingDir: 'srv', User: 'app:staff', Env: ['FOO=bar'], ExposedPorts: { '3000/tcp': {} } });
   assert.deepEqual(await imageRunConfig(c, root), {
-    run: { argv: ['/app/run', '--serve'], cwd: '/srv', uid: 1000, gid: 50, env: { PATH: DEFAULT_PATH, HOME: '/home/app', FOO: 'bar' } },
+    run: { argv: ['/app/run', '--serve'], cwd: '/srv', uid: 1000, gid: 50, port: 3000, env: { PATH: DEFAULT_PATH, HOME: '/home/app', FOO: 'bar' } },
     port: 3000,
   });
   const c2 = cfg({ Cmd: ['x'], Env: ['PATH=/only', 'HOME=/h'] });
