@@ -1,16 +1,17 @@
 // Typed client for the control API (used by the CLI). Responses are parsed
 // with the same zod schemas the server uses; error bodies become ThawErrors
 // with the server's code; a refused connection becomes NOT_RUNNING.
+import { errorFromBody } from '../http/errors.ts';
 import type { Readable } from 'node:stream';
 import { Agent, request } from 'undici';
 import type { z } from 'zod';
-import { ERROR_CODES, ThawError, type ErrorCode } from '../errors.ts';
-import { type ImageDeployBody,
+import { ThawError } from '../errors.ts';
+import {
+  type ImageDeployBody,
   AppResponse,
   AppsResponse,
   DeployResultWire,
   EnvListResponse,
-  ErrorBody,
   OkResponse,
   ProgressLine,
   SeedsResponse,
@@ -58,14 +59,6 @@ type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
 type Res = Awaited<ReturnType<typeof request>>;
 const REFUSED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENOENT']);
 
-/** Rebuild a ThawError from an error body `{error:{code,...}}` (INTERNAL when the code is unknown here). */
-export function errorFromBody(status: number, body: unknown): ThawError {
-  const r = ErrorBody.safeParse(body);
-  if (!r.success) return new ThawError('INTERNAL', `control API answered HTTP ${status} without an error body`, { details: { status } });
-  const e = r.data.error;
-  if (e.code in ERROR_CODES) return new ThawError(e.code as ErrorCode, e.message, e.details ? { details: e.details } : {});
-  return new ThawError('INTERNAL', `${e.code}: ${e.message}`, { details: { status, remote: e } });
-}
 
 export class ApiClient implements ThawApi {
   readonly url: string;

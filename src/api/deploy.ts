@@ -5,11 +5,12 @@
 // object), the idle timeout in `x-thaw-idle-timeout`. With `?progress=1` the
 // response is NDJSON: `{"progress":"..."}` lines, then `{"result":{...}}` or
 // `{"error":{...}}`.
+import { parseOrThrow } from '../http/parse.ts';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ThawError, asThawError } from '../errors.ts';
 import type { ControlService, ImageSource } from '../control/types.ts';
-import { DeployQuery, EnvVars, IdleTimeoutHeader, ImageDeployBody, NameParams, parseOrThrow, toDeployResultWire } from './schemas.ts';
+import { DeployQuery, EnvVars, IdleTimeoutHeader, ImageDeployBody, NameParams, toDeployResultWire } from './schemas.ts';
 
 export const TARBALL_TYPES = ['application/gzip', 'application/x-gzip', 'application/x-tar', 'application/octet-stream'];
 

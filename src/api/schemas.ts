@@ -2,12 +2,11 @@
 // the client (response bodies). Field names on the wire are snake_case; the
 // camelCase store rows are converted at the boundary by the to*Wire functions
 // (one per row type). Validation is done with zod in the handlers through
-// parseOrThrow(), which maps a failed parse onto a ThawError: a refinement
-// carrying `params.thawCode` selects that code (INVALID_APP_NAME,
-// INVALID_ENV_KEY, ENV_VALUE_TOO_LARGE), anything else is INVALID_REQUEST
-// with the zod issue paths in `details.issues`.
+// parseOrThrow() (src/http/parse.ts); refinements made with coded() select
+// INVALID_APP_NAME, INVALID_ENV_KEY or ENV_VALUE_TOO_LARGE.
+import { ErrorBody } from '../http/errors.ts';
 import { z } from 'zod';
-import { ERROR_CODES, ThawError, type ErrorCode } from '../errors.ts';
+import { coded } from '../http/parse.ts';
 import { validateAppName } from '../image/validate.ts';
 import { STATES } from '../state.ts';
 import type { AppView, DeployResult } from '../control/types.ts';
@@ -18,7 +17,6 @@ export const ENV_KEY_MAX = 128;
 export const ENV_VALUE_MAX_BYTES = 32 * 1024;
 export const ENV_TOTAL_MAX_BYTES = 256 * 1024;
 
-const coded = (thawCode: ErrorCode, message: string) => ({ message, params: { thawCode } });
 
 function isAppName(s: string): boolean {
   try {
@@ -127,15 +125,6 @@ export const SleepResponse = z.object({ baked: z.boolean(), seed: SeedWire.nulla
 export const WakeResponse = z.object({ wake: WakeWire });
 export const WakesResponse = z.object({ wakes: z.array(WakeWire) });
 export const SeedsResponse = z.object({ seeds: z.array(SeedWire) });
-export const ErrorBody = z.object({
-  error: z.object({
-    code: z.string(),
-    kind: z.enum(['user', 'system']),
-    message: z.string(),
-    hint: z.string(),
-    details: z.record(z.string(), z.unknown()).optional(),
-  }),
-});
 /** One line of a `?progress=1` deploy response. */
 export const ProgressLine = z.union([
   z.object({ progress: z.string() }),
@@ -214,41 +203,4 @@ export function toWakeWire(w: WakeRow): WakeWire {
 
 export function toDeployResultWire(r: DeployResult): DeployResultWire {
   return { app: r.app, deploy: toDeployWire(r.deploy), purged_seed: r.purgedSeed, build_ms: r.buildMs };
-}
-
-// ---- validation helper -------------------------------------------------------------
-
-interface LooseIssue {
-  path?: PropertyKey[];
-  message: string;
-  params?: { thawCode?: string };
-  issues?: LooseIssue[];
-}
-
-function findCode(issues: LooseIssue[]): { code: ErrorCode; issue: LooseIssue } | null {
-  for (const issue of issues) {
-    const c = issue.params?.thawCode;
-    if (c && c in ERROR_CODES) return { code: c as ErrorCode, issue };
-    const inner = issue.issues ? findCode(issue.issues) : null;
-    if (inner) return { code: inner.code, issue: { ...inner.issue, path: issue.path } };
-  }
-  return null;
-}
-
-const pathOf = (p: PropertyKey[] | undefined) => (p ?? []).map((s) => (typeof s === 'symbol' ? String(s) : s));
-
-/** Parse `data` or throw a ThawError (see the file comment). `where` names the input, e.g. "body". */
-export function parseOrThrow<S extends z.ZodType>(schema: S, data: unknown, where: string): z.output<S> {
-  const r = schema.safeParse(data);
-  if (r.success) return r.data;
-  const issues = r.error.issues as unknown as LooseIssue[];
-  const found = findCode(issues);
-  if (found) {
-    const path = pathOf(found.issue.path);
-    throw new ThawError(found.code, `${where}${path.length ? ` at ${path.join('.')}` : ''}: ${found.issue.message}`, { details: { where, path } });
-  }
-  const list = issues.map((i) => ({ path: pathOf(i.path), message: i.message }));
-  const first = list[0];
-  const at = first && first.path.length ? ` at ${first.path.join('.')}` : '';
-  throw new ThawError('INVALID_REQUEST', `invalid ${where}${at}: ${first?.message ?? 'schema mismatch'}`, { details: { where, issues: list } });
 }

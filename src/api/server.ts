@@ -3,11 +3,13 @@
 // everything but /healthz and /metrics, and one error shape for every failure:
 // `{ "error": { code, kind, message, hint, details? } }`. docs/API.md lists the routes.
 import { Readable } from 'node:stream';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { ThawError } from '../errors.ts';
 import type { ControlService } from '../control/types.ts';
-import { bearerChecker } from './auth.ts';
+import { bearerChecker } from '../http/auth.ts';
+import { toApiError } from '../http/errors.ts';
+import { parseOrThrow } from '../http/parse.ts';
 import { registerDeploy } from './deploy.ts';
 import { NodeStatus } from '../wire/node.ts';
 import { z } from 'zod';
@@ -18,7 +20,6 @@ import {
   SetEnvBody,
   UnsetEnvBody,
   WakesQuery,
-  parseOrThrow,
   toAppWire,
   toSeedWire,
   toWakeWire,
@@ -36,18 +37,6 @@ export interface ApiServerOptions {
 export const DEFAULT_MAX_TARBALL_BYTES = 256 * 1024 * 1024;
 const PUBLIC_ROUTES = new Set(['/healthz', '/metrics']);
 
-/** Map anything thrown in a handler, hook or body parser onto a ThawError. */
-export function toApiError(err: unknown): ThawError {
-  if (err instanceof ThawError) return err;
-  const e = err as Partial<FastifyError> & { message?: string };
-  const status = typeof e?.statusCode === 'number' ? e.statusCode : 500;
-  if (status === 404) return new ThawError('NOT_FOUND', e.message ?? 'not found');
-  if (status >= 400 && status < 500) {
-    const reason = e.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err instanceof SyntaxError ? 'malformed JSON body' : (e.message ?? 'bad request');
-    return new ThawError('INVALID_REQUEST', reason, { details: { where: 'request', ...(e.code ? { reason: e.code } : {}) } });
-  }
-  return new ThawError('INTERNAL', `internal error: ${e?.message ?? String(err)}`);
-}
 
 export async function createApiServer(opts: ApiServerOptions): Promise<FastifyInstance> {
   const { service } = opts;

@@ -1,7 +1,8 @@
 // `thaw deploy DIR --name NAME [--env K=V]... [--idle-timeout S]`, or
 // `thaw deploy --image REF --name NAME [--port P] [--env K=V]... [-- CMD ARG...]`.
+import { parseOrThrow } from '../http/parse.ts';
 import { Command, Option } from 'commander';
-import { ImageDeployBody, parseOrThrow } from '../api/schemas.ts';
+import { ImageDeployBody } from '../api/schemas.ts';
 import { ThawError } from '../errors.ts';
 import { packAppDir } from '../image/tarball.ts';
 import { validateAppDir, validateAppName } from '../image/validate.ts';

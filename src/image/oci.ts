@@ -14,13 +14,14 @@
 // a crash leaves no half-made cache entry and two pulls of one digest both
 // succeed. The folder is removed when the pull ends.
 import { createHash } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { ThawError } from '../errors.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { imageRunConfig, parseImageConfig, type ImageConfigJson } from './oci-config.ts';
 import { parseImageRef, type ImageRef } from './oci-ref.ts';
+import { treeBytes } from './exec.ts';
 import { scanLayer } from './oci-scan.ts';
 import { authArgs, runTool, skopeoError, skopeoGlobal, umociError, type AuthArgs, type RegistryAuth } from './oci-tools.ts';
 
@@ -90,21 +91,6 @@ function json(buf: Buffer, what: string): unknown {
 
 function tooLarge(bytes: number, maxBytes: number, what: string): ThawError {
   return new ThawError('APP_TOO_LARGE', `the image's ${what} are ${bytes} bytes, over the ${maxBytes} byte limit`, { details: { bytes, maxBytes } });
-}
-
-/** Apparent bytes of every regular file and symlink under `dir` (symlinks not followed). */
-async function treeBytes(dir: string): Promise<number> {
-  let total = 0;
-  const stack = [dir];
-  while (stack.length > 0) {
-    const d = stack.pop()!;
-    for (const e of await readdir(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) stack.push(p);
-      else if (e.isFile() || e.isSymbolicLink()) total += (await lstat(p)).size;
-    }
-  }
-  return total;
 }
 
 async function commit(tmp: string, final: string): Promise<void> {

@@ -4,7 +4,7 @@
 // mid-request) is NODE_UNREACHABLE, which lets the scheduler try another node.
 import { Pool, type Dispatcher } from 'undici';
 import { z } from 'zod';
-import { errorFromBody } from '../api/client.ts';
+import { errorFromBody } from '../http/errors.ts';
 import { ThawError } from '../errors.ts';
 import { NodeSleepResponse, NodeUploadResponse, NodeWakeResponse, type NodeSleepRequest, type NodeWakeRequest, type SeedRef } from '../wire/node.ts';
 import type { NodeApi } from './types.ts';

@@ -7,7 +7,7 @@ import { chmod, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { request } from 'undici';
-import { errorFromBody } from '../api/client.ts';
+import { errorFromBody } from '../http/errors.ts';
 import { ThawError } from '../errors.ts';
 import type { ImageSource } from './agent.ts';
 

@@ -8,7 +8,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { Agent, request } from 'undici';
-import { errorFromBody } from '../api/client.ts';
+import { errorFromBody } from '../http/errors.ts';
 import { ThawError, asThawError, isThawError } from '../errors.ts';
 import { s3FromFlags } from '../seed/s3.ts';
 import { untilSignal } from '../signals.ts';

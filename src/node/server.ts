@@ -3,9 +3,9 @@
 // src/wire/node.ts, errors in the control API's shape.
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { bearerChecker } from '../api/auth.ts';
-import { toApiError } from '../api/server.ts';
-import { parseOrThrow } from '../api/schemas.ts';
+import { bearerChecker } from '../http/auth.ts';
+import { toApiError } from '../http/errors.ts';
+import { parseOrThrow } from '../http/parse.ts';
 import { NodeSleepRequest, NodeWakeRequest, SeedRef } from '../wire/node.ts';
 import type { NodeApi } from './types.ts';
 
