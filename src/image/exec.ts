@@ -13,11 +13,12 @@ export interface RunResult {
   stderr: string;
 }
 
-export function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+/** Run a host tool; `pathPrefix` goes before the tools' PATH. */
+export function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; pathPrefix?: string } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, {
       cwd: opts.cwd,
-      env: { ...(opts.env ?? process.env), PATH: TOOL_PATH },
+      env: { ...(opts.env ?? process.env), PATH: opts.pathPrefix ? `${opts.pathPrefix}:${TOOL_PATH}` : TOOL_PATH },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';

@@ -4,6 +4,10 @@
 // runs the server (`npm start` is what the guest runs, inside /app). The
 // server must listen on `$PORT`, bound to 0.0.0.0 (not 127.0.0.1).
 //
+// Node version: the guest runs a pinned Node LTS binary (src/guest/node-runtime.ts),
+// not the host's. `engines.node` picks the line (22, 24 or 26: the newest one
+// the range allows, e.g. "22.x", ">=22 <23", "^24"); anything else gets 26.
+//
 // Dependencies: a `node_modules` folder is shipped exactly as it is (build
 // native modules for linux/x64 glibc yourself). If there is a
 // `package-lock.json` and no `node_modules`, Thaw runs
@@ -33,6 +37,8 @@ export function validateAppName(name: string): void {
 export interface AppPackage {
   name?: string;
   start: string;
+  /** `engines.node`, when it is a string: picks the guest's Node line (src/guest/node-runtime.ts). */
+  nodeRange?: string;
 }
 
 export async function validateAppDir(dir: string): Promise<{ pkg: AppPackage }> {
@@ -60,7 +66,7 @@ export async function validateAppDir(dir: string): Promise<{ pkg: AppPackage }> 
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new ThawError('APP_NO_PACKAGE_JSON', `package.json in ${root} is not a JSON object`, { details: { dir: root } });
   }
-  const obj = json as { name?: unknown; scripts?: unknown };
+  const obj = json as { name?: unknown; scripts?: unknown; engines?: unknown };
   const scripts = obj.scripts as Record<string, unknown> | undefined;
   const start = scripts && typeof scripts === 'object' ? scripts.start : undefined;
   if (typeof start !== 'string' || start.trim() === '') {
@@ -68,7 +74,10 @@ export async function validateAppDir(dir: string): Promise<{ pkg: AppPackage }> 
   }
 
   await checkSymlinks(root);
-  return { pkg: { ...(typeof obj.name === 'string' ? { name: obj.name } : {}), start } };
+  const engines = obj.engines && typeof obj.engines === 'object' ? (obj.engines as Record<string, unknown>) : {};
+  return {
+    pkg: { ...(typeof obj.name === 'string' ? { name: obj.name } : {}), start, ...(typeof engines.node === 'string' ? { nodeRange: engines.node } : {}) },
+  };
 }
 
 /** Walk `root` with lstat (never following symlinked folders); throw APP_SYMLINK_ESCAPES on the first escaping link. */

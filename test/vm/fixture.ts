@@ -9,7 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
-import { cacheRoot, ensureAssets, type GuestAssets } from '../../src/guest/assets.ts';
+import { cacheRoot, ensureAssets, nodeRootfs, type GuestAssets } from '../../src/guest/assets.ts';
+import { NODE_RUNTIMES, nodeLineFor } from '../../src/guest/node-runtime.ts';
 import { QemuDriver } from '../../src/hypervisor/qemu.ts';
 import { buildAppImage } from '../../src/image/build.ts';
 import type { NodeContext } from '../../src/lifecycle/context.ts';
@@ -32,13 +33,15 @@ async function dirHash(dir: string): Promise<string> {
   return h.digest('hex').slice(0, 16);
 }
 
-/** A read-only disk image of an app folder, cached by assets + app content. */
+/** A read-only disk image of an app folder (its base root is that of the Node line its engines.node picks), cached by assets + Node version + app content. */
 export async function appImage(assets: GuestAssets, appDir: string): Promise<string> {
-  const out = path.join(cacheRoot(), 'test-images', `${assets.key}-${await dirHash(appDir)}.img`);
+  const pkg = JSON.parse(await readFile(path.join(appDir, 'package.json'), 'utf8')) as { engines?: { node?: unknown } };
+  const node = NODE_RUNTIMES[nodeLineFor(pkg.engines?.node)].version;
+  const out = path.join(cacheRoot(), 'test-images', `${assets.key}-${node}-${await dirHash(appDir)}.img`);
   if (existsSync(out)) return out;
   await mkdir(path.dirname(out), { recursive: true });
   const tmp = `${out}.tmp-${process.pid}`;
-  await buildAppImage({ appDir, baseRootfs: assets.rootfs, out: tmp, diskMiB: 1024, maxAppBytes: 256 << 20 });
+  await buildAppImage({ appDir, baseRootfs: nodeRootfs, out: tmp, diskMiB: 1024, maxAppBytes: 256 << 20 });
   await chmod(tmp, 0o444);
   await rename(tmp, out);
   return out;
