@@ -52,6 +52,9 @@ export interface HostReport {
   busybox: Check;
   zstd: Check;
   tar: Check;
+  /** OCI images: skopeo (pull) and umoci (unpack). */
+  skopeo: Check;
+  umoci: Check;
   disk_cache: DiskCheck;
   disk_data: DiskCheck;
 }
@@ -179,13 +182,15 @@ async function accelVerdict(hv: QemuDriver, assets: GuestAssets | null): Promise
 }
 
 async function hostChecks(dataDir: string): Promise<{ host: HostReport; assets: GuestAssets | null; hv: QemuDriver | null }> {
-  const [qemu, qemu_img, mkfs_ext4, busybox, zstd, tar] = await Promise.all([
+  const [qemu, qemu_img, mkfs_ext4, busybox, zstd, tar, skopeo, umoci] = await Promise.all([
     tool('qemu-system-x86_64', ['--version']),
     tool('qemu-img', ['--version']),
     tool('mkfs.ext4', ['-V']),
     tool('busybox', ['--help']),
     tool('zstd', ['--version'], (s) => /v[\d.]+/.exec(s)?.[0] ?? s),
     tool('tar', ['--version']),
+    tool('skopeo', ['--version']),
+    tool('umoci', ['--version']),
   ]);
   const kvmDev = existsSync('/dev/kvm');
   const kvm_device: Check = { ok: true, detail: kvmDev ? '/dev/kvm present (usable only if the probe says kvm)' : '/dev/kvm absent: VMs use TCG' };
@@ -205,7 +210,7 @@ async function hostChecks(dataDir: string): Promise<{ host: HostReport; assets: 
   const [disk_cache, disk_data] = await Promise.all([diskFree(cacheRoot()), diskFree(dataDir)]);
   const host: HostReport = {
     qemu, qemu_img, kvm_device, accel: verdict.accel, accel_reason: verdict.reason, kernel, assets: assetsCheck,
-    mkfs_ext4, busybox, zstd, tar, disk_cache, disk_data,
+    mkfs_ext4, busybox, zstd, tar, skopeo, umoci, disk_cache, disk_data,
   };
   return { host, assets: a, hv };
 }
@@ -258,7 +263,7 @@ function checklist(r: DoctorReport): string {
   const rows: [string, Check][] = [
     ['qemu-system-x86_64', h.qemu], ['qemu-img', h.qemu_img], ['/dev/kvm', h.kvm_device], ['guest kernel', h.kernel],
     ['guest assets', { ...h.assets, detail: `${h.assets.detail} (${h.assets.ms ?? 0} ms)` }], ['mkfs.ext4', h.mkfs_ext4], ['busybox', h.busybox],
-    ['zstd', h.zstd], ['tar', h.tar], ['disk (cache)', { ...h.disk_cache, detail: `${h.disk_cache.path}: ${h.disk_cache.detail}` }],
+    ['zstd', h.zstd], ['tar', h.tar], ['skopeo', h.skopeo], ['umoci', h.umoci], ['disk (cache)', { ...h.disk_cache, detail: `${h.disk_cache.path}: ${h.disk_cache.detail}` }],
     ['disk (data)', { ...h.disk_data, detail: `${h.disk_data.path}: ${h.disk_data.detail}` }],
   ];
   const lines = rows.map(([name, c]) => `${mark(c.ok)} ${name.padEnd(19)} ${c.detail}`);
@@ -274,7 +279,7 @@ function checklist(r: DoctorReport): string {
 
 export async function runDoctor(opts: { json: boolean; dataDir?: string }): Promise<DoctorReport> {
   const { host, assets, hv } = await hostChecks(opts.dataDir ?? dataDirFrom({}));
-  const required = [host.qemu, host.qemu_img, host.kernel, host.assets, host.mkfs_ext4, host.busybox, host.zstd, host.tar, host.disk_cache, host.disk_data];
+  const required = [host.qemu, host.qemu_img, host.kernel, host.assets, host.mkfs_ext4, host.busybox, host.zstd, host.tar, host.skopeo, host.umoci, host.disk_cache, host.disk_data];
   const smokeReport: SmokeReport =
     assets && hv && host.qemu_img.ok && host.mkfs_ext4.ok
       ? await smoke(assets, hv)
