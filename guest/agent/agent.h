@@ -116,6 +116,7 @@ void exec_on_readable(int fd);
 
 /* ---- gate.c ---- */
 void kmsg_open(void);
+void gate_load_failure(void); /* a failed gate of an earlier agent of this boot */
 int kmsg_fs_errors(json_t *out_array, char *first, size_t firstn); /* count of fs errors since last call */
 json_t *gate_run(const char *canary_sha256, int *ok);
 int write_canary(const unsigned char *data, size_t n, char *err, size_t errn);

@@ -94,7 +94,7 @@ pid_t spawn_process(char *const argv[], char *const envp[], const char *cwd, uid
     sigprocmask(SIG_SETMASK, &all, NULL);
     for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
     setsid();
-    int nul = open("/dev/null", O_RDWR);
+    int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (nul >= 0) dup2(nul, 0);
     dup2(out_fd >= 0 ? out_fd : nul, 1);
     dup2(err_fd >= 0 ? err_fd : nul, 2);

@@ -18,6 +18,7 @@
 #define CANARY_MAX 65536 /* scrub takes canaries of 1 to 64 KiB */
 #define CANARY "/var/lib/thaw/canary"
 #define PROBE "/var/lib/thaw/gate.probe"
+#define GATE_FAILED_MARK "/run/thaw-gate-failed"
 
 int gate_failed;
 char gate_reason[512];
@@ -25,6 +26,17 @@ char gate_reason[512];
 static int kfd = -1;
 static regex_t fs_re;
 static int re_ok;
+
+/* A gate that failed in an earlier agent of this boot still counts. */
+void gate_load_failure(void) {
+  char p[4096];
+  int fd = open(path_in_root(GATE_FAILED_MARK, p, sizeof p), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ssize_t n = read(fd, gate_reason, sizeof gate_reason - 1);
+  close(fd);
+  gate_reason[n > 0 ? n : 0] = 0;
+  gate_failed = 1;
+}
 
 void kmsg_open(void) {
   if (!re_ok) {
@@ -163,6 +175,14 @@ json_t *gate_run(const char *canary_sha256, int *ok) {
   if (!*ok) {
     gate_failed = 1;
     snprintf(gate_reason, sizeof gate_reason, "%s", reason);
+    /* Remembered on tmpfs, so a respawned agent refuses start_app too. */
+    char p[4096];
+    int fd = open(path_in_root(GATE_FAILED_MARK, p, sizeof p), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      ssize_t w = write(fd, reason, strlen(reason));
+      (void)w;
+      close(fd);
+    }
   }
   return json_pack("{s:b, s:o, s:b, s:o, s:I, s:o}", "ok", *ok,
     "canary_ok", canary < 0 ? json_null() : json_boolean(canary), "roundtrip_ok", rt,

@@ -177,7 +177,11 @@ static void network(void) {
 }
 
 static pid_t spawn_agent(void) {
-  pid_t pid = fork();
+  pid_t pid;
+  while ((pid = fork()) < 0) { /* never leave the VM without an agent */
+    logc("THAW: fork of the agent failed: %s; retrying", strerror(errno));
+    usleep(100000);
+  }
   if (pid == 0) {
     CFG.guest = 1;
     CFG.kmsg = "/dev/kmsg";

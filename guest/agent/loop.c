@@ -184,13 +184,14 @@ static void on_signal(void) {
 int agent_main(void) {
   sigset_t set;
   sigemptyset(&set);
-  int sigs[] = { SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE };
+  int sigs[] = { SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR, SIGPIPE };
   for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaddset(&set, sigs[i]);
   sigprocmask(SIG_BLOCK, &set, NULL);
   sigdelset(&set, SIGPIPE); /* blocked and ignored: EPIPE instead */
   sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
   seal_keygen();
   kmsg_open();
+  gate_load_failure();
   open_channel();
   if (chan >= 0) fcntl(chan, F_SETFL, O_NONBLOCK);
   if (chan >= 0) send_hello();

@@ -281,7 +281,10 @@ void handle_request(struct request *r) {
     case OP_GATE: {
       int ok;
       json_t *g = gate_run(r->canary_sha256, &ok);
-      if (!ok && APP.pid > 0) kill(-APP.pid, SIGKILL); /* never leave an app on a machine that may lie */
+      if (!ok) { /* never leave an app, or anything it started, on a machine that may lie */
+        if (APP.pid > 0) kill(-APP.pid, SIGKILL);
+        each_process(kill_stray, NULL);
+      }
       reply_ok(r->id, g);
       return;
     }

@@ -55,6 +55,7 @@ static int valid_key(const char *k) {
 
 int seal_open_env(const struct sealed *s, char ***envp_out, char *err, size_t errn) {
   unsigned char epk[32], nonce[12], tag[16], shared[32], key[32], salt[64];
+  json_error_t jerr;
   size_t n;
   int rc = -1;
   unsigned char *ct = NULL, *pt = NULL;
@@ -78,7 +79,6 @@ int seal_open_env(const struct sealed *s, char ***envp_out, char *err, size_t er
     goto out;
   }
   pt[ctn] = 0;
-  json_error_t jerr;
   obj = json_loadb((const char *)pt, ctn, JSON_REJECT_DUPLICATES, &jerr);
   if (!json_is_object(obj)) { snprintf(err, errn, "sealed env is not a JSON object"); goto out; }
   size_t count = json_object_size(obj), i = 0;
@@ -105,6 +105,7 @@ int seal_open_env(const struct sealed *s, char ***envp_out, char *err, size_t er
   envp = NULL;
   rc = 0;
 out:
+  sodium_memzero(&jerr, sizeof jerr); /* a parse error quotes the plaintext */
   sodium_memzero(shared, sizeof shared);
   sodium_memzero(key, sizeof key);
   if (ct) zfree(ct);

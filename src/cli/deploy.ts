@@ -61,6 +61,11 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
     .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; image?: string; port?: number; registryAuth?: string }, cmd: Command) => {
       validateAppName(opts.name);
       const env = parseEnvArgs(opts.env);
+      // Commander gives the operands before and after `--` alike: with --image only a command after `--` is allowed.
+      const raw = (cmd.parent as (Command & { rawArgs?: string[] }) | null)?.rawArgs ?? [];
+      if (opts.image !== undefined && args.length > 0 && !raw.includes('--')) {
+        throw new ThawError('INVALID_REQUEST', 'with --image, pass no folder; a command for the image goes after --', { details: { args } });
+      }
       const source = await deploySource(args, opts);
       const { json } = ctx.globals(cmd);
       await ctx.withApi(cmd, async (api, instance) => {

@@ -120,6 +120,8 @@ test('deploy --image sends the image, the command after --, the port and credent
   assert.match(both.stderr, /^error INVALID_REQUEST/);
   const badAuth = await cli(['deploy', '--image', 'x', '--name', 'web', '--registry-auth', 'nocolon'], { deploy: async () => assert.fail('must not deploy') });
   assert.match(badAuth.stderr, /^error INVALID_REQUEST/);
+  const folderAndImage = await cli(['deploy', './app', '--image', 'x', '--name', 'web'], { deploy: async () => assert.fail('must not deploy') });
+  assert.match(folderAndImage.stderr, /^error INVALID_REQUEST: with --image, pass no folder/);
 });
 
 test('up loads runUp with the parsed flags', async (t) => {

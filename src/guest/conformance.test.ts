@@ -768,6 +768,8 @@ test('gate: a wrong canary fails it (ok false, reason); start_app is then refuse
   assert.match(g.reason ?? '', /canary/);
   await rejectsWith(startApp(a), 'GATE_FAILED', /canary/);
   await noApp(a);
+  // Remembered on tmpfs for the agents that follow in this boot (a respawned agent refuses too).
+  assert.match(await readFile(path.join(a.root, 'run/thaw-gate-failed'), 'utf8'), /canary/);
   // A passing gate later does not undo it: this agent never starts an app.
   const ok = await a.client.request({ op: 'gate', canary_sha256: createHash('sha256').update(canary).digest('hex') }, T);
   assert.equal(ok.ok, true);

@@ -22,9 +22,10 @@ export function realtimeUs(): number {
   const p = performance.now();
   if (p - anchoredAt > 10_000) {
     const d0 = Date.now();
+    const q0 = performance.now();
     let d = d0;
-    let q = performance.now();
-    while (d === d0 && performance.now() - q < 2) {
+    let q = q0;
+    while (d === d0 && q - q0 < 2) {
       d = Date.now();
       q = performance.now();
     }
@@ -55,7 +56,9 @@ export async function clockOffset(agent: AgentClient, timeoutMs: number): Promis
 /**
  * Measure and correct the guest clock: up to `rounds` probes, each followed by
  * a correction when the offset is over 1 ms. `slew` adjusts gradually (for a
- * running app), otherwise the clock is stepped. Resolves to the last offset.
+ * running app); otherwise a guest that is behind is stepped forward, and one
+ * that is ahead is slewed back, so an app never sees its clock step
+ * backwards. Resolves to the last offset.
  */
 export async function syncClock(agent: AgentClient, opts: { slew: boolean; rounds?: number; timeoutMs?: number }): Promise<number> {
   const timeoutMs = opts.timeoutMs ?? 5000;
@@ -63,7 +66,7 @@ export async function syncClock(agent: AgentClient, opts: { slew: boolean; round
   for (let i = 0; i < (opts.rounds ?? 2); i++) {
     ({ offsetUs: offset } = await clockOffset(agent, timeoutMs));
     if (Math.abs(offset) <= 1000) break;
-    await agent.request({ op: 'adjust_clock', delta_us: -Math.round(offset), slew: opts.slew }, timeoutMs);
+    await agent.request({ op: 'adjust_clock', delta_us: -Math.round(offset), slew: opts.slew || offset > 0 }, timeoutMs);
   }
   return offset;
 }

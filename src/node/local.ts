@@ -29,6 +29,13 @@ export const CLOCK_RESYNC_MS = 60_000;
 
 export class LocalNode {
   readonly running = new Map<string, RunningVm>();
+  /** Clock re-sync timers of running VMs; stopped before a bake, so no request is in flight when it pauses. */
+  private readonly resyncs = new Map<RunningVm, NodeJS.Timeout>();
+
+  private stopResync(run: RunningVm): void {
+    clearInterval(this.resyncs.get(run));
+    this.resyncs.delete(run);
+  }
   onAppExit: (app: string, e: AppExitEvent) => void = () => {};
 
   constructor(readonly ctx: NodeContext, readonly name = 'local') {}
@@ -64,7 +71,8 @@ export class LocalNode {
     // Keep the guest clock right while the app runs: re-measured every minute, slewed when it drifts over 1 ms.
     const resync = setInterval(() => void syncClock(out.run.agent, { slew: true, rounds: 1 }).catch(() => {}), CLOCK_RESYNC_MS);
     resync.unref();
-    out.run.agent.once('close', () => clearInterval(resync));
+    this.resyncs.set(out.run, resync);
+    out.run.agent.once('close', () => this.stopResync(out.run));
     out.run.agent.on('app_exit', (e) => {
       if (this.running.get(req.app) === out.run) this.onAppExit(req.app, e);
     });
@@ -87,6 +95,7 @@ export class LocalNode {
     const run = this.running.get(app);
     if (!run) return { baked: null, error: null };
     this.running.delete(app);
+    this.stopResync(run);
     await this.saveLogs(run);
     return sleepVm(this.ctx, run, opts);
   }
