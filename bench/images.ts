@@ -5,7 +5,7 @@
 // starts in microseconds) beside the Node demo's, in one run.
 //   node --import tsx bench/images.ts [--thaws 5]
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -18,6 +18,7 @@ import { sleepVm } from '../src/lifecycle/sleep.ts';
 import { wake } from '../src/lifecycle/wake.ts';
 import type { RunConfig } from '../src/wire/run.ts';
 import { buildImage, copyImage, startRegistry } from '../test/helpers/oci.ts';
+import { SCRATCH_RUN, scratchImage } from '../test/helpers/scratch.ts';
 import { fmt, machineFacts, markdownTable, median, writeResult } from './lib.ts';
 
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
@@ -79,12 +80,8 @@ export async function benchImages(opts: { thaws: number }) {
   try {
     const deploys = await deployTimes(work, log);
     const assets = await ensureAssets();
-    const sroot = path.join(work, 'scratch-root');
-    await mkdir(sroot);
-    await copyFile(path.join(work, 'big', 'server'), path.join(sroot, 'server'));
-    const scratch = path.join(work, 'scratch.img');
-    await makeExt4(sroot, scratch, 64);
-    const staticC = await lifecycleOf(work, 'static', scratch, { argv: ['/server'], cwd: '/', uid: 0, gid: 0, port: 8080, env: {} }, opts.thaws, log);
+    const scratch = await scratchImage(path.join(work, 'scratch'));
+    const staticC = await lifecycleOf(work, 'static', scratch, SCRATCH_RUN, opts.thaws, log);
     const demoImg = path.join(work, 'demo.img');
     const { run } = await buildDemoImage(assets, demoImg);
     const node = await lifecycleOf(work, 'node', demoImg, run, opts.thaws, log);

@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -96,9 +96,8 @@ test('content larger than the disk is APP_TOO_LARGE from mkfs', async (t) => {
   assert.deepEqual(await readdir(path.dirname(out)), []);
 });
 
-test('package-lock.json without node_modules runs npm ci in the staging copy (offline)', async (t) => {
-  const { d, base, app, out } = await setup(t);
-  // npm reads npm_config_* from the environment; keep it offline and its cache/logs in our temp dir
+/** npm reads npm_config_* from the environment: keep it offline, its cache and logs in `d`, for this test only. */
+function offlineNpm(t: TestContext, d: string): void {
   const saved = { offline: process.env.npm_config_offline, cache: process.env.npm_config_cache };
   process.env.npm_config_offline = 'true';
   process.env.npm_config_cache = path.join(d, 'npm-cache');
@@ -108,6 +107,11 @@ test('package-lock.json without node_modules runs npm ci in the staging copy (of
       else process.env[k] = v;
     }
   });
+}
+
+test('package-lock.json without node_modules runs npm ci in the staging copy (offline)', async (t) => {
+  const { d, base, app, out } = await setup(t);
+  offlineNpm(t, d);
   await writeFile(path.join(app, 'package-lock.json'), JSON.stringify({ name: 'demo', lockfileVersion: 3, requires: true, packages: { '': { name: 'demo' } } }));
   const res = await buildAppImage({ appDir: app, baseRootfs: base, out, diskMiB: 32, maxAppBytes: 1 << 20 });
   assert.match(debugfs(res.out, 'cat /app/package-lock.json'), /lockfileVersion/);
@@ -147,15 +151,7 @@ test('the base root is the one of the Node line package.json engines.node picks 
 
 test("npm ci runs under the base root's Node, first on PATH for install scripts", async (t) => {
   const { d, base, app, out } = await setup(t);
-  const saved = { offline: process.env.npm_config_offline, cache: process.env.npm_config_cache };
-  process.env.npm_config_offline = 'true';
-  process.env.npm_config_cache = path.join(d, 'npm-cache');
-  t.after(() => {
-    for (const [k, v] of [['npm_config_offline', saved.offline], ['npm_config_cache', saved.cache]] as const) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  });
+  offlineNpm(t, d);
   // The base's "guest Node": the host's node behind a wrapper that marks its children.
   await mkdir(path.join(base, 'usr/local/bin'), { recursive: true });
   await writeFile(path.join(base, 'usr/local/bin/node'), `#!/bin/sh\nexport THAW_FAKE_GUEST_NODE=yes\nexec '${process.execPath}' "$@"\n`, { mode: 0o755 });

@@ -2,11 +2,11 @@
 // `docker-registry` (Debian's distribution 2.8) on 127.0.0.1, images built
 // with umoci from folders, hand-made layer tars (tar-stream) added with
 // `umoci raw add-layer`, pushed with skopeo. Tools: bash scripts/oci-tools.sh.
+import { freePort } from '../../src/lifecycle/context.ts';
 import { execFile as execFileCb, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import tarStream from 'tar-stream';
@@ -24,17 +24,6 @@ export async function sh(cmd: string, args: string[]): Promise<string> {
     const e = err as { stderr?: string; message: string };
     throw new Error(`${cmd} ${args.join(' ')}: ${e.stderr?.trim() || e.message}`);
   }
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 export interface Registry {
