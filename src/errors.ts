@@ -44,6 +44,10 @@ export const ERROR_CODES = {
   APP_BUSY: { kind: 'user', status: 409, hint: 'Another operation on this app is in progress; retry shortly.' },
   UNAUTHORIZED: { kind: 'user', status: 401, hint: 'Pass the token from DATA/token as "Authorization: Bearer TOKEN" (the CLI does this for you).' },
   NOT_FOUND: { kind: 'user', status: 404, hint: 'Check the URL.' },
+  METHOD_NOT_ALLOWED: { kind: 'user', status: 405, hint: 'The router is not a forward proxy: CONNECT is not supported; send requests to NAME.<domain> directly.' },
+  REQUEST_TIMEOUT: { kind: 'user', status: 408, hint: 'The client sent its request too slowly (see the router timeouts `thaw up --headers-timeout/--request-timeout`); retry on a new connection.' },
+  HEADERS_TOO_LARGE: { kind: 'user', status: 431, hint: 'The request headers exceed the limit (16 KiB by default); send fewer or smaller headers.' },
+  UPSTREAM_TIMEOUT: { kind: 'user', status: 504, hint: 'The app did not answer within the upstream timeout (`thaw up --upstream-headers-timeout/--upstream-body-timeout`); make it answer sooner or raise the timeout.' },
   // --- system: host, hypervisor, guest ---------------------------------------
   HOST_MISSING_TOOL: { kind: 'system', status: 500, hint: 'Run `npm run setup` (installs QEMU, the guest kernel, busybox, e2fsprogs, zstd).' },
   ASSETS_BUILD_FAILED: { kind: 'system', status: 500, hint: 'See the build log; run `npm run setup` and retry.' },

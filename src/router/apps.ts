@@ -2,7 +2,7 @@
 // single-flight wake per app), and the idle timer that puts an app to sleep.
 import type { Logger } from 'pino';
 import { ThawError, asThawError } from '../errors.ts';
-import type { Address, AppDirectory, AppStats, WakeResult } from './types.ts';
+import type { Address, AppDirectory, AppStats, DrainResult, WakeResult } from './types.ts';
 import type { Exchange } from './upstream.ts';
 
 export type AppExchange = Exchange<AppState>;
@@ -17,7 +17,14 @@ export class AppState {
   /** Last upstream address we used; its pool is dropped when the app sleeps. */
   address: Address | null = null;
   idleMs = 0;
+  /** How long a request is held for this app's wake; 0: the router's default. */
+  wakeMs = 0;
   idleSince = 0;
+  /** While a sleep runs: resolves `sleeping`; the address whose pool goes when it ends. */
+  asleep: (() => void) | null = null;
+  oldAddress: Address | null = null;
+  /** Set while a sleep waits for forwarded requests to finish. */
+  drained: (() => void) | null = null;
   idleTimer: NodeJS.Timeout | null = null;
   wakes = 0;
   sleeps = 0;
@@ -39,6 +46,21 @@ export interface TableOptions {
 }
 
 const WAKE_RETRY_AFTER_S = 2;
+
+/** Wake failures that mean "not now" rather than "broken": 503 with Retry-After, not 502. */
+const RETRYABLE = new Set(['WAKE_TIMEOUT', 'NODE_BUSY', 'NO_NODE']);
+
+/** The HTTP status (and Retry-After) held requests get when their wake failed with `err` (as thrown). */
+export function wakeFailureStatus(err: unknown): { status: number; retryAfterS?: number } {
+  const e = err as { code?: unknown; status?: unknown } | null;
+  const retry = typeof e?.code === 'string' && RETRYABLE.has(e.code);
+  return retry || e?.status === 503 ? { status: 503, retryAfterS: WAKE_RETRY_AFTER_S } : { status: 502 };
+}
+
+/** Requests (and WebSockets) of the app that reached its VM: in flight but not held. */
+function forwarded(app: AppState): number {
+  return app.inflight - app.held.size;
+}
 
 function onHeldTimeout(table: AppTable, ex: AppExchange): void {
   table.timeout(ex);
@@ -63,13 +85,14 @@ export class AppTable {
     private readonly opts: TableOptions,
   ) {}
 
-  get(name: string, idleTimeoutS: number): AppState {
+  get(name: string, idleTimeoutS: number, wakeTimeoutS?: number | null): AppState {
     let app = this.apps.get(name);
     if (app === undefined) {
       app = new AppState(name);
       this.apps.set(name, app);
     }
     app.idleMs = idleTimeoutS > 0 ? idleTimeoutS * 1000 : 0;
+    app.wakeMs = wakeTimeoutS != null && wakeTimeoutS > 0 ? Math.round(wakeTimeoutS * 1000) : 0;
     return app;
   }
 
@@ -85,6 +108,7 @@ export class AppTable {
       app.idleSince = performance.now();
       this.armIdle(app);
     }
+    if (app.drained !== null && forwarded(app) <= 0) app.drained();
     if (this.inflight === 0 && this.drainWaiters.length > 0) {
       const waiters = this.drainWaiters;
       this.drainWaiters = [];
@@ -119,7 +143,7 @@ export class AppTable {
     }
     app.held.add(ex);
     this.held++;
-    ex.timer = setTimeout(onHeldTimeout, this.opts.wakeTimeoutMs, this, ex);
+    ex.timer = setTimeout(onHeldTimeout, app.wakeMs || this.opts.wakeTimeoutMs, this, ex);
     if (app.waking === null) app.waking = this.runWake(app);
   }
 
@@ -135,13 +159,14 @@ export class AppTable {
   timeout(ex: AppExchange): void {
     ex.timer = null;
     this.unhold(ex);
-    const msg = `app "${ex.app.name}" did not wake within ${this.opts.wakeTimeoutMs} ms; it is still waking`;
+    const msg = `app "${ex.app.name}" did not wake within ${ex.app.wakeMs || this.opts.wakeTimeoutMs} ms; it is still waking`;
     this.sink.reject(ex, 503, new ThawError('WAKE_TIMEOUT', msg, { details: { app: ex.app.name } }), WAKE_RETRY_AFTER_S);
   }
 
   private async runWake(app: AppState): Promise<void> {
     let result: WakeResult | null = null;
     let failure: ThawError | null = null;
+    let thrown: unknown = null;
     try {
       // Never proxy to a VM that is being deleted: let sleep finish, then wake afresh.
       if (app.sleeping !== null) await app.sleeping;
@@ -150,6 +175,7 @@ export class AppTable {
       this.wakes++;
       result = await this.dir.wake(app.name);
     } catch (err) {
+      thrown = err;
       failure = asThawError(err, 'WAKE_FAILED');
     } finally {
       app.waking = null;
@@ -164,9 +190,10 @@ export class AppTable {
     } else if (failure !== null) {
       this.wakeFailures++;
       this.opts.log.warn({ app: app.name, code: failure.code, err: failure.message, held: app.held.size }, 'wake failed');
+      const { status, retryAfterS } = wakeFailureStatus(thrown);
       for (const ex of app.held) {
         this.unhold(ex);
-        this.sink.reject(ex, 502, failure);
+        this.sink.reject(ex, status, failure, retryAfterS);
       }
     }
     if (app.inflight === 0) {
@@ -191,26 +218,60 @@ export class AppTable {
   }
 
   private startSleep(app: AppState): void {
-    app.awake = false;
-    app.sleeps++;
-    this.sleeps++;
-    const old = app.address;
-    app.address = null;
+    this.beginSleep(app);
     this.opts.log.info({ app: app.name, idleMs: app.idleMs }, 'app idle; sleeping');
-    let p: Promise<void>;
+    let p: Promise<unknown>;
     try {
-      p = this.dir.sleep(app.name).then(() => undefined);
+      p = this.dir.sleep(app.name, 'idle');
     } catch (err) {
       p = Promise.reject(err);
     }
-    app.sleeping = p
-      .catch((err: unknown) => {
-        this.opts.log.warn({ app: app.name, err: asThawError(err).message }, 'sleep failed');
-      })
-      .then(() => {
-        app.sleeping = null;
-        this.sink.asleep(app, old);
+    p.catch((err: unknown) => this.opts.log.warn({ app: app.name, err: asThawError(err).message }, 'sleep failed')).then(() => this.release(app.name));
+  }
+
+  /** From now on the app's requests are held (the next wake serves them); idempotent. */
+  private beginSleep(app: AppState): void {
+    if (app.sleeping !== null) return;
+    if (app.idleTimer !== null) clearTimeout(app.idleTimer);
+    app.idleTimer = null;
+    app.awake = false;
+    app.sleeps++;
+    this.sleeps++;
+    app.oldAddress = app.address;
+    app.address = null;
+    app.sleeping = new Promise<void>((resolve) => (app.asleep = resolve));
+  }
+
+  /** A sleep starts (any trigger): hold new requests, wait up to drainMs for forwarded ones to finish. */
+  async quiesce(name: string, drainMs: number): Promise<DrainResult> {
+    const app = this.apps.get(name) ?? this.get(name, 0);
+    this.beginSleep(app);
+    const t0 = performance.now();
+    if (forwarded(app) > 0 && drainMs > 0) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          app.drained = null;
+          resolve();
+        };
+        const timer = setTimeout(done, drainMs);
+        app.drained = done;
       });
+    }
+    return { drainMs: Math.round(performance.now() - t0), cut: Math.max(0, forwarded(app)) };
+  }
+
+  /** The sleep is over (the VM is gone): held requests start a wake. Idempotent. */
+  release(name: string): void {
+    const app = this.apps.get(name);
+    if (app === undefined || app.asleep === null) return;
+    const resolve = app.asleep;
+    const old = app.oldAddress;
+    app.asleep = null;
+    app.oldAddress = null;
+    app.sleeping = null;
+    this.sink.asleep(app, old);
+    resolve();
   }
 
   /** Stop: answer every held request with 503 SHUTTING_DOWN and clear idle timers. */

@@ -32,14 +32,20 @@ export function sendError(res: ServerResponse, status: number, err: ThawError, r
   res.end(body);
 }
 
-/** The same answer written raw to an upgrade socket, which is then closed. */
-export function sendSocketError(socket: Duplex, status: number, err: ThawError, retryAfterS?: number): void {
+/** `OPTIONS *` (RFC 9110 9.3.7): the methods apps may be asked for, no content. */
+export function sendOptions(res: ServerResponse, allow: string): void {
+  res.writeHead(200, { allow, 'content-length': 0 });
+  res.end();
+}
+
+/** The same answer written raw to an upgrade (or CONNECT) socket, which is then closed. `allow`: an Allow header (405). */
+export function sendSocketError(socket: Duplex, status: number, err: ThawError, retryAfterS?: number, allow?: string): void {
   if (socket.destroyed || !socket.writable) {
     socket.destroy();
     return;
   }
   const body = errorBody(err);
-  const retry = retryAfterS === undefined ? '' : `retry-after: ${retryAfterS}\r\n`;
+  const retry = (retryAfterS === undefined ? '' : `retry-after: ${retryAfterS}\r\n`) + (allow === undefined ? '' : `allow: ${allow}\r\n`);
   const head =
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\n` +
     `content-length: ${Buffer.byteLength(body)}\r\n${retry}connection: close\r\n\r\n`;

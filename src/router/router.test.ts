@@ -1,117 +1,13 @@
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { createHash, randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
-import { WebSocket, WebSocketServer } from 'ws';
+import { WebSocket } from 'ws';
 import { ThawError } from '../errors.ts';
 import { createRouter } from './router.ts';
-import type { Address, AppDirectory, RouterOptions, WakeResult } from './types.ts';
-
-// ---- helpers -----------------------------------------------------------------
-
-function deferred<T = void>() {
-  let resolve!: (v: T) => void;
-  let reject!: (e: unknown) => void;
-  const promise = new Promise<T>((res, rej) => ((resolve = res), (reject = rej)));
-  return { promise, resolve, reject };
-}
-
-const sleepMs = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until(cond: () => boolean, what: string, ms = 4000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleepMs(10);
-  }
-}
-
-interface FakeApp { address: Address | null; upstream: Address; idleTimeoutS: number }
-
-/** Stands in for the control plane; wake/sleep can be gated by the test. */
-class FakeDir implements AppDirectory {
-  apps = new Map<string, FakeApp>();
-  wakeCalls = 0;
-  sleepCalls = 0;
-  wakeGate: Promise<void> | null = null;
-  wakeError: unknown = null;
-  sleepGate: Promise<void> | null = null;
-
-  add(name: string, upstream: Address, awake: boolean, idleTimeoutS = 300): void {
-    this.apps.set(name, { address: awake ? upstream : null, upstream, idleTimeoutS });
-  }
-  lookup(name: string) {
-    const a = this.apps.get(name);
-    return a ? { address: a.address, idleTimeoutS: a.idleTimeoutS } : null;
-  }
-  async wake(name: string): Promise<WakeResult> {
-    this.wakeCalls++;
-    if (this.wakeGate) await this.wakeGate;
-    if (this.wakeError) throw this.wakeError;
-    const a = this.apps.get(name)!;
-    a.address = a.upstream;
-    return { address: a.upstream, bootMode: 'snapshot', wallMs: 123.4, wakeId: 'w-1' };
-  }
-  async sleep(name: string): Promise<void> {
-    this.sleepCalls++;
-    if (this.sleepGate) await this.sleepGate;
-    this.apps.get(name)!.address = null;
-  }
-}
-
-/** A real upstream app: JSON hello on /, body echo on /echo, 1.5 s on /slow, ws echo. */
-async function upstream(t: TestContext, name: string): Promise<Address & { hits: () => number }> {
-  let hits = 0;
-  const server = http.createServer((req, res) => {
-    hits++;
-    if (req.url === '/slow') return void setTimeout(() => res.end('slow done'), 1500);
-    if (req.url === '/echo') {
-      res.writeHead(200, { 'content-type': 'application/octet-stream' });
-      return void req.pipe(res);
-    }
-    res.writeHead(200, { 'content-type': 'application/json', connection: 'x-secret', 'x-secret': '1' });
-    res.end(JSON.stringify({ app: name, headers: req.headers }));
-  });
-  const wss = new WebSocketServer({ server });
-  wss.on('connection', (ws) => ws.on('message', (m, binary) => ws.send(m, { binary })));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.after(async () => {
-    for (const c of wss.clients) c.terminate();
-    await new Promise((r) => wss.close(r));
-    server.closeAllConnections();
-    await new Promise((r) => server.close(r));
-  });
-  return { host: '127.0.0.1', port: (server.address() as AddressInfo).port, hits: () => hits };
-}
-
-async function setup(t: TestContext, opts: Partial<RouterOptions> = {}) {
-  const dir = new FakeDir();
-  const router = createRouter({ dir, ...opts });
-  const port = await router.listen(0, '127.0.0.1');
-  t.after(() => router.close());
-  return { dir, router, port };
-}
-
-interface Res { status: number; headers: http.IncomingHttpHeaders; body: Buffer; json: () => any }
-
-function call(port: number, host: string, path = '/', opts: { method?: string; body?: Readable } = {}): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path, method: opts.method ?? 'GET', headers: { host }, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('error', reject);
-      res.on('end', () => {
-        const body = Buffer.concat(chunks);
-        resolve({ status: res.statusCode!, headers: res.headers, body, json: () => JSON.parse(body.toString()) });
-      });
-    });
-    req.on('error', reject);
-    if (opts.body) opts.body.pipe(req);
-    else req.end();
-  });
-}
+import { FakeDir, call, deferred, setup, sleepMs, until, upstream } from './testing.ts';
 
 // ---- tests -------------------------------------------------------------------
 

@@ -9,13 +9,23 @@ import { createProxyServer } from 'http-proxy-3';
 import { pino } from 'pino';
 import { ThawError, asThawError } from '../errors.ts';
 import { AppTable, type AppExchange, type AppState, type Sink } from './apps.ts';
-import { sendError, sendHealth, sendSocketError } from './reply.ts';
+import { ALLOW, isWebSocketUpgrade, normalizeTarget, replayWithoutUpgrade } from './http1.ts';
+import { sendError, sendHealth, sendOptions, sendSocketError } from './reply.ts';
 import { Exchange, Upstreams, kExchange, originOf, type ExchangeHooks, type Tagged } from './upstream.ts';
-import type { Address, RouterOptions, RouterStats } from './types.ts';
+import { DEFAULT_TIMEOUTS, type Address, type RequestGate, type RouterOptions, type RouterStats, type RouterTimeouts } from './types.ts';
 
-export type { AppDirectory, RouterOptions, RouterStats, WakeResult } from './types.ts';
+export type { AppDirectory, DrainResult, RequestGate, RouterOptions, RouterStats, RouterTimeouts, WakeResult } from './types.ts';
 
-export interface Router {
+/** Router errors for a client error Node reports (a malformed or too slow request), by Node's code. */
+const CLIENT_ERRORS: Record<string, () => ThawError> = {
+  ERR_HTTP_REQUEST_TIMEOUT: () => new ThawError('REQUEST_TIMEOUT', 'the request was not received in time'),
+  HPE_HEADER_OVERFLOW: () => new ThawError('HEADERS_TOO_LARGE', 'the request headers are too large'),
+};
+
+/** Upstream (undici) failures that mean the app was too slow: 504, never 502. */
+const UPSTREAM_TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT']);
+
+export interface Router extends RequestGate {
   server: http.Server;
   /** Listen (host defaults to 127.0.0.1); resolves with the bound port. */
   listen(port: number, host?: string): Promise<number>;
@@ -66,7 +76,8 @@ export function createRouter(opts: RouterOptions): Router {
   const log = opts.log ?? pino({ level: 'silent' });
   const resolve = hostResolver(opts.suffix ?? 'localhost');
   const closeGraceMs = opts.closeGraceMs ?? 5000;
-  const upstreams = new Upstreams();
+  const timeouts: RouterTimeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
+  const upstreams = new Upstreams({ headersMs: timeouts.upstreamHeadersMs, bodyMs: timeouts.upstreamBodyMs });
   const wsProxy = createProxyServer({});
   wsProxy.on('error', () => {}); // errors are handled per call below
   const wsSockets = new Set<Duplex>();
@@ -84,9 +95,9 @@ export function createRouter(opts: RouterOptions): Router {
         res.destroy();
         return;
       }
-      const timeout = code === 'UND_ERR_HEADERS_TIMEOUT';
+      const timeout = code !== undefined && UPSTREAM_TIMEOUTS.has(code);
       const e = timeout
-        ? new ThawError('VM_TIMEOUT', `app "${app}" did not answer in time`, { details: { app } })
+        ? new ThawError('UPSTREAM_TIMEOUT', `app "${app}" did not answer in time (${code})`, { details: { app, cause: code } })
         : new ThawError('VM_GONE', `app "${app}" is unreachable: ${err.message}`, { details: { app, cause: code ?? null } });
       sendError(res, timeout ? 504 : 502, e);
     },
@@ -142,7 +153,7 @@ export function createRouter(opts: RouterOptions): Router {
       return asThawError(err);
     }
     if (entry === null) return notFound(host, name);
-    return { app: table.get(name, entry.idleTimeoutS), address: entry.address };
+    return { app: table.get(name, entry.idleTimeoutS, entry.wakeTimeoutS), address: entry.address };
   }
 
   function onResClose(this: Tagged<ServerResponse>): void {
@@ -155,6 +166,8 @@ export function createRouter(opts: RouterOptions): Router {
   function onRequest(req: IncomingMessage, res: ServerResponse): void {
     const url = req.url;
     if (url === HEALTH_PATH || url?.startsWith(HEALTH_PATH + '?')) return sendHealth(res);
+    const form = normalizeTarget(req);
+    if (form !== 'origin') return form === 'asterisk' ? sendOptions(res, ALLOW) : sendError(res, 400, form);
     const r = route(req);
     if (r instanceof ThawError) {
       if (table.closing) res.shouldKeepAlive = false;
@@ -180,6 +193,10 @@ export function createRouter(opts: RouterOptions): Router {
 
   function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => {}); // a reset client must not crash the router
+    // Only WebSocket upgrades are tunnelled; any other offer (h2c...) is ignored (RFC 9110 7.8).
+    if (!isWebSocketUpgrade(req)) return replayWithoutUpgrade(server, req, socket, head);
+    const form = normalizeTarget(req);
+    if (form !== 'origin') return sendSocketError(socket, 400, form === 'asterisk' ? new ThawError('INVALID_REQUEST', 'a WebSocket needs a path') : form);
     const r = route(req);
     if (r instanceof ThawError) return sendSocketError(socket, r.status, r, r.status === 503 ? 1 : undefined);
     const ex: AppExchange = new Exchange(hooks, r.app, req, null, socket, head);
@@ -194,11 +211,26 @@ export function createRouter(opts: RouterOptions): Router {
     } else table.hold(ex);
   }
 
-  const server = http.createServer(onRequest);
+  // Node checks header and request deadlines on this period: a quarter of the shortest one.
+  const deadlines = [timeouts.headersMs, timeouts.requestMs].filter((ms) => ms > 0);
+  const connectionsCheckingInterval = Math.max(50, Math.min(30_000, Math.floor(Math.min(...deadlines, 120_000) / 4)));
+  const server = http.createServer({ connectionsCheckingInterval }, onRequest);
+  server.keepAliveTimeout = timeouts.keepAliveMs;
+  server.headersTimeout = timeouts.headersMs;
+  server.requestTimeout = timeouts.requestMs;
   server.on('upgrade', onUpgrade);
+  server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+    socket.on('error', () => {});
+    sendSocketError(socket, 405, new ThawError('METHOD_NOT_ALLOWED', 'CONNECT is not supported: the router is a reverse proxy'), undefined, ALLOW);
+  });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy();
-    socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
+    // A response already under way on this socket cannot be followed by another one.
+    const inFlight = (socket as { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (inFlight?.headersSent) return void socket.destroy();
+    const make = CLIENT_ERRORS[err.code ?? ''];
+    const e = make ? make() : new ThawError('INVALID_REQUEST', `malformed HTTP request (${err.code ?? err.message})`);
+    sendSocketError(socket, e.status, e);
   });
 
   let closing: Promise<void> | null = null;
@@ -250,6 +282,12 @@ export function createRouter(opts: RouterOptions): Router {
     },
     drain() {
       return table.drain();
+    },
+    quiesce(name, drainMs) {
+      return table.quiesce(name, drainMs);
+    },
+    release(name) {
+      table.release(name);
     },
     adopt(name, address, idleTimeoutS) {
       table.adopt(name, address, idleTimeoutS);

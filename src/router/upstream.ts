@@ -57,16 +57,19 @@ export function originOf(a: Address): string {
 export class Upstreams {
   private readonly pools = new Map<string, Pool>();
 
+  /** `headersMs`/`bodyMs`: undici's headersTimeout and bodyTimeout (0: none). */
+  constructor(private readonly timeouts: { headersMs: number; bodyMs: number } = { headersMs: 300_000, bodyMs: 0 }) {}
+
   get(a: Address): Pool {
     const key = originOf(a);
     let pool = this.pools.get(key);
     if (pool === undefined) {
-      // bodyTimeout 0: streaming responses (SSE, long downloads) may pause for as long as they like.
+      // bodyTimeout 0 (the default): streaming responses (SSE, long downloads) may pause for as long as they like.
       // connections: a bounded set of keep-alive connections per VM, like nginx's upstream
       // keepalive. A burst of held requests released by a wake would otherwise open one
       // connection each through QEMU's user-mode network at once; under that burst a few
       // guest-side handshakes were seen to stall for minutes.
-      pool = new Pool(key, { connections: UPSTREAM_CONNECTIONS, keepAliveTimeout: 4_000, bodyTimeout: 0, headersTimeout: 300_000 });
+      pool = new Pool(key, { connections: UPSTREAM_CONNECTIONS, keepAliveTimeout: 4_000, bodyTimeout: this.timeouts.bodyMs, headersTimeout: this.timeouts.headersMs });
       this.pools.set(key, pool);
     }
     return pool;
