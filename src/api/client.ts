@@ -16,11 +16,13 @@ import {
   ProgressLine,
   SeedsResponse,
   SleepResponse,
+  SleepsResponse,
   WakeResponse,
   WakesResponse,
   type AppWire,
   type EnvKeyWire,
   type SeedWire,
+  type SleepWire,
   type WakeWire,
 } from './schemas.ts';
 import { NodesResponse, type NodeInfo } from '../wire/node.ts';
@@ -28,6 +30,8 @@ import { NodesResponse, type NodeInfo } from '../wire/node.ts';
 export interface DeployOpts {
   env?: Record<string, string>;
   idleTimeoutS?: number;
+  /** Seconds a request is held for the app's wake before 503 (x-thaw-wake-timeout). */
+  wakeTimeoutS?: number;
   /** When set, the server streams progress lines (`?progress=1`). */
   onProgress?: (line: string) => void;
 }
@@ -45,7 +49,9 @@ export interface ThawApi {
   listEnv(name: string): Promise<EnvKeyWire[]>;
   setEnv(name: string, vars: Record<string, string>): Promise<void>;
   unsetEnv(name: string, keys: string[]): Promise<void>;
-  sleep(name: string): Promise<{ baked: boolean; seed: SeedWire | null }>;
+  sleep(name: string): Promise<{ baked: boolean; seed: SeedWire | null; sleep?: SleepWire | null | undefined }>;
+  /** Sleep records, newest first. */
+  sleeps(name: string, limit?: number): Promise<SleepWire[]>;
   wake(name: string): Promise<WakeWire>;
   wakes(name: string, limit?: number): Promise<WakeWire[]>;
   seeds(): Promise<SeedWire[]>;
@@ -131,6 +137,7 @@ export class ApiClient implements ThawApi {
     const headers: Record<string, string> = { 'content-type': isImage ? 'application/json' : 'application/gzip' };
     if (opts.env && Object.keys(opts.env).length > 0) headers['x-thaw-env'] = Buffer.from(JSON.stringify(opts.env), 'utf8').toString('base64');
     if (opts.idleTimeoutS !== undefined) headers['x-thaw-idle-timeout'] = String(opts.idleTimeoutS);
+    if (opts.wakeTimeoutS !== undefined) headers['x-thaw-wake-timeout'] = String(opts.wakeTimeoutS);
     const path = `/v1/apps/${enc(name)}/deploys${opts.onProgress ? '?progress=1' : ''}`;
     const res = await this.#send('POST', path, isImage ? { json: source, headers } : { body: source as Buffer | Readable, headers });
     if (!opts.onProgress || res.statusCode !== 200) return parseResponse(DeployResultWire, res, path);
@@ -175,6 +182,10 @@ export class ApiClient implements ThawApi {
 
   async wake(name: string) {
     return (await this.#json(WakeResponse, 'POST', `/v1/apps/${enc(name)}/wake`)).wake;
+  }
+
+  async sleeps(name: string, limit?: number) {
+    return (await this.#json(SleepsResponse, 'GET', `/v1/apps/${enc(name)}/sleeps${limit !== undefined ? `?limit=${limit}` : ''}`)).sleeps;
   }
 
   async wakes(name: string, limit?: number) {

@@ -10,7 +10,7 @@ import { PassThrough, Transform, type Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ThawError, asThawError } from '../errors.ts';
 import type { ControlService, ImageSource } from '../control/types.ts';
-import { DeployQuery, EnvVars, IdleTimeoutHeader, ImageDeployBody, NameParams, toDeployResultWire } from './schemas.ts';
+import { DeployQuery, EnvVars, IdleTimeoutHeader, ImageDeployBody, WakeTimeoutHeader, NameParams, toDeployResultWire } from './schemas.ts';
 
 export const TARBALL_TYPES = ['application/gzip', 'application/x-gzip', 'application/x-tar', 'application/octet-stream'];
 
@@ -66,7 +66,14 @@ export function registerDeploy(app: FastifyInstance, service: ControlService, ma
       const env = decodeEnvHeader(req.headers['x-thaw-env']);
       const idleHdr = req.headers['x-thaw-idle-timeout'];
       const idleTimeoutS = idleHdr === undefined ? undefined : parseOrThrow(IdleTimeoutHeader, idleHdr, 'x-thaw-idle-timeout header');
-      const deployOpts = (onProgress?: (line: string) => void) => ({ ...(env ? { env } : {}), ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}), ...(onProgress ? { onProgress } : {}) });
+      const wakeHdr = req.headers['x-thaw-wake-timeout'];
+      const wakeTimeoutS = wakeHdr === undefined ? undefined : parseOrThrow(WakeTimeoutHeader, wakeHdr, 'x-thaw-wake-timeout header');
+      const deployOpts = (onProgress?: (line: string) => void) => ({
+        ...(env ? { env } : {}),
+        ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}),
+        ...(wakeTimeoutS !== undefined ? { wakeTimeoutS } : {}),
+        ...(onProgress ? { onProgress } : {}),
+      });
       let run: (onProgress?: (line: string) => void) => ReturnType<ControlService['deploy']>;
       if (String(req.headers['content-type'] ?? '').startsWith('application/json')) {
         // An OCI image: {"image": REF, "command"?: [...], "port"?: N, "registry_auth"?: {...}}.

@@ -10,7 +10,7 @@ import { coded } from '../http/parse.ts';
 import { validateAppName } from '../image/validate.ts';
 import { STATES } from '../state.ts';
 import type { AppView, DeployResult } from '../control/types.ts';
-import type { DeployRow, SeedRow, WakeRow } from '../store/types.ts';
+import type { DeployRow, SeedRow, SleepRow, WakeRow } from '../store/types.ts';
 
 export const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 export const ENV_KEY_MAX = 128;
@@ -55,6 +55,8 @@ export const LogsQuery = z.object({ follow: flag });
 export const DeployQuery = z.object({ progress: flag });
 /** `x-thaw-idle-timeout` header (seconds). */
 export const IdleTimeoutHeader = z.coerce.number().pipe(IdleTimeout);
+/** `x-thaw-wake-timeout` header: seconds a request is held for the app's wake. */
+export const WakeTimeoutHeader = z.coerce.number().pipe(z.number().int().min(1).max(3600));
 
 // ---- responses ------------------------------------------------------------------
 
@@ -105,6 +107,23 @@ export const WakeWire = z.object({
   placement: z.string().nullable().optional(),
   stages: z.record(z.string(), z.number()),
 });
+export const SleepWire = z.object({
+  id: z.string(),
+  app: z.string(),
+  at: z.string(),
+  trigger: z.enum(['idle', 'manual', 'redeploy', 'shutdown', 'node-leaving']),
+  node: z.string().nullable(),
+  drain_ms: z.number(),
+  cut_requests: z.number(),
+  exit_code: z.number().nullable(),
+  exit_signal: z.string().nullable(),
+  shutdown_ms: z.number().nullable(),
+  baked: z.boolean(),
+  seed_id: z.string().nullable(),
+  total_ms: z.number(),
+  stages: z.record(z.string(), z.number()),
+  error: z.string().nullable(),
+});
 export const DeployResultWire = z.object({ app: z.string(), deploy: DeployWire, purged_seed: z.string().nullable(), build_ms: z.number() });
 
 /** Deploy an OCI image: a registry reference or a local archive on the control plane's host. */
@@ -121,7 +140,8 @@ export const OkResponse = z.object({ ok: z.literal(true) });
 export const AppResponse = z.object({ app: AppWire });
 export const AppsResponse = z.object({ apps: z.array(AppWire) });
 export const EnvListResponse = z.object({ vars: z.array(z.object({ key: z.string(), updated_at: z.string() })) });
-export const SleepResponse = z.object({ baked: z.boolean(), seed: SeedWire.nullable() });
+export const SleepResponse = z.object({ baked: z.boolean(), seed: SeedWire.nullable(), sleep: SleepWire.nullable().optional() });
+export const SleepsResponse = z.object({ sleeps: z.array(SleepWire) });
 export const WakeResponse = z.object({ wake: WakeWire });
 export const WakesResponse = z.object({ wakes: z.array(WakeWire) });
 export const SeedsResponse = z.object({ seeds: z.array(SeedWire) });
@@ -136,6 +156,7 @@ export type AppWire = z.infer<typeof AppWire>;
 export type DeployWire = z.infer<typeof DeployWire>;
 export type SeedWire = z.infer<typeof SeedWire>;
 export type WakeWire = z.infer<typeof WakeWire>;
+export type SleepWire = z.infer<typeof SleepWire>;
 export type DeployResultWire = z.infer<typeof DeployResultWire>;
 export type EnvKeyWire = z.infer<typeof EnvListResponse>['vars'][number];
 export type ErrorWire = z.infer<typeof ErrorBody>['error'];
@@ -178,6 +199,14 @@ export function toSeedWire(s: SeedRow): SeedWire {
     manifest_sha256: s.manifestSha256,
     created_at: s.createdAt,
     last_used_at: s.lastUsedAt,
+  };
+}
+
+export function toSleepWire(s: SleepRow): SleepWire {
+  return {
+    id: s.id, app: s.app, at: s.at, trigger: s.trigger, node: s.node, drain_ms: s.drainMs, cut_requests: s.cutRequests,
+    exit_code: s.exitCode, exit_signal: s.exitSignal, shutdown_ms: s.shutdownMs, baked: s.baked, seed_id: s.seedId,
+    total_ms: s.totalMs, stages: s.stages, error: s.error,
   };
 }
 

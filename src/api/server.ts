@@ -22,6 +22,7 @@ import {
   WakesQuery,
   toAppWire,
   toSeedWire,
+  toSleepWire,
   toWakeWire,
 } from './schemas.ts';
 
@@ -105,7 +106,12 @@ export async function createApiServer(opts: ApiServerOptions): Promise<FastifyIn
   // ---- lifecycle -------------------------------------------------------------------
   app.post('/v1/apps/:name/sleep', async (req) => {
     const r = await service.sleep(nameOf(req));
-    return { baked: r.baked, seed: r.seed ? toSeedWire(r.seed) : null };
+    return { baked: r.baked, seed: r.seed ? toSeedWire(r.seed) : null, sleep: r.record ? toSleepWire(r.record) : null };
+  });
+  app.get('/v1/apps/:name/sleeps', async (req) => {
+    const name = nameOf(req);
+    const { limit } = parseOrThrow(WakesQuery, req.query, 'query');
+    return { sleeps: (await service.sleeps(name, limit)).map(toSleepWire) };
   });
   app.post('/v1/apps/:name/wake', async (req) => ({ wake: toWakeWire(await service.wake(nameOf(req))) }));
   app.get('/v1/apps/:name/wakes', async (req) => {

@@ -15,7 +15,7 @@ const T0 = '2024-01-01T00:00:00.000Z';
 export function appView(name: string, over: Partial<AppView> = {}): AppView {
   return {
     name, state: 'asleep', version: 1, deployId: null, seedId: null, node: null, vmId: null, hostPort: null,
-    idleTimeoutS: 300, error: null, createdAt: T0, updatedAt: T0, lastWakeAt: null, url: `http://${name}.localhost:8080/`, ...over,
+    idleTimeoutS: 300, wakeTimeoutS: null, error: null, createdAt: T0, updatedAt: T0, lastWakeAt: null, url: `http://${name}.localhost:8080/`, ...over,
   };
 }
 
@@ -96,6 +96,11 @@ export class FakeService implements ControlService {
   async wake(name: string) {
     this.#get(name);
     return wakeRow(name);
+  }
+  async sleeps(name: string, limit?: number) {
+    this.calls.push({ method: 'sleeps', args: [name, limit] });
+    this.#get(name);
+    return [];
   }
   async wakes(name: string, limit?: number) {
     this.calls.push({ method: 'wakes', args: [name, limit] });

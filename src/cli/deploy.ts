@@ -58,7 +58,8 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
     .option('--registry-auth <user:password>', 'registry credentials (default: ~/.docker/config.json on the control plane; also THAW_REGISTRY_AUTH)')
     .addOption(new Option('--env <K=V>', 'env var for the app; repeatable').argParser(collect).default([]))
     .addOption(new Option('--idle-timeout <seconds>', 'sleep after this many idle seconds').argParser(intArg))
-    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; image?: string; port?: number; registryAuth?: string }, cmd: Command) => {
+    .addOption(new Option('--wake-timeout <seconds>', "hold a request this long for the app's wake before 503 + Retry-After (default: thaw up's --wake-timeout)").argParser(intArg))
+    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; wakeTimeout?: number; image?: string; port?: number; registryAuth?: string }, cmd: Command) => {
       validateAppName(opts.name);
       const env = parseEnvArgs(opts.env);
       // Commander gives the operands before and after `--` alike: with --image only a command after `--` is allowed.
@@ -80,6 +81,7 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
         const result = await api.deploy(opts.name, body, {
           ...(Object.keys(env).length > 0 ? { env } : {}),
           ...(opts.idleTimeout !== undefined ? { idleTimeoutS: opts.idleTimeout } : {}),
+          ...(opts.wakeTimeout !== undefined ? { wakeTimeoutS: opts.wakeTimeout } : {}),
           onProgress: (line) => {
             if (!json) ctx.info(`  ${line}`);
           },

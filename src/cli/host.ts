@@ -4,6 +4,7 @@ import { Option, type Command } from 'commander';
 import { ThawError } from '../errors.ts';
 import type { Ctx } from './context.ts';
 import { intArg } from './args.ts';
+import { addProxyOptions, proxyOptions } from './proxy.ts';
 
 /** `thaw up` options; the type only (the module itself is loaded lazily). */
 export type UpOpts = import('../control/up.ts').UpOptions;
@@ -17,8 +18,8 @@ async function load<F>(ctx: Ctx, rel: string, fn: string): Promise<F> {
 }
 
 export function registerHost(program: Command, ctx: Ctx): void {
-  program
-    .command('up')
+  addProxyOptions(program
+    .command('up'))
     .description('run the control plane, API and router (and a local node) in the foreground')
     .addOption(new Option('--port <n>', 'router port for app traffic').env('THAW_PORT').argParser(intArg).default(8080))
     .addOption(new Option('--api-port <n>', 'control API port (127.0.0.1)').env('THAW_API_PORT').argParser(intArg).default(7070))
@@ -51,6 +52,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
         ...(typeof o.seedTtl === 'number' ? { seedTtl: o.seedTtl } : {}),
         localNode: o.localNode !== false,
         nodeDownAfterMs: o.nodeTimeout as number,
+        ...proxyOptions(o),
       };
       await runUp(opts);
     });

@@ -1,19 +1,44 @@
-// `thaw sleep|wake NAME`, `thaw wakes NAME [--limit N]`, `thaw seeds`, `thaw logs NAME [-f]`.
+// `thaw sleep|wake NAME`, `thaw wakes|sleeps NAME [--limit N]`, `thaw seeds`, `thaw logs NAME [-f]`.
 import { Option, type Command } from 'commander';
 import { validateAppName } from '../image/validate.ts';
 import type { Ctx } from './context.ts';
 import { bytes, ms, table } from './format.ts';
 import { intArg } from './args.ts';
 
+/** How the app ended on a sleep: `exited 3`, `killed by SIGKILL`, or `not running`. */
+function exitText(s: { exit_code: number | null; exit_signal: string | null }): string {
+  if (s.exit_signal) return `killed by ${s.exit_signal}`;
+  return s.exit_code === null ? 'not running' : `exited ${s.exit_code}`;
+}
+
 export function registerLifecycle(program: Command, ctx: Ctx): void {
   program
     .command('sleep')
-    .description('put an app to sleep now (bakes a seed after a deploy, then deletes the VM)')
+    .description('put an app to sleep now: requests in flight finish, the app gets SIGTERM, a seed is baked after a deploy, the VM is deleted')
     .argument('<name>', 'app name')
     .action(async (name: string, _opts, cmd: Command) => {
       validateAppName(name);
       const r = await ctx.withApi(cmd, (api) => api.sleep(name));
-      ctx.print(cmd, r, () => (r.seed ? `${name} is asleep; baked seed ${r.seed.id} (${bytes(r.seed.bytes_allocated)} on disk)` : `${name} is asleep`));
+      const how = r.sleep ? ` (drained in ${ms(r.sleep.drain_ms)}, app ${exitText(r.sleep)})` : '';
+      ctx.print(cmd, r, () => (r.seed ? `${name} is asleep${how}; baked seed ${r.seed.id} (${bytes(r.seed.bytes_allocated)} on disk)` : `${name} is asleep${how}`));
+    });
+
+  program
+    .command('sleeps')
+    .description('recent sleeps of an app, newest first: trigger, drain, how the app exited, bake')
+    .argument('<name>', 'app name')
+    .addOption(new Option('--limit <n>', 'how many').argParser(intArg).default(20))
+    .action(async (name: string, opts: { limit: number }, cmd: Command) => {
+      validateAppName(name);
+      const ss = await ctx.withApi(cmd, (api) => api.sleeps(name, opts.limit));
+      ctx.print(cmd, ss, () =>
+        ss.length === 0
+          ? `${name} has not slept yet`
+          : table(
+              ['AT', 'TRIGGER', 'DRAIN', 'CUT', 'APP EXIT', 'SHUTDOWN', 'BAKED', 'TOTAL', 'ERROR'],
+              ss.map((s) => [s.at, s.trigger, ms(s.drain_ms), String(s.cut_requests), exitText(s), ms(s.shutdown_ms), s.baked ? 'yes' : 'no', ms(s.total_ms), s.error]),
+            ),
+      );
     });
 
   program

@@ -128,10 +128,14 @@ test('up loads runUp with the parsed flags', async (t) => {
   const dir = await tmpDir(t);
   let got: { url: string; opts: unknown } | undefined;
   const importModule = async (url: string) => ({ runUp: async (opts: unknown) => void (got = { url, opts }) });
-  const r = await cli(['--data', dir, 'up', '--port', '9000', '--database', 'postgres://x@127.0.0.1/db'], {}, { importModule });
+  const r = await cli(['--data', dir, 'up', '--port', '9000', '--database', 'postgres://x@127.0.0.1/db', '--request-timeout', '600', '--stop-grace', '3'], {}, { importModule });
   assert.equal(r.code, 0, r.stderr);
   assert.match(got!.url, /\/src\/control\/up\.ts$/);
-  assert.deepEqual(got!.opts, { data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db', localNode: true, nodeDownAfterMs: 5000 });
+  assert.deepEqual(got!.opts, {
+    data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db', localNode: true, nodeDownAfterMs: 5000,
+    routerTimeouts: { keepAliveMs: 75_000, headersMs: 60_000, requestMs: 600_000, upstreamHeadersMs: 300_000, upstreamBodyMs: 0 },
+    wakeTimeoutMs: 60_000, drainMs: 30_000, stopGraceMs: 3000,
+  });
   const none = await cli(['up'], {}, { importModule: async () => ({}) });
   assert.equal(none.code, 2);
 });

@@ -17,7 +17,7 @@ export interface Placed {
 
 export class Placements {
   private readonly placed = new Map<string, Placed>();
-  private readonly routes = new Map<string, { address: Address | null; idleTimeoutS: number }>();
+  private readonly routes = new Map<string, { address: Address | null; idleTimeoutS: number; wakeTimeoutS: number | null }>();
 
   constructor(private readonly cluster: Cluster, private readonly log: Logger) {}
 
@@ -50,7 +50,7 @@ export class Placements {
   route(a: AppRow | null): void {
     if (!a) return;
     const pl = this.placed.get(a.name);
-    this.routes.set(a.name, { address: a.state === 'running' && pl ? pl.address : null, idleTimeoutS: a.idleTimeoutS });
+    this.routes.set(a.name, { address: a.state === 'running' && pl ? pl.address : null, idleTimeoutS: a.idleTimeoutS, wakeTimeoutS: a.wakeTimeoutS ?? null });
   }
 
   unroute(name: string): void {

@@ -1,13 +1,16 @@
 // Waking and sleeping one app across the cluster: schedule the wake (the next
 // node when one breaks off), record it, drop a seed that was not used; on
-// sleep, have the node bake (first idle after a deploy) and publish the seed.
+// sleep (any trigger): stop routing and drain requests, have the node stop the
+// app (SIGTERM, grace) and bake (first idle after a deploy) or delete the VM,
+// publish the seed and leave a sleep record.
 // Callers hold the app's lock (src/control/service.ts).
+import { randomUUID } from 'node:crypto';
 import { runConfigFromImage } from '../image/runconfig.ts';
 import type { Logger } from 'pino';
 import { ThawError, asThawError, isThawError } from '../errors.ts';
-import type { WakeResult } from '../router/types.ts';
-import type { SeedRow, Store, WakeRow } from '../store/types.ts';
-import type { NodeWakeResponse } from '../wire/node.ts';
+import type { RequestGate, WakeResult } from '../router/types.ts';
+import type { SeedRow, SleepRow, SleepTrigger, Store, WakeRow } from '../store/types.ts';
+import type { NodeSleepResponse, NodeWakeResponse } from '../wire/node.ts';
 import type { Cluster, Member } from './cluster.ts';
 import type { Metrics } from './metrics.ts';
 import type { Placements } from './placements.ts';
@@ -20,7 +23,17 @@ export interface RunsOptions {
   replication: Replication;
   metrics: Metrics;
   log: Logger;
+  /** How long a sleep waits for in-flight requests (ms, default 30000). */
+  drainMs?: number;
+  /** SIGTERM -> SIGKILL grace of the app on every sleep (ms, default 10000). */
+  stopGraceMs?: number;
 }
+
+/** Until a router is attached: nothing to hold or drain. */
+const NO_GATE: RequestGate = { quiesce: async () => ({ drainMs: 0, cut: 0 }), release: () => {} };
+
+/** Triggers that may bake a seed (the first one after a deploy); the others only delete the VM. */
+const BAKES: ReadonlySet<SleepTrigger> = new Set(['idle', 'manual']);
 
 export class Runs {
   /** Seeds dropped while a VM may still use their disk; purged once the app's VM is gone. */
@@ -32,6 +45,8 @@ export class Runs {
   settleUntil = 0;
   /** Told about every wake, so the router idles apps woken through the API too. */
   onWoke: (name: string, address: { host: string; port: number }, idleTimeoutS: number) => void = () => {};
+  /** The router: told when a sleep starts (hold and drain) and ends (wake again on demand). */
+  gate: RequestGate = NO_GATE;
 
   constructor(private readonly o: RunsOptions) {}
 
@@ -113,40 +128,40 @@ export class Runs {
     }
   }
 
-  /** Sleep `name`: bake on the first idle, delete the VM (the caller holds its app lock). */
-  async sleep(name: string): Promise<{ baked: boolean; seed: SeedRow | null }> {
+  /**
+   * Sleep `name`, whatever the trigger (the caller holds its app lock), in this order: stop routing
+   * to the VM and drain in-flight requests (up to drainMs); the node sends the app SIGTERM (SIGKILL
+   * after the grace period), then bakes (idle or manual sleep without a seed) or deletes the VM.
+   * Held requests then wake the app again. Leaves a sleep record (null when the app was not running here).
+   */
+  async sleep(name: string, trigger: SleepTrigger = 'manual'): Promise<{ baked: boolean; seed: SeedRow | null; record: SleepRow | null }> {
     const app = await this.o.store.getApp(name);
     // Not running, or running under another control plane sharing the database: not ours to bake.
-    if (app.state !== 'running' || !this.o.placements.has(name)) return { baked: false, seed: null };
-    await this.o.store.transition(name, 'running', 'sleeping');
-    this.o.placements.route(await this.o.store.getApp(name));
+    if (app.state !== 'running' || !this.o.placements.has(name)) return { baked: false, seed: null, record: null };
+    const t0 = performance.now();
+    const at = new Date().toISOString();
+    let drain = { drainMs: 0, cut: 0 };
+    try {
+      drain = await this.gate.quiesce(name, this.o.drainMs ?? 30_000);
+    } catch (err) {
+      this.o.log.warn({ app: name, err: asThawError(err).message }, 'drain failed; sleeping anyway');
+    }
     const pl = this.o.placements.get(name);
     const m = this.o.cluster.get(pl?.node ?? app.node);
     let seed: SeedRow | null = null;
     let error: string | null = null;
+    let stop: { exit?: { code: number | null; signal: string | null } | null; shutdownMs?: number } = {};
+    let stages: Record<string, number> = {};
     try {
+      await this.o.store.transition(name, 'running', 'sleeping');
+      this.o.placements.route(await this.o.store.getApp(name));
       if (!pl || !m || m.state !== 'up') throw new ThawError('NODE_UNREACHABLE', `node ${pl?.node ?? app.node} of ${name} is down; its VM is gone`);
-      const r = await m.api.sleep({ app: name, haveSeed: !!app.seedId && m.hasSeed(app.seedId) });
+      const haveSeed = !!app.seedId && m.hasSeed(app.seedId);
+      const r = await m.api.sleep({ app: name, haveSeed, bake: BAKES.has(trigger), graceMs: this.o.stopGraceMs ?? 10_000 });
       error = r.error;
-      if (r.baked) {
-        const now = new Date().toISOString();
-        seed = {
-          id: r.baked.seedId,
-          app: name,
-          deployId: app.deployId ?? '',
-          node: m.name,
-          bytesApparent: r.baked.bytesApparent,
-          bytesAllocated: r.baked.bytesAllocated,
-          bytesCompressed: null,
-          replicated: false,
-          manifestSha256: r.baked.manifestSha256,
-          createdAt: now,
-          lastUsedAt: now,
-        };
-        await this.o.store.putSeed(seed);
-        m.seeds.add(seed.id);
-        this.o.replication.added(seed);
-      }
+      stop = r;
+      stages = r.stages ?? {};
+      if (r.baked) seed = await this.publish(name, app.deployId, m, r.baked);
     } catch (err) {
       // Whatever failed, the VM is gone (a node's sleep always deletes it): the app is asleep.
       if (m && m.state === 'up') await m.api.stop(name, pl?.vmId).catch(() => {});
@@ -154,11 +169,53 @@ export class Runs {
       this.o.log.error({ app: name, err: error }, 'sleep failed');
     } finally {
       this.o.placements.delete(name);
-      const row = await this.o.store.transition(name, 'sleeping', 'asleep', { vmId: null, hostPort: null, ...(seed ? { seedId: seed.id } : {}), error });
+      const row = await this.o.store.transition(name, 'sleeping', 'asleep', { vmId: null, hostPort: null, ...(seed ? { seedId: seed.id } : {}), error }).catch(() => null);
       this.o.placements.route(row);
+      this.gate.release(name);
       await this.purgeStale(name);
     }
-    return { baked: !!seed, seed };
+    const record: SleepRow = {
+      id: `s-${randomUUID()}`,
+      app: name,
+      at,
+      trigger,
+      node: m?.name ?? pl?.node ?? null,
+      drainMs: drain.drainMs,
+      cutRequests: drain.cut,
+      exitCode: stop.exit?.code ?? null,
+      exitSignal: stop.exit?.signal ?? null,
+      shutdownMs: stop.shutdownMs ?? null,
+      baked: !!seed,
+      seedId: seed?.id ?? null,
+      totalMs: Math.round(performance.now() - t0),
+      stages,
+      error,
+    };
+    await this.o.store.addSleep(record).catch((err) => this.o.log.warn({ app: name, err: asThawError(err).message }, 'could not record the sleep'));
+    this.o.log.info({ app: name, trigger, drainMs: record.drainMs, cut: record.cutRequests, exitCode: record.exitCode, exitSignal: record.exitSignal, shutdownMs: record.shutdownMs, baked: record.baked }, 'app asleep');
+    return { baked: !!seed, seed, record };
+  }
+
+  /** Record a seed a node baked and start replicating it. */
+  private async publish(name: string, deployId: string | null, m: Member, baked: NonNullable<NodeSleepResponse['baked']>): Promise<SeedRow> {
+    const now = new Date().toISOString();
+    const seed: SeedRow = {
+      id: baked.seedId,
+      app: name,
+      deployId: deployId ?? '',
+      node: m.name,
+      bytesApparent: baked.bytesApparent,
+      bytesAllocated: baked.bytesAllocated,
+      bytesCompressed: null,
+      replicated: false,
+      manifestSha256: baked.manifestSha256,
+      createdAt: now,
+      lastUsedAt: now,
+    };
+    await this.o.store.putSeed(seed);
+    m.seeds.add(seed.id);
+    this.o.replication.added(seed);
+    return seed;
   }
 
   /** Delete seeds dropped earlier whose files no VM of the app can be using any more. */

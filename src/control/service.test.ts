@@ -44,7 +44,7 @@ async function pgOpts(t: TestContext): Promise<OpenStoreOptions | null> {
 }
 
 /** A control plane over `store` with the given in-process nodes. */
-function controlPlane(t: TestContext, store: Store, nodes: FakeNode[], extra: { reportGraceMs?: number } = {}) {
+function controlPlane(t: TestContext, store: Store, nodes: FakeNode[], extra: { reportGraceMs?: number; drainMs?: number; stopGraceMs?: number } = {}) {
   const cluster = new Cluster({ store, token: TOKEN, log, downAfterMs: 60_000 });
   for (const n of nodes) cluster.addLocal(n);
   const replication = new Replication({ s3: null, ttlMs: 1e12, store, cluster, log, onSeedGone: async () => {} });
@@ -211,4 +211,37 @@ test('a VM its node stopped reporting (fenced, restarted) makes the app asleep; 
   for (let i = 0; i < 50 && (await store.getApp('x')).state !== 'asleep'; i++) await new Promise((r) => setTimeout(r, 20));
   assert.equal((await store.getApp('x')).state, 'asleep');
   assert.equal(service.lookup('x')?.address, null, 'no longer routed to the dead address');
+});
+
+test('every sleep drains through the router first, leaves a record, and bakes only on idle/manual sleeps', async (t) => {
+  const store = await openStore(await sqliteOpts(t));
+  t.after(() => store.close());
+  const a = new FakeNode('a');
+  const { service } = controlPlane(t, store, [a], { drainMs: 1234, stopGraceMs: 777 });
+  const events: string[] = [];
+  service.gate = {
+    quiesce: async (name, drainMs) => (events.push(`quiesce ${name} ${drainMs} ${(await store.getApp(name)).state}`), { drainMs: 40, cut: 1 }),
+    release: (name) => void events.push(`release ${name} ${a.calls.at(-1)}`),
+  };
+  await deployed(store, 'x');
+  await service.wake('x');
+  a.exitCode = 42;
+  const manual = await service.sleep('x');
+  assert.deepEqual(events, ['quiesce x 1234 running', 'release x sleep x'], 'drain before the node sleeps, release after');
+  assert.deepEqual({ bake: a.lastSleep?.bake, grace: a.lastSleep?.graceMs }, { bake: true, grace: 777 });
+  assert.equal(manual.record?.trigger, 'manual');
+  assert.equal(manual.record?.exitCode, 42);
+  assert.equal(manual.record?.drainMs, 40);
+  assert.equal(manual.record?.cutRequests, 1);
+  assert.equal(manual.record?.baked, true);
+  assert.deepEqual(manual.record?.stages, { stop_app: 2 });
+  await service.wake('x');
+  await service.sleep('x', 'idle');
+  await service.wake('x');
+  await service.shutdown();
+  const rows = await service.sleeps('x');
+  assert.deepEqual(rows.map((r) => [r.trigger, r.baked, r.exitCode]), [['shutdown', false, 42], ['idle', false, 42], ['manual', true, 42]]);
+  assert.equal(a.lastSleep?.bake, false, 'shutdown never bakes');
+  assert.equal((await store.getApp('x')).state, 'asleep');
+  assert.equal((await service.sleep('x')).record, null, 'an asleep app leaves no record');
 });

@@ -9,8 +9,8 @@ import type { Logger } from 'pino';
 import { ThawError, asThawError } from '../errors.ts';
 import type { BaseRootfsFor } from '../image/build.ts';
 import { validateAppName } from '../image/validate.ts';
-import type { AppDirectory, WakeResult } from '../router/types.ts';
-import type { AppRow, SeedRow, Store, WakeRow } from '../store/types.ts';
+import type { AppDirectory, RequestGate, WakeResult } from '../router/types.ts';
+import type { AppRow, SeedRow, SleepRow, Store, WakeRow } from '../store/types.ts';
 import type { HeartbeatResponse, NodeInfo, NodeStatus } from '../wire/node.ts';
 import { appRoot, buildDeploy, buildImageDeploy, imagePath } from './build.ts';
 import { Fleet } from './fleet.ts';
@@ -38,6 +38,10 @@ export interface ServiceOptions {
   replication: Replication;
   /** See FleetOptions.reportGraceMs. */
   reportGraceMs?: number;
+  /** Every sleep waits this long for in-flight requests (ms, default 30000). */
+  drainMs?: number;
+  /** Every sleep gives the app this long after SIGTERM before SIGKILL (ms, default 10000). */
+  stopGraceMs?: number;
 }
 
 export class Service implements ControlService, AppDirectory {
@@ -51,9 +55,15 @@ export class Service implements ControlService, AppDirectory {
     this.runs.onWoke = fn;
   }
 
+  /** The router: every sleep holds new requests and drains in-flight ones through it. */
+  set gate(g: RequestGate) {
+    this.runs.gate = g;
+  }
+
   constructor(private readonly o: ServiceOptions) {
     this.placed = new Placements(o.cluster, o.log);
-    this.runs = new Runs({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, metrics: this.metrics_, log: o.log });
+    const stopping = { ...(o.drainMs !== undefined ? { drainMs: o.drainMs } : {}), ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}) };
+    this.runs = new Runs({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, metrics: this.metrics_, log: o.log, ...stopping });
     this.fleet = new Fleet({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, log: o.log, ...(o.reportGraceMs !== undefined ? { reportGraceMs: o.reportGraceMs } : {}) });
   }
 
@@ -100,8 +110,14 @@ export class Service implements ControlService, AppDirectory {
     return this.lock(name, () => this.runs.wake(name));
   }
 
-  async sleep(name: string): Promise<{ baked: boolean; seed: SeedRow | null }> {
-    return this.lock(name, () => this.runs.sleep(name));
+  /** `thaw sleep` ('manual') or the router's idle timer ('idle'). */
+  async sleep(name: string, trigger: 'idle' | 'manual' = 'manual'): Promise<{ baked: boolean; seed: SeedRow | null; record: SleepRow | null }> {
+    return this.lock(name, () => this.runs.sleep(name, trigger));
+  }
+
+  async sleeps(name: string, limit?: number): Promise<SleepRow[]> {
+    await this.o.store.getApp(name);
+    return this.o.store.listSleeps(name, limit);
   }
 
   /** A seed is gone for good (TTL, evicted without a durable copy): forget it; the next wake cold-boots. */
@@ -145,7 +161,7 @@ export class Service implements ControlService, AppDirectory {
     await this.o.store.deleteApp(app.name);
   }
 
-  async deploy(name: string, source: Readable | ImageSource, opts: { env?: Record<string, string>; idleTimeoutS?: number; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
+  async deploy(name: string, source: Readable | ImageSource, opts: { env?: Record<string, string>; idleTimeoutS?: number; wakeTimeoutS?: number; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
     validateAppName(name);
     const progress = opts.onProgress ?? (() => {});
     return this.lock(name, async () => {
@@ -153,12 +169,17 @@ export class Service implements ControlService, AppDirectory {
       let app = await this.o.store.findApp(name);
       if (!app) app = await this.o.store.createApp({ name, idleTimeoutS: opts.idleTimeoutS ?? this.o.idleTimeoutS });
       else if (opts.idleTimeoutS !== undefined) app = await this.o.store.updateApp(name, { idleTimeoutS: opts.idleTimeoutS });
+      if (opts.wakeTimeoutS !== undefined) app = await this.o.store.updateApp(name, { wakeTimeoutS: opts.wakeTimeoutS });
       if (opts.env && Object.keys(opts.env).length) await this.o.store.setEnv(name, opts.env);
       if (app.state === 'running') {
-        progress('stopping the running VM');
-        await this.stopApp(name);
-        await this.runs.purgeStale(name);
-        app = await this.o.store.transition(name, 'running', 'asleep', { vmId: null, hostPort: null });
+        progress('draining requests and stopping the running app');
+        await this.runs.sleep(name, 'redeploy');
+        app = await this.o.store.getApp(name);
+        if (app.state === 'running') {
+          // Placed under another control plane: not ours to drain.
+          await this.stopApp(name);
+          app = await this.o.store.transition(name, 'running', 'asleep', { vmId: null, hostPort: null });
+        }
       }
       const prev = app;
       await this.o.store.transition(name, ['created', 'asleep', 'failed'], 'building', { error: null });
@@ -265,6 +286,8 @@ export class Service implements ControlService, AppDirectory {
     await Promise.all(
       apps.map((name) =>
         this.lock(name, async () => {
+          // Graceful: drain (the router closed first and waited), SIGTERM, grace; no bake.
+          await this.runs.sleep(name, 'shutdown').catch((err) => this.o.log.warn({ app: name, err: asThawError(err).message }, 'graceful stop failed'));
           await this.stopApp(name);
           await this.o.store.transition(name, ['running', 'sleeping', 'waking'], 'asleep', { vmId: null, hostPort: null }).catch(() => {});
           await this.runs.purgeStale(name);

@@ -17,6 +17,9 @@ export class FakeNode implements InProcessNode {
   unreachable = false;
   wakeDelayMs = 0;
   lastWake: NodeWakeRequest | null = null;
+  lastSleep: NodeSleepRequest | null = null;
+  /** What the app's SIGTERM handler exits with on the next sleeps. */
+  exitCode = 0;
 
   constructor(readonly name: string) {}
   hasSeed(id: string | null) { return !!id && this.seeds.has(id); }
@@ -49,11 +52,13 @@ export class FakeNode implements InProcessNode {
 
   async sleep(req: NodeSleepRequest) {
     this.calls.push(`sleep ${req.app}`);
+    this.lastSleep = req;
     this.running.delete(req.app);
-    if (req.haveSeed) return { baked: null, error: null };
+    const stopped = { exit: { code: this.exitCode, signal: null }, shutdownMs: 2, stages: { stop_app: 2 } };
+    if (req.haveSeed || req.bake === false) return { baked: null, error: null, ...stopped };
     const seedId = `seed-${this.name}-${++vmSeq}`;
     this.seeds.add(seedId);
-    return { baked: { seedId, bytesApparent: 300, bytesAllocated: 100, manifestSha256: 'ab'.repeat(32) }, error: null };
+    return { baked: { seedId, bytesApparent: 300, bytesAllocated: 100, manifestSha256: 'ab'.repeat(32) }, error: null, ...stopped };
   }
 
   async stop(app: string, vmId?: string) {

@@ -2,7 +2,7 @@
 // exposes and what `thaw up` implements (src/control/service.ts). The control
 // plane decides WHERE and THAT an app runs; node agents own HOW.
 import type { Readable } from 'node:stream';
-import type { AppRow, DeployRow, SeedRow, WakeRow } from '../store/types.ts';
+import type { AppRow, DeployRow, SeedRow, SleepRow, WakeRow } from '../store/types.ts';
 import type { HeartbeatResponse, NodeInfo, NodeStatus } from '../wire/node.ts';
 
 export type AppView = AppRow & { url: string };
@@ -38,12 +38,14 @@ export interface ControlService {
   deleteApp(name: string): Promise<void>;
   /** Creates the app when it does not exist. `tarball`: gzip or plain tar of the app folder. */
   /** Deploy a Node folder (its tarball) or an OCI image (pulled by the control plane). */
-  deploy(name: string, source: Readable | ImageSource, opts?: { env?: Record<string, string>; idleTimeoutS?: number; onProgress?: (line: string) => void }): Promise<DeployResult>;
+  deploy(name: string, source: Readable | ImageSource, opts?: { env?: Record<string, string>; idleTimeoutS?: number; wakeTimeoutS?: number; onProgress?: (line: string) => void }): Promise<DeployResult>;
   setEnv(name: string, vars: Record<string, string>): Promise<void>;
   unsetEnv(name: string, keys: string[]): Promise<void>;
   listEnv(name: string): Promise<{ key: string; updatedAt: string }[]>;
-  /** Bake (first idle after a deploy) and delete the VM. */
-  sleep(name: string): Promise<{ baked: boolean; seed: SeedRow | null }>;
+  /** Drain requests, SIGTERM the app, bake (first sleep after a deploy) and delete the VM. `record`: null when it was not running. */
+  sleep(name: string): Promise<{ baked: boolean; seed: SeedRow | null; record?: SleepRow | null }>;
+  /** Sleep records, newest first. */
+  sleeps(name: string, limit?: number): Promise<SleepRow[]>;
   /** Wake now (thaw, or cold boot); resolves with the wake record. */
   wake(name: string): Promise<WakeRow>;
   wakes(name: string, limit?: number): Promise<WakeRow[]>;

@@ -10,7 +10,7 @@ import { removeInstance, writeInstance } from '../cli/instance.ts';
 import { ensureAssets, nodeRootfs } from '../guest/assets.ts';
 import { sharedImages, type NodeAgent } from '../node/agent.ts';
 import { createNodeAgent, nodeDir } from '../node/bootstrap.ts';
-import { createRouter } from '../router/router.ts';
+import { createRouter, type RouterTimeouts } from '../router/router.ts';
 import { s3FromFlags } from '../seed/s3.ts';
 import { untilSignal } from '../signals.ts';
 import { openStore } from '../store/index.ts';
@@ -44,6 +44,14 @@ export interface UpOptions {
   nodeDownAfterMs?: number;
   /** Seed upload retry / TTL period (default 15000 ms). */
   maintenanceMs?: number;
+  /** Router proxy timeouts (src/router/types.ts RouterTimeouts); unset: its defaults. */
+  routerTimeouts?: Partial<RouterTimeouts>;
+  /** Default hold time of a request for a wake (apps may set their own), ms. */
+  wakeTimeoutMs?: number;
+  /** Every sleep waits this long for in-flight requests; also the router's grace on shutdown (ms, default 30000). */
+  drainMs?: number;
+  /** Every sleep gives the app this long after SIGTERM before SIGKILL (ms, default 10000). */
+  stopGraceMs?: number;
 }
 
 export interface Running {
@@ -105,12 +113,22 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
     maxAppBytes: 512 * 1024 * 1024,
     maxTarballBytes: 256 * 1024 * 1024,
     replication,
+    ...(o.drainMs !== undefined ? { drainMs: o.drainMs } : {}),
+    ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
   });
   await replication.start();
   await service.start();
   cluster.start();
-  const router = createRouter({ dir: service, suffix: o.domain, log });
+  const router = createRouter({
+    dir: service,
+    suffix: o.domain,
+    log,
+    closeGraceMs: o.drainMs ?? 30_000,
+    ...(o.routerTimeouts ? { timeouts: o.routerTimeouts } : {}),
+    ...(o.wakeTimeoutMs !== undefined ? { wakeTimeoutMs: o.wakeTimeoutMs } : {}),
+  });
   service.onWoke = (name, address, idle) => router.adopt(name, address, idle);
+  service.gate = router;
   const routerPort = await router.listen(o.port, host);
   const api = await createApiServer({ service, token, logger: false });
   await api.listen({ port: o.apiPort, host });

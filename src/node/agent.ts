@@ -205,8 +205,11 @@ export class NodeAgent implements InProcessNode {
   }
 
   async sleep(req: NodeSleepRequest): Promise<NodeSleepResponse> {
-    const r = await this.o.node.sleep(req.app, { haveSeed: req.haveSeed }).finally(() => this.released(req.app));
-    if (!r.baked) return { baked: null, error: r.error };
+    const opts = { haveSeed: req.haveSeed, ...(req.bake !== undefined ? { bake: req.bake } : {}), ...(req.graceMs !== undefined ? { graceMs: req.graceMs } : {}) };
+    const r = await this.o.node.sleep(req.app, opts).finally(() => this.released(req.app));
+    if (r === null) return { baked: null, error: null, gone: true };
+    const stopped = { exit: r.exit, shutdownMs: r.shutdownMs, stages: r.stages };
+    if (!r.baked) return { baked: null, error: r.error, ...stopped };
     const f = r.baked.manifest.files;
     for (const id of await this.cache.add(r.baked.seedId)) this.evicted(id);
     return {
@@ -217,6 +220,7 @@ export class NodeAgent implements InProcessNode {
         manifestSha256: r.baked.manifestSha256,
       },
       error: r.error,
+      ...stopped,
     };
   }
 

@@ -8,8 +8,7 @@ import { appendFile, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ThawError } from '../errors.ts';
 import type { NodeContext, RunningVm } from '../lifecycle/context.ts';
-import { destroyVm } from '../lifecycle/destroy.ts';
-import { sleepVm } from '../lifecycle/sleep.ts';
+import { DEFAULT_STOP_GRACE_MS, sleepVm, type SleepOutcome } from '../lifecycle/sleep.ts';
 import { seedsDir } from '../lifecycle/bake.ts';
 import { wake, type WakeOutcome, type WakeParams } from '../lifecycle/wake.ts';
 import type { AppExitEvent } from '../guest/channel.ts';
@@ -91,22 +90,22 @@ export class LocalNode {
     }
   }
 
-  async sleep(app: string, opts: { haveSeed: boolean }): Promise<Awaited<ReturnType<typeof sleepVm>>> {
+  /**
+   * Stop the app (SIGTERM, SIGKILL after graceMs) and bake a seed when `bake` (default true) and
+   * the control plane has none (`haveSeed`), else delete the VM. null when no VM ran here.
+   */
+  async sleep(app: string, opts: { haveSeed: boolean; bake?: boolean; graceMs?: number }): Promise<SleepOutcome | null> {
     const run = this.running.get(app);
-    if (!run) return { baked: null, error: null };
+    if (!run) return null;
     this.running.delete(app);
     this.stopResync(run);
-    await this.saveLogs(run);
-    return sleepVm(this.ctx, run, opts);
+    const haveSeed = opts.haveSeed || opts.bake === false;
+    return sleepVm(this.ctx, run, { haveSeed, graceMs: opts.graceMs ?? DEFAULT_STOP_GRACE_MS, keepLogs: (r) => this.saveLogs(r) });
   }
 
-  /** Delete the VM without baking (deploy, delete, crash, shutdown). */
-  async stop(app: string): Promise<void> {
-    const run = this.running.get(app);
-    if (!run) return;
-    this.running.delete(app);
-    await this.saveLogs(run);
-    await destroyVm(this.ctx, run);
+  /** Sleep without baking (delete, crash, fencing, shutdown): SIGTERM, grace, delete the VM. */
+  async stop(app: string, graceMs = DEFAULT_STOP_GRACE_MS): Promise<void> {
+    await this.sleep(app, { haveSeed: true, bake: false, graceMs });
   }
 
   async logs(app: string): Promise<string> {

@@ -2,9 +2,9 @@
 import { ThawError, isThawError } from '../errors.ts';
 import { canTransition, isState, type State } from '../state.ts';
 import { checkEnvKey, checkEnvVars, decryptValue, encryptValue } from './envcrypt.ts';
-import { MIGRATIONS, MIGRATIONS_TABLE, PATCH_COLUMNS, dialectSql, toApp, toDeploy, toNode, toSeed, toWake } from './schema.ts';
+import { MIGRATIONS, MIGRATIONS_TABLE, PATCH_COLUMNS, dialectSql, toApp, toDeploy, toNode, toSeed, toSleep, toWake } from './schema.ts';
 import type { RunConfig } from '../wire/run.ts';
-import type { AppPatch, AppRow, DeployRow, Driver, NodeRow, Param, SeedRow, Stmt, Store, WakeRow } from './types.ts';
+import type { AppPatch, AppRow, DeployRow, Driver, NodeRow, Param, SeedRow, SleepRow, Stmt, Store, WakeRow } from './types.ts';
 
 export type Constraint = 'unique' | 'foreign_key';
 
@@ -150,7 +150,7 @@ export class SqlStore implements Store {
 
   async deleteApp(name: string): Promise<void> {
     const counts = await this.db.batch(
-      ['env', 'deploys', 'seeds', 'wakes'].map((t) => ({ sql: `DELETE FROM ${t} WHERE app = ?`, params: [name] })).concat([{ sql: 'DELETE FROM apps WHERE name = ?', params: [name] }]),
+      ['env', 'deploys', 'seeds', 'wakes', 'sleeps'].map((t) => ({ sql: `DELETE FROM ${t} WHERE app = ?`, params: [name] })).concat([{ sql: 'DELETE FROM apps WHERE name = ?', params: [name] }]),
     );
     if (counts[counts.length - 1] === 0) throw notFound(name);
   }
@@ -255,8 +255,29 @@ export class SqlStore implements Store {
   }
 
   async listWakes(app: string, limit = 100): Promise<WakeRow[]> {
+    return (await this.newest('wakes', app, limit)).map(toWake);
+  }
+
+  // --- sleeps ----------------------------------------------------------------
+  async addSleep(r: SleepRow): Promise<void> {
+    const ms = (v: number | null) => (v === null ? null : Math.round(v));
+    await this.insert(
+      r.app,
+      `sleep ${r.id}`,
+      `INSERT INTO sleeps (id, app, at, triggered_by, node, drain_ms, cut_requests, exit_code, exit_signal, shutdown_ms, baked, seed_id, total_ms, stages, error)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [r.id, r.app, r.at, r.trigger, r.node, ms(r.drainMs), r.cutRequests, r.exitCode, r.exitSignal, ms(r.shutdownMs), r.baked, r.seedId, ms(r.totalMs), JSON.stringify(r.stages), r.error],
+    );
+  }
+
+  async listSleeps(app: string, limit = 100): Promise<SleepRow[]> {
+    return (await this.newest('sleeps', app, limit)).map(toSleep);
+  }
+
+  /** The newest `limit` rows of a per-app record table. */
+  private newest(table: 'wakes' | 'sleeps', app: string, limit: number): Promise<Record<string, unknown>[]> {
     if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new ThawError('INVALID_REQUEST', 'limit must be an integer from 1 to 10000');
-    return (await this.db.all('SELECT * FROM wakes WHERE app = ? ORDER BY at DESC, id DESC LIMIT ?', [app, limit])).map(toWake);
+    return this.db.all(`SELECT * FROM ${table} WHERE app = ? ORDER BY at DESC, id DESC LIMIT ?`, [app, limit]);
   }
 
   // --- nodes -----------------------------------------------------------------

@@ -2,7 +2,7 @@
 // differences (in DIALECT), placeholder conversion and row mappers.
 import type { State } from '../state.ts';
 import { RunConfig } from '../wire/run.ts';
-import type { AppRow, DeployRow, NodeRow, SeedRow, WakeRow } from './types.ts';
+import type { AppRow, DeployRow, NodeRow, SeedRow, SleepRow, WakeRow } from './types.ts';
 
 export interface Migration {
   version: number;
@@ -111,6 +111,32 @@ export const MIGRATIONS: readonly Migration[] = [
     // JSON of src/wire/run.ts RunConfig; NULL for deploys made before it (derived from the image).
     up: [`ALTER TABLE deploys ADD COLUMN run_config TEXT`],
   },
+  {
+    version: 4,
+    name: 'sleep records and per-app wake timeout',
+    up: [
+      // One row per sleep, whatever triggered it (src/control/runs.ts).
+      `CREATE TABLE sleeps (
+        id TEXT PRIMARY KEY,
+        app TEXT NOT NULL REFERENCES apps(name),
+        at TEXT NOT NULL,
+        triggered_by TEXT NOT NULL,
+        node TEXT,
+        drain_ms INTEGER NOT NULL,
+        cut_requests INTEGER NOT NULL,
+        exit_code INTEGER,
+        exit_signal TEXT,
+        shutdown_ms INTEGER,
+        baked {{BOOL}} NOT NULL,
+        seed_id TEXT,
+        total_ms INTEGER NOT NULL,
+        stages TEXT NOT NULL,
+        error TEXT
+      )`,
+      `CREATE INDEX sleeps_app_at ON sleeps(app, at)`,
+      `ALTER TABLE apps ADD COLUMN wake_timeout_s INTEGER`,
+    ],
+  },
 ];
 
 export const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -161,6 +187,7 @@ export function toApp(r: Raw): AppRow {
     vmId: strOrNull(r.vm_id),
     hostPort: numOrNull(r.host_port),
     idleTimeoutS: num(r.idle_timeout_s),
+    wakeTimeoutS: numOrNull(r.wake_timeout_s),
     error: strOrNull(r.error),
     createdAt: str(r.created_at),
     updatedAt: str(r.updated_at),
@@ -176,6 +203,7 @@ export const PATCH_COLUMNS = {
   hostPort: 'host_port',
   error: 'error',
   idleTimeoutS: 'idle_timeout_s',
+  wakeTimeoutS: 'wake_timeout_s',
   seedId: 'seed_id',
 } as const;
 
@@ -216,6 +244,26 @@ export function toWake(r: Raw): WakeRow {
     seedSource: str(r.seed_source) as WakeRow['seedSource'],
     placement: strOrNull(r.placement),
     stages: JSON.parse(str(r.stages)) as Record<string, number>,
+  };
+}
+
+export function toSleep(r: Raw): SleepRow {
+  return {
+    id: str(r.id),
+    app: str(r.app),
+    at: str(r.at),
+    trigger: str(r.triggered_by) as SleepRow['trigger'],
+    node: strOrNull(r.node),
+    drainMs: num(r.drain_ms),
+    cutRequests: num(r.cut_requests),
+    exitCode: numOrNull(r.exit_code),
+    exitSignal: strOrNull(r.exit_signal),
+    shutdownMs: numOrNull(r.shutdown_ms),
+    baked: Boolean(r.baked),
+    seedId: strOrNull(r.seed_id),
+    totalMs: num(r.total_ms),
+    stages: JSON.parse(str(r.stages)) as Record<string, number>,
+    error: strOrNull(r.error),
   };
 }
 

@@ -13,6 +13,8 @@ export interface AppRow {
   vmId: string | null;
   hostPort: number | null;
   idleTimeoutS: number;
+  /** How long the router holds a request for this app's wake; null: the router's default. */
+  wakeTimeoutS: number | null;
   error: string | null;
   createdAt: string;
   updatedAt: string;
@@ -20,7 +22,7 @@ export interface AppRow {
 }
 
 /** The non-state fields of an app a caller may change. */
-export type AppPatch = Partial<Pick<AppRow, 'deployId' | 'node' | 'vmId' | 'hostPort' | 'error' | 'idleTimeoutS' | 'seedId'>>;
+export type AppPatch = Partial<Pick<AppRow, 'deployId' | 'node' | 'vmId' | 'hostPort' | 'error' | 'idleTimeoutS' | 'wakeTimeoutS' | 'seedId'>>;
 
 export interface DeployRow {
   id: string;
@@ -64,6 +66,33 @@ export interface WakeRow {
   /** The scheduler's choice of node and why (null for wakes before nodes were scheduled). */
   placement?: string | null;
   stages: Record<string, number>;
+}
+
+/** What put an app to sleep. */
+export type SleepTrigger = 'idle' | 'manual' | 'redeploy' | 'shutdown' | 'node-leaving';
+
+/** One sleep: drain, SIGTERM (grace, SIGKILL), then bake or delete the VM. Times in ms. */
+export interface SleepRow {
+  id: string;
+  app: string;
+  at: string;
+  trigger: SleepTrigger;
+  node: string | null;
+  /** Waiting for in-flight requests after routing to the VM stopped. */
+  drainMs: number;
+  /** Requests still in flight when the drain time ran out (cut with the VM). */
+  cutRequests: number;
+  /** The app's exit code, or the signal that ended it (SIGKILL after the grace period); both null when no app ran. */
+  exitCode: number | null;
+  exitSignal: string | null;
+  /** SIGTERM until the app was gone; null when the node did not say. */
+  shutdownMs: number | null;
+  baked: boolean;
+  seedId: string | null;
+  totalMs: number;
+  /** Per-step times on the node (stop_app, keep_logs, bake_or_delete, ...). */
+  stages: Record<string, number>;
+  error: string | null;
 }
 
 export interface NodeRow {
@@ -113,6 +142,10 @@ export interface Store {
   addWake(w: WakeRow): Promise<void>;
   /** Newest first. */
   listWakes(app: string, limit?: number): Promise<WakeRow[]>;
+  // sleeps
+  addSleep(s: SleepRow): Promise<void>;
+  /** Newest first. */
+  listSleeps(app: string, limit?: number): Promise<SleepRow[]>;
   // nodes
   upsertNode(n: NodeRow): Promise<void>;
   listNodes(): Promise<NodeRow[]>;

@@ -59,7 +59,14 @@ export type NodeWakeRequest = z.infer<typeof NodeWakeRequest>;
 export const NodeWakeResponse = z.object({ record: WakeRecord, address: Address, vmId: z.string() });
 export type NodeWakeResponse = z.infer<typeof NodeWakeResponse>;
 
-export const NodeSleepRequest = z.object({ app: Name, haveSeed: z.boolean() });
+export const NodeSleepRequest = z.object({
+  app: Name,
+  haveSeed: z.boolean(),
+  /** false: never bake (redeploy, shutdown, a node leaving); default: bake when there is no seed. */
+  bake: z.boolean().optional(),
+  /** SIGTERM -> SIGKILL grace for the app, ms (default 10000). */
+  graceMs: z.number().int().min(0).max(3_600_000).optional(),
+});
 export type NodeSleepRequest = z.infer<typeof NodeSleepRequest>;
 
 export const BakedSeed = z.object({
@@ -68,7 +75,18 @@ export const BakedSeed = z.object({
   bytesAllocated: z.number(),
   manifestSha256: z.string(),
 });
-export const NodeSleepResponse = z.object({ baked: BakedSeed.nullable(), error: z.string().nullable() });
+export const NodeSleepResponse = z.object({
+  baked: BakedSeed.nullable(),
+  error: z.string().nullable(),
+  /** How the app ended after SIGTERM (null: no app ran; absent: no VM ran on the node). */
+  exit: z.object({ code: z.number().int().nullable(), signal: z.string().nullable() }).nullable().optional(),
+  /** SIGTERM until the app was gone, ms. */
+  shutdownMs: z.number().optional(),
+  /** No VM of the app ran on the node. */
+  gone: z.boolean().optional(),
+  /** Time of each step on the node (stop_app, keep_logs, bake_or_delete...), ms. */
+  stages: z.record(z.string(), z.number()).optional(),
+});
 export type NodeSleepResponse = z.infer<typeof NodeSleepResponse>;
 
 export const NodeUploadResponse = z.object({ bytesCompressed: z.number(), ms: z.number() });
