@@ -180,6 +180,12 @@ export class AppTable {
     } finally {
       app.waking = null;
     }
+    if (result !== null && app.sleeping !== null) {
+      // A sleep began as this wake finished (`thaw sleep` took the app's lock first): the held
+      // requests wait for it, then wake the app anew.
+      if (app.held.size > 0 && app.waking === null) app.waking = this.runWake(app);
+      return;
+    }
     if (result !== null) {
       this.markAwake(app, result.address);
       this.opts.log.info({ app: app.name, bootMode: result.bootMode, wallMs: result.wallMs, held: app.held.size }, 'app woke');
@@ -247,7 +253,8 @@ export class AppTable {
     const app = this.apps.get(name) ?? this.get(name, 0);
     this.beginSleep(app);
     const t0 = performance.now();
-    if (forwarded(app) > 0 && drainMs > 0) {
+    // A closed router has drained (or cut) everything already.
+    if (forwarded(app) > 0 && drainMs > 0 && !this.closing) {
       await new Promise<void>((resolve) => {
         const done = () => {
           clearTimeout(timer);

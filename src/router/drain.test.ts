@@ -80,3 +80,26 @@ test('quiesce of an idle app returns at once; the idle path and an explicit quie
   router.release('i'); // idempotent
   assert.equal(router.stats().sleeps, 1);
 });
+
+test('a sleep that starts as a wake finishes: held requests are not sent to the VM going away; the next wake serves them', async (t) => {
+  const { dir, router, port } = await setup(t);
+  const up = await streamer(t, 1);
+  dir.add('r', up, false);
+  let quiet: Promise<unknown> | null = null;
+  const wake = dir.wake.bind(dir);
+  dir.wake = async (name) => {
+    const r = await wake(name);
+    if (dir.wakeCalls === 1) quiet = router.quiesce(name, 1000); // `thaw sleep` got the lock right after the wake
+    return r;
+  };
+  const pending = call(port, 'r.localhost');
+  await until(() => quiet !== null, 'the sleep to start');
+  await quiet;
+  await sleepMs(50);
+  assert.equal(up.hits(), 0, 'nothing sent to the VM being put to sleep');
+  assert.equal(router.stats().held, 1);
+  router.release('r');
+  const r = await pending;
+  assert.equal(r.status, 200);
+  assert.equal(dir.wakeCalls, 2);
+});
