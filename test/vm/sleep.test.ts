@@ -95,6 +95,7 @@ describe('graceful sleep', { concurrency: false }, () => {
       const rec = slept.sleep!;
       assert.equal(rec.trigger, 'manual');
       assert.equal(rec.cut_requests, 0);
+      assert.ok(rec.drain_ms > 0, `the sleep waited for the stream (drain ${rec.drain_ms} ms)`);
       assert.equal(rec.exit_code, EXIT_CODE, "the exit code of the app's SIGTERM handler, which saw no open response");
       assert.equal(rec.exit_signal, null, 'not killed');
       assert.equal(rec.baked, baked);
