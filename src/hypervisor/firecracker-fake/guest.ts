@@ -90,7 +90,8 @@ export class FakeGuest {
       case 'respawn':
         ok({ ok: true });
         this.memory = { ...m, agent_pid: m.agent_pid + 1, pubkey: generateAgentKey().publicB64 };
-        return this.send({ type: 'hello', hello: this.hello() });
+        // The new agent says hello once it has started, a moment after the answer.
+        return void setTimeout(() => this.send({ type: 'hello', hello: this.hello() }), 50);
       case 'gate': {
         const head = await this.readDisk(4096);
         const canaryOk = createHash('sha256').update(head).digest('hex') === r.canary_sha256;
