@@ -32,6 +32,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .addOption(new Option('--seed-cache-bytes <n>', 'byte cap of the local seed cache (LRU)').argParser(intArg))
     .addOption(new Option('--seed-ttl <seconds>', 'delete seeds of apps not woken for this long').argParser(intArg))
     .option('--no-local-node', 'control plane and router only; VMs run on `thaw node` processes')
+    .addOption(new Option('--driver <name>', 'hypervisor driver of this node: qemu, or firecracker (KVM only)').choices(['qemu', 'firecracker']).env('THAW_DRIVER').default('qemu'))
     .addOption(new Option('--node-timeout <ms>', 'mark a `thaw node` down after this long without a heartbeat').argParser(intArg).default(5000))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const runUp = await load<(opts: UpOpts) => Promise<void>>(ctx, '../control/up.ts', 'runUp');
@@ -51,6 +52,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
         ...(typeof o.seedTtl === 'number' ? { seedTtl: o.seedTtl } : {}),
         localNode: o.localNode !== false,
         nodeDownAfterMs: o.nodeTimeout as number,
+        driver: o.driver as 'qemu' | 'firecracker',
       };
       await runUp(opts);
     });
@@ -70,6 +72,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .option('--s3-region <region>', 'bucket region (default us-east-1)')
     .addOption(new Option('--seed-cache-bytes <n>', 'byte cap of this node\'s seed cache (LRU)').argParser(intArg))
     .addOption(new Option('--capacity <n>', 'most VMs at once (default: what 80% of memory holds)').argParser(intArg))
+    .addOption(new Option('--driver <name>', 'hypervisor driver of this node: qemu, or firecracker (KVM only)').choices(['qemu', 'firecracker']).env('THAW_DRIVER').default('qemu'))
     .addOption(new Option('--node-timeout <ms>', "the control plane's node timeout (match `thaw up`); VMs stop after 60% of it without the control plane").argParser(intArg).default(5000))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const mod = (await ctx.deps.importModule(new URL('../node/run.ts', import.meta.url).href)) as typeof import('../node/run.ts');
@@ -89,6 +92,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
         ...(typeof o.seedCacheBytes === 'number' ? { seedCacheBytes: o.seedCacheBytes } : {}),
         ...(typeof o.capacity === 'number' ? { capacity: o.capacity } : {}),
         nodeTimeoutMs: o.nodeTimeout as number,
+        driver: o.driver as 'qemu' | 'firecracker',
       });
     });
 

@@ -44,6 +44,8 @@ export interface UpOptions {
   nodeDownAfterMs?: number;
   /** Seed upload retry / TTL period (default 15000 ms). */
   maintenanceMs?: number;
+  /** Hypervisor driver of the local node (default qemu). */
+  driver?: import('../hypervisor/types.ts').DriverName;
 }
 
 export interface Running {
@@ -78,7 +80,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   const cluster = new Cluster({ store, token, log, downAfterMs: o.nodeDownAfterMs ?? 5000 });
   let agent: NodeAgent | null = null;
   if (o.localNode !== false) {
-    agent = await createNodeAgent({ dir: nodeDir(data), name: 'local', s3, capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3, images: () => sharedImages, log });
+    agent = await createNodeAgent({ dir: nodeDir(data), name: 'local', s3, capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3, images: () => sharedImages, log, ...(o.driver ? { driver: o.driver } : {}) });
     cluster.addLocal(agent);
   }
   const host = o.host ?? '127.0.0.1';
