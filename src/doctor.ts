@@ -4,6 +4,7 @@
 // port, destroy, and make sure no QEMU process of that VM is left.
 // Also exports the small toolkit the lifecycle benchmark shares.
 import { firecrackerReport, type FirecrackerReport } from './hypervisor/firecracker-check.ts';
+import type { Hypervisor } from './hypervisor/types.ts';
 import type { RunConfig } from './wire/run.ts';
 import { execFile as execFileCb } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -77,7 +78,7 @@ export interface DoctorReport {
 // --- toolkit shared with src/bench/lifecycle.ts ---------------------------------
 
 /** The node settings `thaw up` uses, over a private data folder. */
-export function demoContext(dataDir: string, assets: GuestAssets, hv = new QemuDriver({ probeAssets: async () => assets })): NodeContext {
+export function demoContext(dataDir: string, assets: GuestAssets, hv: Hypervisor = new QemuDriver({ probeAssets: async () => assets })): NodeContext {
   return {
     hv, assets, dataDir, log: pino({ level: 'warn' }, pino.destination(2)),
     memMiB: Number(process.env.THAW_VM_MEM_MIB ?? 512), vcpus: Number(process.env.THAW_VM_VCPUS ?? 2), guestPort: 8080,

@@ -112,8 +112,9 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .command('lifecycle')
     .description('cold boot -> bake -> N thaws of the demo app in a temporary data folder')
     .addOption(new Option('--thaws <n>', 'number of thaws').argParser(intArg).default(5))
-    .action(async (o: { thaws: number }, cmd: Command) => {
-      const run = await load<(opts: { thaws: number; json: boolean }) => Promise<unknown>>(ctx, '../bench/lifecycle.ts', 'runBenchLifecycle');
-      await run({ thaws: o.thaws, json: ctx.globals(cmd).json });
+    .addOption(new Option('--driver <name>', 'hypervisor driver').choices(['qemu', 'firecracker']).env('THAW_DRIVER').default('qemu'))
+    .action(async (o: { thaws: number; driver: 'qemu' | 'firecracker' }, cmd: Command) => {
+      const run = await load<(opts: { thaws: number; json: boolean; driver: string }) => Promise<unknown>>(ctx, '../bench/lifecycle.ts', 'runBenchLifecycle');
+      await run({ thaws: o.thaws, json: ctx.globals(cmd).json, driver: o.driver });
     });
 }

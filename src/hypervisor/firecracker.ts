@@ -19,9 +19,10 @@
 //   relative paths, and /snapshot/load reopens them "at the same relative paths"
 //   (snapshot-support.md, "Loading snapshots"), i.e. in the NEW VM's folder: the
 //   baked VM's folder, deleted by destroy(), is never needed again.
-// - Network: only when spec.tap names a host TAP device (created by the network
-//   layer, not here): eth0 on that TAP, the guest IP on the kernel command line.
-//   appAddress is then the guest IP and guestPort.
+// - Network: only with a host TAP device (spec.tap, else the driver's `tap`
+//   option; created by the network layer or the smoke script, not here): eth0 on
+//   that TAP, the guest IP on the kernel command line, and 127.0.0.1:hostPort
+//   relayed to guestIp:guestPort (appAddress, as under QEMU).
 // - Agent channel: virtio-vsock, guest CID 3, agent port 1024, host-initiated
 //   via vsock.sock and `CONNECT 1024\n` / `OK <port>\n`. Firecracker closes the
 //   connection while nothing in the guest listens (a cold boot's agent is not up
@@ -37,6 +38,8 @@ import type { Duplex } from 'node:stream';
 import { ThawError, isThawError, type ErrorCode } from '../errors.ts';
 import { UndoStack } from '../undo.ts';
 import { FirecrackerApi, vsockHandshake } from './firecracker-api.ts';
+import { forwardPort, type Forward } from './firecracker-forward.ts';
+import { killAndWait, sleep, waitForApi, type Exit } from './firecracker-process.ts';
 import type { Accel, Hypervisor, SnapshotFiles, VmHandle, VmSpec } from './types.ts';
 
 export const AGENT_VSOCK_PORT = 1024;
@@ -68,6 +71,8 @@ export interface FirecrackerOptions {
   agentConnectTimeoutMs?: number;
   /** Guest IP on its TAP /30 (default 172.16.0.2, host side .1). */
   guestIp?: string;
+  /** TAP device for VMs whose spec names none (one VM at a time: the guest IP is in every seed). */
+  tap?: string;
 }
 
 function hostSideIp(guestIp: string): string {
@@ -75,7 +80,6 @@ function hostSideIp(guestIp: string): string {
   return `${p[0]}.${p[1]}.${p[2]}.${(p[3] ?? 2) - 1}`;
 }
 
-type Exit = { code: number | null; signal: NodeJS.Signals | null };
 
 /** The handle, plus what only this driver needs. */
 class FirecrackerVm implements VmHandle {
@@ -85,6 +89,8 @@ class FirecrackerVm implements VmHandle {
   readonly api: FirecrackerApi;
   exitInfo: Exit | null = null;
   destroyed: Promise<void> | null = null;
+  /** 127.0.0.1:hostPort relay to the guest (with a TAP). */
+  forward: Forward | null = null;
 
   constructor(
     readonly spec: VmSpec,
@@ -116,6 +122,7 @@ export class FirecrackerDriver implements Hypervisor {
   private readonly startTimeoutMs: number;
   private readonly agentTimeoutMs: number;
   private readonly guestIp: string;
+  private readonly tap: string | undefined;
   private accelProbe: Promise<Accel> | null = null;
 
   constructor(opts: FirecrackerOptions = {}) {
@@ -125,6 +132,7 @@ export class FirecrackerDriver implements Hypervisor {
     this.startTimeoutMs = opts.startTimeoutMs ?? 10_000;
     this.agentTimeoutMs = opts.agentConnectTimeoutMs ?? 60_000;
     this.guestIp = opts.guestIp ?? '172.16.0.2';
+    this.tap = opts.tap;
   }
 
   /** Firecracker has no TCG: 'kvm' when /dev/kvm opens read-write, else HYPERVISOR_UNSUPPORTED. Cached. */
@@ -145,15 +153,16 @@ export class FirecrackerDriver implements Hypervisor {
   async boot(spec: VmSpec): Promise<VmHandle> {
     checkSpec(spec);
     return UndoStack.run(async (undo) => {
-      const vm = await this.start(spec, null, undo);
-      const ipArg = spec.tap ? ` ip=${this.guestIp}::${hostSideIp(this.guestIp)}:255.255.255.252::${IFACE}:off` : '';
+      const tap = spec.tap ?? this.tap;
+      const vm = await this.start(spec, null, undo, tap);
+      const ipArg = tap ? ` ip=${this.guestIp}::${hostSideIp(this.guestIp)}:255.255.255.252::${IFACE}:off` : '';
       const f: ErrorCode = 'VM_START_FAILED';
       await vm.api.send('PUT /boot-source', { kernel_image_path: spec.kernel, initrd_path: spec.initrd, boot_args: `${spec.cmdline}${ipArg}`.trim() }, f);
       // Not the root device (Firecracker would append root=/dev/vda): the initrd mounts it.
       // Writeback: guest flushes become host fsyncs. Sync engine: no I/O in flight once vCPUs are paused.
       await vm.api.send('PUT /drives/', { drive_id: ROOT_DRIVE, path_on_host: DISK_FILE, is_root_device: false, is_read_only: false, cache_type: 'Writeback', io_engine: 'Sync' }, f, ROOT_DRIVE);
       await vm.api.send('PUT /machine-config', { mem_size_mib: spec.memMiB, vcpu_count: spec.vcpus, smt: false, track_dirty_pages: false }, f);
-      if (spec.tap) await vm.api.send('PUT /network-interfaces/', { iface_id: IFACE, host_dev_name: spec.tap, guest_mac: GUEST_MAC }, f, IFACE);
+      if (tap) await vm.api.send('PUT /network-interfaces/', { iface_id: IFACE, host_dev_name: tap, guest_mac: GUEST_MAC }, f, IFACE);
       await vm.api.send('PUT /vsock', { guest_cid: GUEST_CID, uds_path: VSOCK_FILE }, f);
       await vm.api.send('PUT /actions', { action_type: 'InstanceStart' }, f);
       return vm;
@@ -164,7 +173,8 @@ export class FirecrackerDriver implements Hypervisor {
     checkSpec(spec);
     if (spec.memFile !== snap.mem) throw new ThawError('INTERNAL', `restore: spec.memFile (${spec.memFile}) must be snap.mem (${snap.mem})`);
     return UndoStack.run(async (undo) => {
-      const vm = await this.start(spec, snap.mem, undo);
+      const tap = spec.tap ?? this.tap;
+      const vm = await this.start(spec, snap.mem, undo, tap);
       const f: ErrorCode = 'VM_START_FAILED';
       // backend_type 'File': Firecracker mmaps the memory file MAP_PRIVATE, so guest writes
       // are copy-on-write in this process and the seed's memory image is never modified
@@ -176,7 +186,7 @@ export class FirecrackerDriver implements Hypervisor {
         snapshot_path: snap.state,
         mem_backend: { backend_type: 'File', backend_path: snap.mem },
         resume_vm: false,
-        ...(spec.tap ? { network_overrides: [{ iface_id: IFACE, host_dev_name: spec.tap }] } : {}),
+        ...(tap ? { network_overrides: [{ iface_id: IFACE, host_dev_name: tap }] } : {}),
         vsock_override: { uds_path: VSOCK_FILE },
       }, f);
       return vm;
@@ -228,13 +238,14 @@ export class FirecrackerDriver implements Hypervisor {
     h.destroyed ??= (async () => {
       await killAndWait(h.child, h.exited);
       await h.api.close();
+      await h.forward?.close();
       await rm(h.spec.dir, { recursive: true, force: true }).catch(() => undefined);
     })();
     return h.destroyed;
   }
 
   /** Spawn Firecracker and wait until its API answers, the process exits, or the timeout. */
-  private async start(spec: VmSpec, privateMem: string | null, undo: UndoStack): Promise<FirecrackerVm> {
+  private async start(spec: VmSpec, privateMem: string | null, undo: UndoStack, tap: string | undefined): Promise<FirecrackerVm> {
     await mkdir(spec.dir, { recursive: true });
     // Firecracker refuses to bind an existing socket path.
     await Promise.all([API_FILE, VSOCK_FILE].map((f) => rm(join(spec.dir, f), { force: true })));
@@ -259,9 +270,13 @@ export class FirecrackerDriver implements Hypervisor {
       await exited;
       throw new ThawError('HOST_MISSING_TOOL', `cannot run ${this.binary}: ${(spawnError as Error | null)?.message ?? 'spawn failed'}`, { cause: spawnError });
     }
-    const appAddress = { host: this.guestIp, port: spec.guestPort };
+    const appAddress = tap ? { host: '127.0.0.1', port: spec.hostPort } : { host: this.guestIp, port: spec.guestPort };
     const vm = new FirecrackerVm(spec, child, child.pid, exited, appAddress, privateMem);
     undo.push('close api client', () => vm.api.close());
+    if (tap) {
+      vm.forward = await forwardPort('127.0.0.1', spec.hostPort, this.guestIp, spec.guestPort);
+      undo.push('close port relay', () => vm.forward!.close());
+    }
     await waitForApi(vm, this.startTimeoutMs);
     return vm;
   }
@@ -290,45 +305,4 @@ function checkSpec(spec: VmSpec): void {
 function asFc(vm: VmHandle): FirecrackerVm {
   if (!(vm instanceof FirecrackerVm)) throw new ThawError('INTERNAL', `VM ${vm.id} was not started by the Firecracker driver`);
   return vm;
-}
-
-async function killAndWait(child: ChildProcess, exited: Promise<Exit>): Promise<void> {
-  if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
-    try {
-      child.kill('SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 5_000)))]);
-  clearTimeout(timer);
-}
-
-/** Poll `GET /` until it answers, racing the process exit (VM_START_FAILED) and a timeout (VM_TIMEOUT). */
-async function waitForApi(vm: FirecrackerVm, timeoutMs: number): Promise<void> {
-  const details = { consoleLog: vm.consoleLog, apiSocket: vm.apiSocket };
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), timeoutMs)));
-  const exited = vm.exited.then(() => 'exited' as const);
-  try {
-    for (;;) {
-      const probe = vm.api.describe().then(() => 'up' as const, () => 'retry' as const);
-      let outcome = await Promise.race([probe, exited, timedOut]);
-      if (outcome === 'up') return;
-      if (outcome === 'retry') outcome = await Promise.race([sleep(20).then(() => 'retry' as const), exited, timedOut]);
-      if (outcome === 'retry') continue;
-      if (outcome === 'exited') {
-        const e = await vm.exited;
-        throw new ThawError('VM_START_FAILED', `Firecracker exited before its API answered (code ${e.code}, signal ${e.signal}); see ${vm.consoleLog}`, { details: { ...details, ...e } });
-      }
-      throw new ThawError('VM_TIMEOUT', `Firecracker API did not answer within ${timeoutMs} ms; see ${vm.consoleLog}`, { details });
-    }
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }

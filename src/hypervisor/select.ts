@@ -10,12 +10,15 @@ export interface DriverSetup {
   assets: GuestAssets;
   /** QEMU: address app port forwards bind to. */
   bindHost?: string;
-  /** Firecracker binary (default $THAW_FIRECRACKER or `firecracker` on PATH). */
+  /** Firecracker binary (default $THAW_FIRECRACKER or `firecracker` on PATH). The TAP of its VMs: $THAW_FIRECRACKER_TAP. */
   firecracker?: string;
 }
 
 export function createHypervisor(name: DriverName, o: DriverSetup): Hypervisor {
-  if (name === 'firecracker') return new FirecrackerDriver({ binary: o.firecracker ?? process.env.THAW_FIRECRACKER ?? 'firecracker' });
+  if (name === 'firecracker') {
+    const tap = process.env.THAW_FIRECRACKER_TAP;
+    return new FirecrackerDriver({ binary: o.firecracker ?? process.env.THAW_FIRECRACKER ?? 'firecracker', ...(tap ? { tap } : {}) });
+  }
   return new QemuDriver({ probeAssets: async () => o.assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}) });
 }
 
