@@ -16,7 +16,7 @@ import { destroyVm } from '../lifecycle/destroy.ts';
 import { sleepVm } from '../lifecycle/sleep.ts';
 import { wake, type WakeOutcome } from '../lifecycle/wake.ts';
 import { SEED_FILES } from '../seed/manifest.ts';
-import { assetsFor, createHypervisor } from '../hypervisor/select.ts';
+import { createHypervisor } from '../hypervisor/select.ts';
 import type { DriverName } from '../hypervisor/types.ts';
 
 export interface ThawRun {
@@ -140,7 +140,7 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
   process.once('SIGTERM', onSignal);
   try {
     const driver = opts.driver ?? 'qemu';
-    const assets = assetsFor(driver, await ensureAssets(log));
+    const assets = await ensureAssets(log);
     const ctx = demoContext(path.join(work, 'data'), assets, createHypervisor(driver, { assets }));
     const accel = await ctx.hv.accel();
     const image = path.join(work, 'app.img');

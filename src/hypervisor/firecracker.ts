@@ -21,8 +21,9 @@
 //   baked VM's folder, deleted by destroy(), is never needed again.
 // - Network: only with a host TAP device (spec.tap, else the driver's `tap`
 //   option; created by the network layer or the smoke script, not here): eth0 on
-//   that TAP, the guest IP on the kernel command line, and 127.0.0.1:hostPort
-//   relayed to guestIp:guestPort (appAddress, as under QEMU).
+//   that TAP (the guest's init gives itself 10.0.2.15/24 via 10.0.2.2, so the
+//   TAP's host side is 10.0.2.2/24), and 127.0.0.1:hostPort relayed to
+//   guestIp:guestPort (appAddress, as under QEMU).
 // - Agent channel: virtio-vsock, guest CID 3, agent port 1024, host-initiated
 //   via vsock.sock and `CONNECT 1024\n` / `OK <port>\n`. Firecracker closes the
 //   connection while nothing in the guest listens (a cold boot's agent is not up
@@ -69,16 +70,15 @@ export interface FirecrackerOptions {
   startTimeoutMs?: number;
   /** How long openAgentChannel() keeps trying the vsock handshake (default 60 s: a cold boot's agent must come up). */
   agentConnectTimeoutMs?: number;
-  /** Guest IP on its TAP /30 (default 172.16.0.2, host side .1). */
+  /**
+   * Guest IP (default 10.0.2.15): the guest's init sets 10.0.2.15/24 via 10.0.2.2 itself
+   * (guest/agent/init.c, QEMU's user-mode addresses), so the TAP's host side is 10.0.2.2/24.
+   */
   guestIp?: string;
   /** TAP device for VMs whose spec names none (one VM at a time: the guest IP is in every seed). */
   tap?: string;
 }
 
-function hostSideIp(guestIp: string): string {
-  const p = guestIp.split('.').map(Number);
-  return `${p[0]}.${p[1]}.${p[2]}.${(p[3] ?? 2) - 1}`;
-}
 
 
 /** The handle, plus what only this driver needs. */
@@ -131,7 +131,7 @@ export class FirecrackerDriver implements Hypervisor {
     this.kvmDevice = opts.kvmDevice ?? '/dev/kvm';
     this.startTimeoutMs = opts.startTimeoutMs ?? 10_000;
     this.agentTimeoutMs = opts.agentConnectTimeoutMs ?? 60_000;
-    this.guestIp = opts.guestIp ?? '172.16.0.2';
+    this.guestIp = opts.guestIp ?? '10.0.2.15';
     this.tap = opts.tap;
   }
 
@@ -155,9 +155,8 @@ export class FirecrackerDriver implements Hypervisor {
     return UndoStack.run(async (undo) => {
       const tap = spec.tap ?? this.tap;
       const vm = await this.start(spec, null, undo, tap);
-      const ipArg = tap ? ` ip=${this.guestIp}::${hostSideIp(this.guestIp)}:255.255.255.252::${IFACE}:off` : '';
       const f: ErrorCode = 'VM_START_FAILED';
-      await vm.api.send('PUT /boot-source', { kernel_image_path: spec.kernel, initrd_path: spec.initrd, boot_args: `${spec.cmdline}${ipArg}`.trim() }, f);
+      await vm.api.send('PUT /boot-source', { kernel_image_path: spec.kernel, initrd_path: spec.initrd, boot_args: spec.cmdline }, f);
       // Not the root device (Firecracker would append root=/dev/vda): the initrd mounts it.
       // Writeback: guest flushes become host fsyncs. Sync engine: no I/O in flight once vCPUs are paused.
       await vm.api.send('PUT /drives/', { drive_id: ROOT_DRIVE, path_on_host: DISK_FILE, is_root_device: false, is_read_only: false, cache_type: 'Writeback', io_engine: 'Sync' }, f, ROOT_DRIVE);

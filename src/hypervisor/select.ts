@@ -1,4 +1,6 @@
-// Picks the hypervisor driver a node runs (`--driver qemu|firecracker`).
+// Picks the hypervisor driver a node runs (`--driver qemu|firecracker`). Both
+// boot the same guest assets: the kernel is an uncompressed ELF vmlinux with a
+// PVH entry (src/guest/assets.ts), which Firecracker on x86_64 loads as it is.
 import type { GuestAssets } from '../guest/assets.ts';
 import { FirecrackerDriver } from './firecracker.ts';
 import { QemuDriver } from './qemu.ts';
@@ -20,14 +22,4 @@ export function createHypervisor(name: DriverName, o: DriverSetup): Hypervisor {
     return new FirecrackerDriver({ binary: o.firecracker ?? process.env.THAW_FIRECRACKER ?? 'firecracker', ...(tap ? { tap } : {}) });
   }
   return new QemuDriver({ probeAssets: async () => o.assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}) });
-}
-
-/**
- * Guest assets as the driver boots them: Firecracker on x86_64 loads an
- * uncompressed ELF kernel, so $THAW_GUEST_VMLINUX (extracted from the same
- * kernel, see scripts/firecracker-smoke.sh) replaces the bzImage path.
- */
-export function assetsFor(name: DriverName, assets: GuestAssets): GuestAssets {
-  const vmlinux = process.env.THAW_GUEST_VMLINUX;
-  return name === 'firecracker' && vmlinux ? { ...assets, kernel: vmlinux } : assets;
 }

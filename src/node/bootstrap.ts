@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { ensureAssets, type GuestAssets } from '../guest/assets.ts';
-import { assetsFor, createHypervisor } from '../hypervisor/select.ts';
+import { createHypervisor } from '../hypervisor/select.ts';
 import type { DriverName } from '../hypervisor/types.ts';
 import type { NodeContext } from '../lifecycle/context.ts';
 import { SeedStore } from '../seed/s3.ts';
@@ -30,7 +30,7 @@ export interface NodeSetup {
 
 export async function createNodeAgent(o: NodeSetup): Promise<NodeAgent> {
   const driver = o.driver ?? 'qemu';
-  const assets = assetsFor(driver, await ensureAssets((l) => o.log.info(l)));
+  const assets = await ensureAssets((l) => o.log.info(l));
   const hv = createHypervisor(driver, { assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}) });
   const accel = await hv.accel();
   o.log.info({ driver, accel, node: o.name }, 'hypervisor ready');

@@ -15,6 +15,8 @@ let f: Fixture;
 let tmp: string;
 before(async () => {
   f = await fixture();
+  // Shared 2-core CI hosts run several VM tests' worth of load: give TCG boots room (times are not asserted).
+  f.ctx.bootTimeoutMs = 240_000;
   tmp = await mkdtemp(path.join(os.tmpdir(), 'thaw-drivers-'));
 });
 after(async () => {
