@@ -1,4 +1,4 @@
-// The lifecycle test of src/lifecycle/scenario.ts (cold boot, bake, thaw, gate
+// The lifecycle test of test/helpers/lifecycle.ts (cold boot, bake, thaw, gate
 // fallback) through the Hypervisor interface on real QEMU, with the scratch
 // root (one static server, no Node) to keep VM time low. The same scenario
 // runs on the fake Firecracker in src/hypervisor/firecracker-fake/lifecycle.test.ts.
@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { lifecycleScenario } from '../../src/lifecycle/scenario.ts';
+import { lifecycleScenario } from '../helpers/lifecycle.ts';
 import { SCRATCH_RUN, scratchImage } from '../helpers/scratch.ts';
 import { fixture, qemuProcesses, type Fixture } from './fixture.ts';
 

@@ -1,4 +1,4 @@
-// The lifecycle test (src/lifecycle/scenario.ts: cold boot, bake, thaw, gate
+// The lifecycle test (test/helpers/lifecycle.ts: cold boot, bake, thaw, gate
 // fallback) through the Firecracker driver, against the fake Firecracker. The
 // same scenario runs on real QEMU in test/vm/drivers.test.ts. On the code
 // before issue 18 it fails: the disk was a qcow2 overlay (HYPERVISOR_UNSUPPORTED),
@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import pino from 'pino';
 import { FirecrackerDriver } from '../firecracker.ts';
 import type { NodeContext } from '../../lifecycle/context.ts';
-import { lifecycleScenario } from '../../lifecycle/scenario.ts';
+import { lifecycleScenario } from '../../../test/helpers/lifecycle.ts';
 import { fakeFirecracker } from './spawn.ts';
 
 test('cold boot → bake → thaw → gate fallback, through the Firecracker driver on the fake', { timeout: 240_000 }, async () => {

@@ -1,4 +1,4 @@
-// TEST KIT: one lifecycle, run through the Hypervisor interface of whichever
+// One lifecycle, run through the Hypervisor interface of whichever
 // driver `ctx.hv` is: cold boot → bake (sleep) → thaw → a thaw whose memory
 // meets another disk, caught by the gate and answered by a cold fallback. The
 // VM tests run it on real QEMU (test/vm/drivers.test.ts), the unit tests on
@@ -6,10 +6,10 @@
 import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import type { RunConfig } from '../wire/run.ts';
-import type { NodeContext } from './context.ts';
-import { sleepVm } from './sleep.ts';
-import { wake, type WakeParams } from './wake.ts';
+import type { NodeContext } from '../../src/lifecycle/context.ts';
+import { sleepVm } from '../../src/lifecycle/sleep.ts';
+import { wake, type WakeParams } from '../../src/lifecycle/wake.ts';
+import type { RunConfig } from '../../src/wire/run.ts';
 
 export interface ScenarioResult {
   coldMs: number;
