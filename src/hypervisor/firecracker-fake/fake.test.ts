@@ -3,7 +3,7 @@
 // vsock.ts). These tests drive it directly over its API socket.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -50,6 +50,12 @@ const CONFIG = [
   ['PUT', '/machine-config', { mem_size_mib: 128, vcpu_count: 1 }],
   ['PUT', '/vsock', { guest_cid: 3, uds_path: 'v.sock' }],
 ] as const;
+
+test('the fake reads a verbatim copy of the shared Firecracker spec', (t) => {
+  const shared = new URL('../../../../shared/specs/firecracker.yaml', import.meta.url);
+  if (!existsSync(shared)) return t.skip('no ../shared/specs next to the repository');
+  assert.ok(readFileSync(new URL('./firecracker.yaml', import.meta.url)).equals(readFileSync(shared)));
+});
 
 test('S1, S2: paths and bodies are checked against the spec, answered with {fault_message}', async (t) => {
   const f = await start();
