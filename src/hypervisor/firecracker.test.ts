@@ -24,7 +24,7 @@ const INITRD = join(root, 'initrd');
 writeFileSync(KERNEL, 'kernel');
 writeFileSync(INITRD, 'initrd');
 
-type Rec = { method?: string; url?: string; body?: Record<string, unknown>; vsock?: string; vsock_refused?: number; why?: string; fault?: string; argv?: string[]; cwd?: string };
+type Rec = { method?: string; url?: string; body?: Record<string, unknown>; vsock?: string; running?: boolean; vsock_refused?: number; why?: string; fault?: string; argv?: string[]; cwd?: string };
 
 let n = 0;
 function setup(env: Record<string, string> = {}, opts: FirecrackerOptions = {}) {
@@ -103,7 +103,7 @@ test('a TAP in the spec becomes eth0, with a relay from 127.0.0.1:hostPort', asy
 });
 
 test('flaw 2: right after InstanceStart nothing listens; the handshake is retried until the agent is up', async (t) => {
-  const { driver, spec, records } = setup({ FAKE_BOOT_MS: '700' });
+  const { driver, spec, records } = setup({ FAKE_BOOT_MS: '1500' });
   const vm = await driver.boot(spec);
   t.after(() => driver.destroy(vm));
   const ch = await driver.openAgentChannel(vm);
@@ -149,8 +149,9 @@ test('flaw 4 and flaw 1: a restore finds its disk in its own folder; the channel
   const impatient = new FirecrackerDriver({ agentConnectTimeoutMs: 400 });
   await rejectsWith(impatient.openAgentChannel(vm), 'AGENT_TIMEOUT');
   // One pending at resume is dropped by the transport reset; the retry gets through.
+  const held = records().filter((r) => r.vsock && r.running === false).length;
   const openP = driver.openAgentChannel(vm);
-  await new Promise((r) => setTimeout(r, 300));
+  while (records().filter((r) => r.vsock && r.running === false).length === held) await new Promise((r) => setTimeout(r, 20));
   await driver.resume(vm);
   const ch = await openP;
   t.after(() => ch.destroy());

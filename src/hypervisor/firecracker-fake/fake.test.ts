@@ -20,7 +20,8 @@ async function start(env: Record<string, string> = {}) {
   mkdirSync(dir);
   for (const f of ['vmlinux', 'initrd']) writeFileSync(join(dir, f), f);
   writeFileSync(join(dir, 'disk.raw'), Buffer.alloc(4096));
-  const fake = fakeFirecracker({ FAKE_BOOT_MS: '300', ...env });
+  const log = join(dir, 'fake.jsonl');
+  const fake = fakeFirecracker({ FAKE_BOOT_MS: '300', FAKE_LOG: log, ...env });
   const child = fake.spawn('firecracker', ['--api-sock', 'fc.sock'], { cwd: dir, stdio: 'ignore' });
   const exited = once(child, 'exit');
   while (!existsSync(join(dir, 'fc.sock'))) await new Promise((r) => setTimeout(r, 50));
@@ -41,7 +42,11 @@ async function start(env: Record<string, string> = {}) {
     child.kill('SIGKILL');
     await exited;
   };
-  return { dir, call, fault, stop, exited };
+  /** Wait until the fake logged a CONNECT that arrived while the VM was not running. */
+  const heldConnect = async () => {
+    while (!readFileSync(log, 'utf8').includes('"running":false')) await new Promise((r) => setTimeout(r, 20));
+  };
+  return { dir, call, fault, stop, exited, heldConnect };
 }
 
 const CONFIG = [
@@ -105,12 +110,12 @@ async function connect(sock: string, port: number): Promise<string | null> {
 }
 
 test('V1, V4: CONNECT is closed until the guest listens; a taken uds_path fails InstanceStart', async (t) => {
-  const f = await start({ FAKE_BOOT_MS: '1500' });
+  const f = await start({ FAKE_BOOT_MS: '3000' });
   t.after(f.stop);
   for (const [m, p, b] of CONFIG) await f.call(m, p, b);
   await f.call('PUT', '/actions', { action_type: 'InstanceStart' });
   assert.equal(await connect(join(f.dir, 'v.sock'), 1024), null, 'nothing listens yet (V1)');
-  await new Promise((r) => setTimeout(r, 1800));
+  await new Promise((r) => setTimeout(r, 3300));
   const c = net.connect(join(f.dir, 'v.sock'));
   c.write('CONNECT 1024\n');
   const [first] = await once(c, 'data');
@@ -138,8 +143,9 @@ test('F2, V3: a load reopens the recorded relative paths; before resume no CONNE
   assert.equal((await b.call('PUT', '/snapshot/load', { ...snap, resume_vm: false })).status, 204, 'disk.raw and v.sock are found in the new folder');
   assert.equal((await b.call('GET', '/')).body!.state, 'Paused');
   assert.equal(await connect(join(b.dir, 'v.sock'), 1024), null, 'paused: held, then dropped (V3)');
+  writeFileSync(join(b.dir, 'fake.jsonl'), '');
   const pending = connect(join(b.dir, 'v.sock'), 1024);
-  await new Promise((r) => setTimeout(r, 200));
+  await b.heldConnect();
   await b.call('PATCH', '/vm', { state: 'Resumed' });
   assert.equal(await pending, null, 'a CONNECT from before the resume is reset (V3)');
   const c = net.connect(join(b.dir, 'v.sock'));
