@@ -3,6 +3,8 @@
 // build the demo app's image, cold-boot it, one GET through the forwarded
 // port, destroy, and make sure no QEMU process of that VM is left.
 // Also exports the small toolkit the lifecycle benchmark shares.
+import { firecrackerReport, type FirecrackerReport } from './hypervisor/firecracker-check.ts';
+import type { Hypervisor } from './hypervisor/types.ts';
 import type { RunConfig } from './wire/run.ts';
 import { execFile as execFileCb } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -57,6 +59,8 @@ export interface HostReport {
   umoci: Check;
   disk_cache: DiskCheck;
   disk_data: DiskCheck;
+  /** `--driver firecracker`: binary, jailer, KVM (informational). */
+  firecracker: FirecrackerReport;
 }
 export interface SmokeOk {
   boot_mode: 'cold';
@@ -74,7 +78,7 @@ export interface DoctorReport {
 // --- toolkit shared with src/bench/lifecycle.ts ---------------------------------
 
 /** The node settings `thaw up` uses, over a private data folder. */
-export function demoContext(dataDir: string, assets: GuestAssets, hv = new QemuDriver({ probeAssets: async () => assets })): NodeContext {
+export function demoContext(dataDir: string, assets: GuestAssets, hv: Hypervisor = new QemuDriver({ probeAssets: async () => assets })): NodeContext {
   return {
     hv, assets, dataDir, log: pino({ level: 'warn' }, pino.destination(2)),
     memMiB: Number(process.env.THAW_VM_MEM_MIB ?? 512), vcpus: Number(process.env.THAW_VM_VCPUS ?? 2), guestPort: 8080,
@@ -210,7 +214,7 @@ async function hostChecks(dataDir: string): Promise<{ host: HostReport; assets: 
   const [disk_cache, disk_data] = await Promise.all([diskFree(cacheRoot()), diskFree(dataDir)]);
   const host: HostReport = {
     qemu, qemu_img, kvm_device, accel: verdict.accel, accel_reason: verdict.reason, kernel, assets: assetsCheck,
-    mkfs_ext4, busybox, zstd, tar, skopeo, umoci, disk_cache, disk_data,
+    mkfs_ext4, busybox, zstd, tar, skopeo, umoci, disk_cache, disk_data, firecracker: await firecrackerReport(verdict.accel),
   };
   return { host, assets: a, hv };
 }
@@ -268,6 +272,8 @@ function checklist(r: DoctorReport): string {
   ];
   const lines = rows.map(([name, c]) => `${mark(c.ok)} ${name.padEnd(19)} ${c.detail}`);
   lines.push(`[info] ${'accelerator'.padEnd(19)} ${h.accel}: ${h.accel_reason}`);
+  const fc = h.firecracker;
+  lines.push(`[info] ${'firecracker'.padEnd(19)} ${fc.usable ? 'usable' : 'not usable'}: binary ${fc.firecracker.detail}; jailer ${fc.jailer.detail}; KVM ${fc.kvm.detail}`);
   if ('error' in r.smoke) lines.push(`[FAIL] ${'smoke run'.padEnd(19)} ${r.smoke.error.code}: ${r.smoke.error.message}`);
   else {
     const s = r.smoke.steps;

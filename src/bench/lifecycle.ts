@@ -16,6 +16,8 @@ import { destroyVm } from '../lifecycle/destroy.ts';
 import { sleepVm } from '../lifecycle/sleep.ts';
 import { wake, type WakeOutcome } from '../lifecycle/wake.ts';
 import { SEED_FILES } from '../seed/manifest.ts';
+import { createHypervisor } from '../hypervisor/select.ts';
+import type { DriverName } from '../hypervisor/types.ts';
 
 export interface ThawRun {
   /** wake() start -> first HTTP 200 through the forwarded port. */
@@ -66,6 +68,8 @@ export interface LifecycleOpts {
   dataDir?: string;
   /** Progress lines (default: stderr). */
   log?: (s: string) => void;
+  /** Hypervisor driver (default qemu). */
+  driver?: DriverName;
 }
 
 const APP = 'bench';
@@ -135,8 +139,9 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
+    const driver = opts.driver ?? 'qemu';
     const assets = await ensureAssets(log);
-    const ctx = demoContext(path.join(work, 'data'), assets);
+    const ctx = demoContext(path.join(work, 'data'), assets, createHypervisor(driver, { assets }));
     const accel = await ctx.hv.accel();
     const image = path.join(work, 'app.img');
     log(`building the demo image (accel ${accel})`);

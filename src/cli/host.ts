@@ -33,6 +33,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .addOption(new Option('--seed-cache-bytes <n>', 'byte cap of the local seed cache (LRU)').argParser(intArg))
     .addOption(new Option('--seed-ttl <seconds>', 'delete seeds of apps not woken for this long').argParser(intArg))
     .option('--no-local-node', 'control plane and router only; VMs run on `thaw node` processes')
+    .addOption(new Option('--driver <name>', 'hypervisor driver of this node: qemu, or firecracker (KVM only)').choices(['qemu', 'firecracker']).env('THAW_DRIVER').default('qemu'))
     .addOption(new Option('--node-timeout <ms>', 'mark a `thaw node` down after this long without a heartbeat').argParser(intArg).default(5000))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const runUp = await load<(opts: UpOpts) => Promise<void>>(ctx, '../control/up.ts', 'runUp');
@@ -53,6 +54,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
         localNode: o.localNode !== false,
         nodeDownAfterMs: o.nodeTimeout as number,
         ...proxyOptions(o),
+        driver: o.driver as 'qemu' | 'firecracker',
       };
       await runUp(opts);
     });
@@ -72,6 +74,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .option('--s3-region <region>', 'bucket region (default us-east-1)')
     .addOption(new Option('--seed-cache-bytes <n>', 'byte cap of this node\'s seed cache (LRU)').argParser(intArg))
     .addOption(new Option('--capacity <n>', 'most VMs at once (default: what 80% of memory holds)').argParser(intArg))
+    .addOption(new Option('--driver <name>', 'hypervisor driver of this node: qemu, or firecracker (KVM only)').choices(['qemu', 'firecracker']).env('THAW_DRIVER').default('qemu'))
     .addOption(new Option('--node-timeout <ms>', "the control plane's node timeout (match `thaw up`); VMs stop after 60% of it without the control plane").argParser(intArg).default(5000))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const mod = (await ctx.deps.importModule(new URL('../node/run.ts', import.meta.url).href)) as typeof import('../node/run.ts');
@@ -91,6 +94,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
         ...(typeof o.seedCacheBytes === 'number' ? { seedCacheBytes: o.seedCacheBytes } : {}),
         ...(typeof o.capacity === 'number' ? { capacity: o.capacity } : {}),
         nodeTimeoutMs: o.nodeTimeout as number,
+        driver: o.driver as 'qemu' | 'firecracker',
       });
     });
 
@@ -110,8 +114,9 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .command('lifecycle')
     .description('cold boot -> bake -> N thaws of the demo app in a temporary data folder')
     .addOption(new Option('--thaws <n>', 'number of thaws').argParser(intArg).default(5))
-    .action(async (o: { thaws: number }, cmd: Command) => {
-      const run = await load<(opts: { thaws: number; json: boolean }) => Promise<unknown>>(ctx, '../bench/lifecycle.ts', 'runBenchLifecycle');
-      await run({ thaws: o.thaws, json: ctx.globals(cmd).json });
+    .addOption(new Option('--driver <name>', 'hypervisor driver').choices(['qemu', 'firecracker']).env('THAW_DRIVER').default('qemu'))
+    .action(async (o: { thaws: number; driver: 'qemu' | 'firecracker' }, cmd: Command) => {
+      const run = await load<(opts: { thaws: number; json: boolean; driver: string }) => Promise<unknown>>(ctx, '../bench/lifecycle.ts', 'runBenchLifecycle');
+      await run({ thaws: o.thaws, json: ctx.globals(cmd).json, driver: o.driver });
     });
 }

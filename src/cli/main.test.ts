@@ -134,8 +134,14 @@ test('up loads runUp with the parsed flags', async (t) => {
   assert.deepEqual(got!.opts, {
     data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db', localNode: true, nodeDownAfterMs: 5000,
     routerTimeouts: { keepAliveMs: 75_000, headersMs: 60_000, requestMs: 600_000, upstreamHeadersMs: 300_000, upstreamBodyMs: 0 },
-    wakeTimeoutMs: 60_000, drainMs: 30_000, stopGraceMs: 3000,
+    wakeTimeoutMs: 60_000, drainMs: 30_000, stopGraceMs: 3000, driver: 'qemu',
   });
+  const fc = await cli(['--data', dir, 'up', '--driver', 'firecracker'], {}, { importModule });
+  assert.equal(fc.code, 0, fc.stderr);
+  assert.equal((got!.opts as { driver: string }).driver, 'firecracker');
+  const bad = await cli(['--data', dir, 'up', '--driver', 'xen'], {}, { importModule });
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /--driver.*xen|xen.*--driver|Allowed choices/i);
   const none = await cli(['up'], {}, { importModule: async () => ({}) });
   assert.equal(none.code, 2);
 });

@@ -52,6 +52,8 @@ export interface UpOptions {
   drainMs?: number;
   /** Every sleep gives the app this long after SIGTERM before SIGKILL (ms, default 10000). */
   stopGraceMs?: number;
+  /** Hypervisor driver of the local node (default qemu). */
+  driver?: import('../hypervisor/types.ts').DriverName;
 }
 
 export interface Running {
@@ -86,7 +88,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   const cluster = new Cluster({ store, token, log, downAfterMs: o.nodeDownAfterMs ?? 5000 });
   let agent: NodeAgent | null = null;
   if (o.localNode !== false) {
-    agent = await createNodeAgent({ dir: nodeDir(data), name: 'local', s3, capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3, images: () => sharedImages, log });
+    agent = await createNodeAgent({ dir: nodeDir(data), name: 'local', s3, capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3, images: () => sharedImages, log, ...(o.driver ? { driver: o.driver } : {}) });
     cluster.addLocal(agent);
   }
   const host = o.host ?? '127.0.0.1';

@@ -12,33 +12,48 @@
 //
 // Host requirements and limitations:
 // - KVM only (no TCG): accel() checks that /dev/kvm opens read-write.
-// - Raw disks only (no qcow2). A thaw's "copy-on-write overlay" must be a raw
-//   copy (e.g. `cp --reflink=auto`).
-// - Network: Firecracker needs a host TAP device per VM plus host routing.
-//   The TAP is named from the VM id (tapName()); the driver does NOT create it
-//   (see tapSetupCommands()) and does NOT forward 127.0.0.1:hostPort to the
-//   guest (that needs iptables DNAT or a proxy; not implemented). appAddress is
-//   therefore the guest IP and guestPort. The guest IP and MAC are constants
-//   because they are baked into snapshot memory; running several VMs at once
-//   needs one network namespace per VM (Firecracker's "network for clones").
+// - Raw disks only (no qcow2): a thaw's copy-on-write disk is a raw reflink or
+//   sparse copy (createOverlay with diskFormat 'raw').
+// - Relative paths: Firecracker runs in the VM's folder (spec.dir) and is given
+//   `disk.raw` and `vsock.sock`, as its docs suggest. A snapshot records those
+//   relative paths, and /snapshot/load reopens them "at the same relative paths"
+//   (snapshot-support.md, "Loading snapshots"), i.e. in the NEW VM's folder: the
+//   baked VM's folder, deleted by destroy(), is never needed again.
+// - Network: only with a host TAP device (spec.tap, else the driver's `tap`
+//   option; created by the network layer or the smoke script, not here): eth0 on
+//   that TAP (the guest's init gives itself 10.0.2.15/24 via 10.0.2.2, so the
+//   TAP's host side is 10.0.2.2/24), and 127.0.0.1:hostPort relayed to
+//   guestIp:guestPort (appAddress, as under QEMU).
 // - Agent channel: virtio-vsock, guest CID 3, agent port 1024, host-initiated
-//   via DIR/vsock.sock and the `CONNECT 1024\n` / `OK <port>\n` handshake.
-//   Firecracker resets vsock connections on snapshot restore.
+//   via vsock.sock and `CONNECT 1024\n` / `OK <port>\n`. Firecracker closes the
+//   connection while nothing in the guest listens (a cold boot's agent is not up
+//   yet), so openAgentChannel() retries until a deadline. After a snapshot load,
+//   vsock traffic is held until the resumed guest handled the transport reset:
+//   agentChannelBeforeResume is false, and thaw opens the channel after resume().
 import { spawn as nodeSpawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
 import { mkdir, open, rm } from 'node:fs/promises';
 import net from 'node:net';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ThawError, isThawError, type ErrorCode } from '../errors.ts';
 import { UndoStack } from '../undo.ts';
 import { FirecrackerApi, vsockHandshake } from './firecracker-api.ts';
+import { forwardPort, type Forward } from './firecracker-forward.ts';
+import { killAndWait, sleep, waitForApi, type Exit } from './firecracker-process.ts';
 import type { Accel, Hypervisor, SnapshotFiles, VmHandle, VmSpec } from './types.ts';
 
 export const AGENT_VSOCK_PORT = 1024;
 export const GUEST_CID = 3;
 const ROOT_DRIVE = 'rootfs';
+/** File names inside the VM folder (Firecracker's working folder); snapshots record them as they are. */
+export const DISK_FILE = 'disk.raw';
+export const VSOCK_FILE = 'vsock.sock';
+const API_FILE = 'fc.sock';
+/** Pause between vsock handshake attempts while the guest is not listening yet. */
+const CONNECT_RETRY_MS = 50;
+/** One attempt's limit: a CONNECT the guest never answers is dropped by Firecracker after about 2 s. */
+const CONNECT_ATTEMPT_MS = 3_000;
 const IFACE = 'eth0';
 const GUEST_MAC = '06:00:ac:10:00:02';
 
@@ -47,41 +62,24 @@ export type SpawnFn = (command: string, args: readonly string[], options: SpawnO
 export interface FirecrackerOptions {
   /** Firecracker binary (default 'firecracker', looked up on PATH). */
   binary?: string;
-  /** Prefix of TAP device names (default 'fc', at most 7 chars). */
-  tapPrefix?: string;
   /** Process spawner; tests inject a fake Firecracker. */
   spawn?: SpawnFn;
   /** KVM device to probe (default '/dev/kvm'). */
   kvmDevice?: string;
   /** How long boot()/restore() wait for the API socket (default 10 s). */
   startTimeoutMs?: number;
-  /** How long openAgentChannel() waits for `OK <port>` (default 5 s). */
+  /** How long openAgentChannel() keeps trying the vsock handshake (default 60 s: a cold boot's agent must come up). */
   agentConnectTimeoutMs?: number;
-  /** Guest IP on its TAP /30 (default 172.16.0.2, host side .1). */
+  /**
+   * Guest IP (default 10.0.2.15): the guest's init sets 10.0.2.15/24 via 10.0.2.2 itself
+   * (guest/agent/init.c, QEMU's user-mode addresses), so the TAP's host side is 10.0.2.2/24.
+   */
   guestIp?: string;
+  /** TAP device for VMs whose spec names none (one VM at a time: the guest IP is in every seed). */
+  tap?: string;
 }
 
-/** TAP device name for a VM: prefix + hash of the id, within Linux's 15-char limit. */
-export function tapName(id: string, prefix = 'fc'): string {
-  if (!/^[a-z0-9-]{1,7}$/.test(prefix)) throw new ThawError('INTERNAL', `bad TAP prefix "${prefix}"`);
-  return prefix + createHash('sha256').update(id).digest('hex').slice(0, 15 - prefix.length);
-}
 
-/** Commands a host-network step must run (as root) before boot()/restore(). Not run by this driver. */
-export function tapSetupCommands(tap: string, guestIp = '172.16.0.2'): string[][] {
-  return [
-    ['ip', 'tuntap', 'add', 'dev', tap, 'mode', 'tap'],
-    ['ip', 'addr', 'add', `${hostSideIp(guestIp)}/30`, 'dev', tap],
-    ['ip', 'link', 'set', 'dev', tap, 'up'],
-  ];
-}
-
-function hostSideIp(guestIp: string): string {
-  const p = guestIp.split('.').map(Number);
-  return `${p[0]}.${p[1]}.${p[2]}.${(p[3] ?? 2) - 1}`;
-}
-
-type Exit = { code: number | null; signal: NodeJS.Signals | null };
 
 /** The handle, plus what only this driver needs. */
 class FirecrackerVm implements VmHandle {
@@ -91,6 +89,8 @@ class FirecrackerVm implements VmHandle {
   readonly api: FirecrackerApi;
   exitInfo: Exit | null = null;
   destroyed: Promise<void> | null = null;
+  /** 127.0.0.1:hostPort relay to the guest (with a TAP). */
+  forward: Forward | null = null;
 
   constructor(
     readonly spec: VmSpec,
@@ -102,8 +102,8 @@ class FirecrackerVm implements VmHandle {
     readonly privateMem: string | null,
   ) {
     this.consoleLog = join(spec.dir, 'console.log');
-    this.apiSocket = join(spec.dir, 'fc.sock');
-    this.vsockSocket = join(spec.dir, 'vsock.sock');
+    this.apiSocket = join(spec.dir, API_FILE);
+    this.vsockSocket = join(spec.dir, VSOCK_FILE);
     this.api = new FirecrackerApi(this.apiSocket);
     void exited.then((e) => (this.exitInfo = e));
   }
@@ -114,24 +114,25 @@ class FirecrackerVm implements VmHandle {
 
 export class FirecrackerDriver implements Hypervisor {
   readonly name = 'firecracker' as const;
+  readonly diskFormat = 'raw' as const;
+  readonly agentChannelBeforeResume = false;
   private readonly binary: string;
-  private readonly tapPrefix: string;
   private readonly spawnFn: SpawnFn;
   private readonly kvmDevice: string;
   private readonly startTimeoutMs: number;
   private readonly agentTimeoutMs: number;
   private readonly guestIp: string;
+  private readonly tap: string | undefined;
   private accelProbe: Promise<Accel> | null = null;
 
   constructor(opts: FirecrackerOptions = {}) {
     this.binary = opts.binary ?? 'firecracker';
-    this.tapPrefix = opts.tapPrefix ?? 'fc';
     this.spawnFn = opts.spawn ?? nodeSpawn;
     this.kvmDevice = opts.kvmDevice ?? '/dev/kvm';
     this.startTimeoutMs = opts.startTimeoutMs ?? 10_000;
-    this.agentTimeoutMs = opts.agentConnectTimeoutMs ?? 5_000;
-    this.guestIp = opts.guestIp ?? '172.16.0.2';
-    tapName('x', this.tapPrefix); // validate the prefix early
+    this.agentTimeoutMs = opts.agentConnectTimeoutMs ?? 60_000;
+    this.guestIp = opts.guestIp ?? '10.0.2.15';
+    this.tap = opts.tap;
   }
 
   /** Firecracker has no TCG: 'kvm' when /dev/kvm opens read-write, else HYPERVISOR_UNSUPPORTED. Cached. */
@@ -152,17 +153,16 @@ export class FirecrackerDriver implements Hypervisor {
   async boot(spec: VmSpec): Promise<VmHandle> {
     checkSpec(spec);
     return UndoStack.run(async (undo) => {
-      const vm = await this.start(spec, null, undo);
-      const tap = tapName(spec.id, this.tapPrefix);
-      const ipArg = `ip=${this.guestIp}::${hostSideIp(this.guestIp)}:255.255.255.252::${IFACE}:off`;
+      const tap = spec.tap ?? this.tap;
+      const vm = await this.start(spec, null, undo, tap);
       const f: ErrorCode = 'VM_START_FAILED';
-      await vm.api.send('PUT /boot-source', { kernel_image_path: spec.kernel, initrd_path: spec.initrd, boot_args: `${spec.cmdline} ${ipArg}`.trim() }, f);
+      await vm.api.send('PUT /boot-source', { kernel_image_path: spec.kernel, initrd_path: spec.initrd, boot_args: spec.cmdline }, f);
       // Not the root device (Firecracker would append root=/dev/vda): the initrd mounts it.
       // Writeback: guest flushes become host fsyncs. Sync engine: no I/O in flight once vCPUs are paused.
-      await vm.api.send('PUT /drives/', { drive_id: ROOT_DRIVE, path_on_host: spec.disk, is_root_device: false, is_read_only: false, cache_type: 'Writeback', io_engine: 'Sync' }, f, ROOT_DRIVE);
+      await vm.api.send('PUT /drives/', { drive_id: ROOT_DRIVE, path_on_host: DISK_FILE, is_root_device: false, is_read_only: false, cache_type: 'Writeback', io_engine: 'Sync' }, f, ROOT_DRIVE);
       await vm.api.send('PUT /machine-config', { mem_size_mib: spec.memMiB, vcpu_count: spec.vcpus, smt: false, track_dirty_pages: false }, f);
-      await vm.api.send('PUT /network-interfaces/', { iface_id: IFACE, host_dev_name: tap, guest_mac: GUEST_MAC }, f, IFACE);
-      await vm.api.send('PUT /vsock', { guest_cid: GUEST_CID, uds_path: vm.vsockSocket }, f);
+      if (tap) await vm.api.send('PUT /network-interfaces/', { iface_id: IFACE, host_dev_name: tap, guest_mac: GUEST_MAC }, f, IFACE);
+      await vm.api.send('PUT /vsock', { guest_cid: GUEST_CID, uds_path: VSOCK_FILE }, f);
       await vm.api.send('PUT /actions', { action_type: 'InstanceStart' }, f);
       return vm;
     });
@@ -172,27 +172,22 @@ export class FirecrackerDriver implements Hypervisor {
     checkSpec(spec);
     if (spec.memFile !== snap.mem) throw new ThawError('INTERNAL', `restore: spec.memFile (${spec.memFile}) must be snap.mem (${snap.mem})`);
     return UndoStack.run(async (undo) => {
-      const vm = await this.start(spec, snap.mem, undo);
+      const tap = spec.tap ?? this.tap;
+      const vm = await this.start(spec, snap.mem, undo, tap);
       const f: ErrorCode = 'VM_START_FAILED';
       // backend_type 'File': Firecracker mmaps the memory file MAP_PRIVATE, so guest writes
       // are copy-on-write in this process and the seed's memory image is never modified
       // (the seed invariant: one seed, many thaws). Pages not yet copied still read through to
-      // the file, so nothing may rewrite snap.mem while this VM lives. The snapshot records the TAP name
-      // and vsock socket of the baked VM; both are re-pointed to this VM's own.
+      // the file, so nothing may rewrite snap.mem while this VM lives. The snapshot recorded
+      // `disk.raw` and `vsock.sock` relative to the baked VM's folder; Firecracker runs in this
+      // VM's folder, so they are this VM's own disk (a copy of the seed's) and socket.
       await vm.api.send('PUT /snapshot/load', {
         snapshot_path: snap.state,
         mem_backend: { backend_type: 'File', backend_path: snap.mem },
         resume_vm: false,
-        network_overrides: [{ iface_id: IFACE, host_dev_name: tapName(spec.id, this.tapPrefix) }],
-        vsock_override: { uds_path: vm.vsockSocket },
+        ...(tap ? { network_overrides: [{ iface_id: IFACE, host_dev_name: tap }] } : {}),
+        vsock_override: { uds_path: VSOCK_FILE },
       }, f);
-      // It also records the path of the root drive at bake time, and Firecracker
-      // opens that path during load: it must still exist then and must be the seed's own disk
-      // (the disk the memory image was taken with). SnapshotLoadParams has no drive override,
-      // so the drive is re-pointed to spec.disk with `PATCH /drives/{id}` (PartialDrive,
-      // "post-boot only": a loaded VM counts as started) while the vCPUs are still paused,
-      // before resume(). spec.disk is a byte copy of that disk, so the guest sees no change.
-      await vm.api.send('PATCH /drives/', { drive_id: ROOT_DRIVE, path_on_host: spec.disk }, f, ROOT_DRIVE);
       return vm;
     });
   }
@@ -215,16 +210,24 @@ export class FirecrackerDriver implements Hypervisor {
     await this.call(vm, (x) => x.api.send('PUT /snapshot/create', { snapshot_type: 'Full', snapshot_path: snap.state, mem_file_path: snap.mem }, 'INTERNAL'));
   }
 
+  /** Retry the vsock handshake until the guest's agent listens (AGENT_TIMEOUT after agentConnectTimeoutMs). */
   async openAgentChannel(vm: VmHandle): Promise<Duplex> {
     const h = asFc(vm);
-    const sock = net.createConnection(h.vsockSocket);
-    try {
-      await vsockHandshake(sock, AGENT_VSOCK_PORT, this.agentTimeoutMs);
-      return sock;
-    } catch (err) {
-      sock.destroy();
-      if (h.exitInfo) throw new ThawError('VM_GONE', `Firecracker VM ${vm.id} exited`, { cause: err, details: { ...h.exitInfo, consoleLog: h.consoleLog } });
-      throw err;
+    const deadline = Date.now() + this.agentTimeoutMs;
+    for (let attempt = 1; ; attempt++) {
+      const sock = net.createConnection(h.vsockSocket);
+      try {
+        await vsockHandshake(sock, AGENT_VSOCK_PORT, Math.max(1, Math.min(CONNECT_ATTEMPT_MS, deadline - Date.now())));
+        return sock;
+      } catch (err) {
+        sock.destroy();
+        if (h.exitInfo) throw new ThawError('VM_GONE', `Firecracker VM ${vm.id} exited`, { cause: err, details: { ...h.exitInfo, consoleLog: h.consoleLog } });
+        if (isThawError(err, 'AGENT_PROTOCOL')) throw err;
+        if (Date.now() + CONNECT_RETRY_MS >= deadline) {
+          throw new ThawError('AGENT_TIMEOUT', `no agent on vsock port ${AGENT_VSOCK_PORT} of VM ${vm.id} after ${attempt} attempts in ${this.agentTimeoutMs} ms: ${(err as Error).message}`, { cause: err });
+        }
+      }
+      await sleep(CONNECT_RETRY_MS);
     }
   }
 
@@ -234,21 +237,22 @@ export class FirecrackerDriver implements Hypervisor {
     h.destroyed ??= (async () => {
       await killAndWait(h.child, h.exited);
       await h.api.close();
+      await h.forward?.close();
       await rm(h.spec.dir, { recursive: true, force: true }).catch(() => undefined);
     })();
     return h.destroyed;
   }
 
   /** Spawn Firecracker and wait until its API answers, the process exits, or the timeout. */
-  private async start(spec: VmSpec, privateMem: string | null, undo: UndoStack): Promise<FirecrackerVm> {
+  private async start(spec: VmSpec, privateMem: string | null, undo: UndoStack, tap: string | undefined): Promise<FirecrackerVm> {
     await mkdir(spec.dir, { recursive: true });
-    const apiSocket = join(spec.dir, 'fc.sock');
     // Firecracker refuses to bind an existing socket path.
-    await Promise.all(['fc.sock', 'vsock.sock'].map((f) => rm(join(spec.dir, f), { force: true })));
+    await Promise.all([API_FILE, VSOCK_FILE].map((f) => rm(join(spec.dir, f), { force: true })));
     const logFd = openSync(join(spec.dir, 'console.log'), 'a');
     let child: ChildProcess;
     try {
-      child = this.spawnFn(this.binary, ['--api-sock', apiSocket], { stdio: ['ignore', logFd, logFd] });
+      // In the VM's folder: every relative path in the API calls (and so in its snapshots) is a file there.
+      child = this.spawnFn(this.binary, ['--api-sock', API_FILE], { cwd: spec.dir, stdio: ['ignore', logFd, logFd] });
     } finally {
       closeSync(logFd);
     }
@@ -265,9 +269,13 @@ export class FirecrackerDriver implements Hypervisor {
       await exited;
       throw new ThawError('HOST_MISSING_TOOL', `cannot run ${this.binary}: ${(spawnError as Error | null)?.message ?? 'spawn failed'}`, { cause: spawnError });
     }
-    const appAddress = { host: this.guestIp, port: spec.guestPort };
+    const appAddress = tap ? { host: '127.0.0.1', port: spec.hostPort } : { host: this.guestIp, port: spec.guestPort };
     const vm = new FirecrackerVm(spec, child, child.pid, exited, appAddress, privateMem);
     undo.push('close api client', () => vm.api.close());
+    if (tap) {
+      vm.forward = await forwardPort('127.0.0.1', spec.hostPort, this.guestIp, spec.guestPort);
+      undo.push('close port relay', () => vm.forward!.close());
+    }
     await waitForApi(vm, this.startTimeoutMs);
     return vm;
   }
@@ -287,6 +295,7 @@ export class FirecrackerDriver implements Hypervisor {
 }
 
 function checkSpec(spec: VmSpec): void {
+  if (resolve(spec.disk) !== join(resolve(spec.dir), DISK_FILE)) throw new ThawError('INTERNAL', `Firecracker: the disk must be ${DISK_FILE} in the VM folder ${spec.dir}, got ${spec.disk}`);
   if (spec.diskFormat !== 'raw') throw new ThawError('HYPERVISOR_UNSUPPORTED', `Firecracker needs a raw disk, got ${spec.diskFormat} (${spec.disk})`);
   if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 32) throw new ThawError('HYPERVISOR_UNSUPPORTED', `Firecracker supports 1-32 vCPUs, got ${spec.vcpus}`);
   if (!Number.isInteger(spec.memMiB) || spec.memMiB < 1) throw new ThawError('HYPERVISOR_UNSUPPORTED', `bad memory size ${spec.memMiB} MiB`);
@@ -295,45 +304,4 @@ function checkSpec(spec: VmSpec): void {
 function asFc(vm: VmHandle): FirecrackerVm {
   if (!(vm instanceof FirecrackerVm)) throw new ThawError('INTERNAL', `VM ${vm.id} was not started by the Firecracker driver`);
   return vm;
-}
-
-async function killAndWait(child: ChildProcess, exited: Promise<Exit>): Promise<void> {
-  if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
-    try {
-      child.kill('SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 5_000)))]);
-  clearTimeout(timer);
-}
-
-/** Poll `GET /` until it answers, racing the process exit (VM_START_FAILED) and a timeout (VM_TIMEOUT). */
-async function waitForApi(vm: FirecrackerVm, timeoutMs: number): Promise<void> {
-  const details = { consoleLog: vm.consoleLog, apiSocket: vm.apiSocket };
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), timeoutMs)));
-  const exited = vm.exited.then(() => 'exited' as const);
-  try {
-    for (;;) {
-      const probe = vm.api.describe().then(() => 'up' as const, () => 'retry' as const);
-      let outcome = await Promise.race([probe, exited, timedOut]);
-      if (outcome === 'up') return;
-      if (outcome === 'retry') outcome = await Promise.race([sleep(20).then(() => 'retry' as const), exited, timedOut]);
-      if (outcome === 'retry') continue;
-      if (outcome === 'exited') {
-        const e = await vm.exited;
-        throw new ThawError('VM_START_FAILED', `Firecracker exited before its API answered (code ${e.code}, signal ${e.signal}); see ${vm.consoleLog}`, { details: { ...details, ...e } });
-      }
-      throw new ThawError('VM_TIMEOUT', `Firecracker API did not answer within ${timeoutMs} ms; see ${vm.consoleLog}`, { details });
-    }
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }

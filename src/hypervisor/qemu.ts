@@ -39,6 +39,8 @@ const MIGRATION_DEADLINE_MS = 30_000;
 
 export class QemuDriver implements Hypervisor {
   readonly name = 'qemu' as const;
+  readonly diskFormat = 'qcow2' as const;
+  readonly agentChannelBeforeResume = true;
   private readonly binary: string;
   private accelP: Promise<Accel> | null = null;
 

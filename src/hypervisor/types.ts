@@ -28,6 +28,8 @@ export interface VmSpec {
   guestPort: number;
   /** Host port (127.0.0.1) forwarded to guestPort. */
   hostPort: number;
+  /** Host TAP device for the guest's eth0 (Firecracker supports only TAP networking); none: no network device. */
+  tap?: string;
 }
 
 /** A running (or paused) VM process. */
@@ -53,6 +55,15 @@ export interface SnapshotFiles {
 
 export interface Hypervisor {
   readonly name: DriverName;
+  /** Format of the per-VM disk this driver boots from: a qcow2 overlay (QEMU) or a raw copy-on-write copy (Firecracker). */
+  readonly diskFormat: 'raw' | 'qcow2';
+  /**
+   * Whether openAgentChannel() may be called on a restored VM before resume().
+   * QEMU: yes (the virtio-serial chardev is host-side). Firecracker: no; after a
+   * snapshot load it holds vsock traffic until the running guest has handled the
+   * transport-reset event, so the channel opens only after resume().
+   */
+  readonly agentChannelBeforeResume: boolean;
   /** Accelerator this driver uses on this host (probed once, cached). */
   accel(): Promise<Accel>;
   /** Start a VM and let it run from its kernel entry point. */
@@ -65,7 +76,10 @@ export interface Hypervisor {
   resume(vm: VmHandle): Promise<void>;
   /** Save the (paused) VM's CPU/device state to snap.state and make sure snap.mem holds its memory. */
   snapshot(vm: VmHandle, snap: SnapshotFiles): Promise<void>;
-  /** Open the host end of the guest agent channel (virtio-serial for QEMU, vsock for Firecracker). */
+  /**
+   * Open the host end of the guest agent channel (virtio-serial for QEMU, vsock for Firecracker).
+   * Firecracker: retries the vsock handshake until the guest listens or a deadline (AGENT_TIMEOUT).
+   */
   openAgentChannel(vm: VmHandle): Promise<Duplex>;
   /** Kill the VMM process and remove spec.dir. Idempotent, never throws. */
   destroy(vm: VmHandle): Promise<void>;

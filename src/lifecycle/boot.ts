@@ -33,8 +33,9 @@ export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: stri
     cmdline: KERNEL_CMDLINE,
     memMiB: ctx.memMiB,
     vcpus: ctx.vcpus,
-    disk: path.join(dir, 'disk.qcow2'),
-    diskFormat: 'qcow2',
+    // A fixed name in the VM's own folder: Firecracker records it relative to that folder in its snapshots.
+    disk: path.join(dir, `disk.${ctx.hv.diskFormat}`),
+    diskFormat: ctx.hv.diskFormat,
     memFile: mem ?? path.join(dir, 'mem.ram'),
     guestPort,
     hostPort,
@@ -87,7 +88,7 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
     const spec = vmSpec(ctx, id, await freePort(), null, p.run.port);
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
-    await createOverlay(p.baseDisk, spec.disk);
+    await createOverlay(p.baseDisk, spec.disk, spec.diskFormat);
     sw.lap('prepare_ms');
     const vm = await ctx.hv.boot(spec);
     undo.push('destroy vm', () => ctx.hv.destroy(vm));

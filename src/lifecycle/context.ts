@@ -1,5 +1,6 @@
 // What every lifecycle step (boot, bake, thaw, sleep, destroy) needs on a node.
 import { execFile as execFileCb } from 'node:child_process';
+import { chmod } from 'node:fs/promises';
 import net from 'node:net';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
@@ -71,12 +72,22 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Copy-on-write qcow2 overlay over a read-only raw base: the base is never written. */
-export async function createOverlay(base: string, overlay: string): Promise<void> {
+/**
+ * The per-VM disk over a read-only raw base; the base is never written.
+ * - qcow2 (QEMU): a copy-on-write qcow2 overlay backed by the base.
+ * - raw (Firecracker, which opens raw files only): a copy that shares blocks with
+ *   the base where the filesystem can (a reflink on XFS/Btrfs) and is otherwise a
+ *   sparse copy (holes stay holes; cost grows with the data in the base).
+ */
+export async function createOverlay(base: string, overlay: string, format: 'raw' | 'qcow2' = 'qcow2'): Promise<void> {
+  const [cmd, args] = format === 'raw'
+    ? ['cp', ['--reflink=auto', '--sparse=always', base, overlay]]
+    : ['qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', base, overlay]];
   try {
-    await execFile('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', base, overlay]);
+    await execFile(cmd, args);
+    if (format === 'raw') await chmod(overlay, 0o600); // cp keeps the base's read-only mode
   } catch (err) {
-    throw new ThawError('HOST_MISSING_TOOL', `qemu-img create failed: ${(err as Error).message}`, { cause: err });
+    throw new ThawError('HOST_MISSING_TOOL', `${cmd} (${format} overlay) failed: ${(err as Error).message}`, { cause: err });
   }
 }
 

@@ -39,15 +39,18 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     const spec = { ...vmSpec(ctx, id, await freePort(), mem, p.run.port), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
-    await createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk);
+    await createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk, spec.diskFormat);
     sw.lap('prepare_ms');
 
     const vm = await ctx.hv.restore(spec, { state: path.join(p.seedDir, 'state.bin'), mem });
     undo.push('destroy vm', () => ctx.hv.destroy(vm));
-    const agent = new AgentClient(await ctx.hv.openAgentChannel(vm), vm.exited);
-    undo.push('close agent', () => agent.close());
+    // QEMU: the channel opens while paused. Firecracker: only after resume (see agentChannelBeforeResume).
+    const early = ctx.hv.agentChannelBeforeResume ? await ctx.hv.openAgentChannel(vm) : null;
+    if (early) undo.push('close channel', () => early.destroy());
     sw.lap('restore_ms');
     await ctx.hv.resume(vm);
+    const agent = new AgentClient(early ?? (await ctx.hv.openAgentChannel(vm)), vm.exited);
+    undo.push('close agent', () => agent.close());
     // Everything is pipelined right after resume: the agent frozen in the seed
     // already has its port open, and its public key is in the manifest. The
     // ping proves it is that agent with no app running; the clock and RNG are

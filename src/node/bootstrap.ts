@@ -5,7 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { ensureAssets, type GuestAssets } from '../guest/assets.ts';
-import { QemuDriver } from '../hypervisor/qemu.ts';
+import { createHypervisor } from '../hypervisor/select.ts';
+import type { DriverName } from '../hypervisor/types.ts';
 import type { NodeContext } from '../lifecycle/context.ts';
 import { SeedStore } from '../seed/s3.ts';
 import { NodeAgent, type ImageSource } from './agent.ts';
@@ -23,13 +24,16 @@ export interface NodeSetup {
   log: Logger;
   /** Address the app port forwards bind to (default 127.0.0.1). */
   bindHost?: string;
+  /** Hypervisor driver (default qemu). */
+  driver?: DriverName;
 }
 
 export async function createNodeAgent(o: NodeSetup): Promise<NodeAgent> {
+  const driver = o.driver ?? 'qemu';
   const assets = await ensureAssets((l) => o.log.info(l));
-  const hv = new QemuDriver({ probeAssets: async () => assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}) });
+  const hv = createHypervisor(driver, { assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}) });
   const accel = await hv.accel();
-  o.log.info({ accel, node: o.name }, 'hypervisor ready');
+  o.log.info({ driver, accel, node: o.name }, 'hypervisor ready');
   const memMiB = Number(process.env.THAW_VM_MEM_MIB ?? 512);
   const ctx: NodeContext = {
     hv,

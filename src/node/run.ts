@@ -39,6 +39,8 @@ export interface NodeOptions {
   heartbeatMs?: number;
   /** The control plane's node timeout (default 5000; match `thaw up --node-timeout`). The node stops its VMs after 60% of it without the control plane, before it can be marked down. */
   nodeTimeoutMs?: number;
+  /** Hypervisor driver (default qemu). */
+  driver?: import('../hypervisor/types.ts').DriverName;
 }
 
 export interface RunningNode {
@@ -72,6 +74,7 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
     images: () => fetcher,
     log: log.child({ node: o.name }),
     bindHost: o.vmHost ?? host,
+    ...(o.driver ? { driver: o.driver } : {}),
   });
   const server = await createNodeServer(agent, o.token);
   await server.listen({ host, port: o.port ?? 0 });
