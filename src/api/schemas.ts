@@ -103,6 +103,8 @@ export const WakeWire = z.object({
   node: z.string().nullable(),
   seed_source: z.enum(['local', 'pulled', 'none']),
   placement: z.string().nullable().optional(),
+  /** From the wake's start (as the router saw it) to the first byte of the app's answer; null when no request waited. */
+  first_byte_ms: z.number().nullable().optional(),
   stages: z.record(z.string(), z.number()),
 });
 export const DeployResultWire = z.object({ app: z.string(), deploy: DeployWire, purged_seed: z.string().nullable(), build_ms: z.number() });
@@ -197,6 +199,7 @@ export function toWakeWire(w: WakeRow): WakeWire {
     node: w.node,
     seed_source: w.seedSource,
     placement: w.placement ?? null,
+    first_byte_ms: w.firstByteMs ?? null,
     stages: w.stages,
   };
 }

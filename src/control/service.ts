@@ -104,6 +104,11 @@ export class Service implements ControlService, AppDirectory {
     return this.lock(name, () => this.runs.sleep(name));
   }
 
+  /** The router saw the first byte of the app's answer after this wake (AppDirectory.firstByte). */
+  async firstByte(_name: string, wakeId: string, ms: number): Promise<void> {
+    await this.o.store.setWakeFirstByte(wakeId, ms);
+  }
+
   /** A seed is gone for good (TTL, evicted without a durable copy): forget it; the next wake cold-boots. */
   async seedGone(seed: SeedRow): Promise<void> {
     await this.o.store.deleteSeed(seed.id);
@@ -251,6 +256,13 @@ export class Service implements ControlService, AppDirectory {
 
   async nodes(): Promise<NodeInfo[]> {
     return this.o.cluster.list();
+  }
+
+  async seedHolders(): Promise<Record<string, string[]>> {
+    const out: Record<string, string[]> = {};
+    const members = this.o.cluster.all().filter((m) => m.state === 'up');
+    for (const s of await this.o.store.listSeeds()) out[s.id] = members.filter((m) => m.hasSeed(s.id)).map((m) => m.name);
+    return out;
   }
 
   async deployImage(name: string, deployId: string): Promise<{ stream: Readable; bytes: number }> {

@@ -148,7 +148,8 @@ export class AppTable {
       if (this.closing) return;
       app.wakes++;
       this.wakes++;
-      result = await this.dir.wake(app.name);
+      const startedAt = performance.now();
+      result = { ...(await this.dir.wake(app.name)), startedAt };
     } catch (err) {
       failure = asThawError(err, 'WAKE_FAILED');
     } finally {

@@ -38,6 +38,7 @@ class FakeDir implements AppDirectory {
   wakeGate: Promise<void> | null = null;
   wakeError: unknown = null;
   sleepGate: Promise<void> | null = null;
+  firstBytes: { name: string; wakeId: string; ms: number }[] = [];
 
   add(name: string, upstream: Address, awake: boolean, idleTimeoutS = 300): void {
     this.apps.set(name, { address: awake ? upstream : null, upstream, idleTimeoutS });
@@ -53,6 +54,9 @@ class FakeDir implements AppDirectory {
     const a = this.apps.get(name)!;
     a.address = a.upstream;
     return { address: a.upstream, bootMode: 'snapshot', wallMs: 123.4, wakeId: 'w-1' };
+  }
+  async firstByte(name: string, wakeId: string, ms: number): Promise<void> {
+    this.firstBytes.push({ name, wakeId, ms });
   }
   async sleep(name: string): Promise<void> {
     this.sleepCalls++;
@@ -135,6 +139,24 @@ test('routes by Host (case-insensitive, port stripped), adds x-forwarded-*, heal
   assert.equal(health.status, 200);
   assert.deepEqual(health.json(), { ok: true });
   assert.equal(dir.wakeCalls, 0);
+});
+
+test('the first byte after a wake is reported once per wake, measured from the wake start', async (t) => {
+  const { dir, router, port } = await setup(t);
+  const up = await upstream(t, 'fb');
+  dir.add('fb', up, false);
+  const gate = deferred();
+  dir.wakeGate = gate.promise;
+  const pending = [call(port, 'fb.localhost'), call(port, 'fb.localhost', '/slow')];
+  await until(() => router.stats().held === 2, '2 held requests');
+  await sleepMs(150);
+  gate.resolve();
+  await Promise.all(pending);
+  await call(port, 'fb.localhost'); // served by the awake app: no wake, no report
+  assert.equal(dir.firstBytes.length, 1);
+  assert.equal(dir.firstBytes[0]!.name, 'fb');
+  assert.equal(dir.firstBytes[0]!.wakeId, 'w-1');
+  assert.ok(dir.firstBytes[0]!.ms >= 150, `first byte ${dir.firstBytes[0]!.ms} ms includes the wake`);
 });
 
 test('unknown host or app -> 404 APP_NOT_FOUND', async (t) => {

@@ -111,6 +111,12 @@ export const MIGRATIONS: readonly Migration[] = [
     // JSON of src/wire/run.ts RunConfig; NULL for deploys made before it (derived from the image).
     up: [`ALTER TABLE deploys ADD COLUMN run_config TEXT`],
   },
+  {
+    version: 4,
+    name: 'wake first byte',
+    // Set by the router once the app's first answer after the wake starts (src/router); NULL for wakes no request waited for.
+    up: [`ALTER TABLE wakes ADD COLUMN first_byte_ms INTEGER`],
+  },
 ];
 
 export const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -215,6 +221,7 @@ export function toWake(r: Raw): WakeRow {
     node: strOrNull(r.node),
     seedSource: str(r.seed_source) as WakeRow['seedSource'],
     placement: strOrNull(r.placement),
+    firstByteMs: numOrNull(r.first_byte_ms),
     stages: JSON.parse(str(r.stages)) as Record<string, number>,
   };
 }
