@@ -44,6 +44,9 @@ export const ERROR_CODES = {
   APP_BUSY: { kind: 'user', status: 409, hint: 'Another operation on this app is in progress; retry shortly.' },
   UNAUTHORIZED: { kind: 'user', status: 401, hint: 'Pass the token from DATA/token as "Authorization: Bearer TOKEN" (the CLI does this for you).' },
   NOT_FOUND: { kind: 'user', status: 404, hint: 'Check the URL.' },
+  LOGIN_CODE_INVALID: { kind: 'user', status: 401, hint: 'Dashboard login codes work once and for 5 minutes: run `thaw dashboard` for a fresh URL.' },
+  SESSION_REQUIRED: { kind: 'user', status: 401, hint: 'Sign in to the dashboard through the URL `thaw dashboard` prints.' },
+  CSRF_TOKEN_INVALID: { kind: 'user', status: 403, hint: 'Reload the dashboard: actions carry the session\'s x-csrf-token header.' },
   // --- system: host, hypervisor, guest ---------------------------------------
   HOST_MISSING_TOOL: { kind: 'system', status: 500, hint: 'Run `npm run setup` (installs QEMU, the guest kernel, busybox, e2fsprogs, zstd).' },
   ASSETS_BUILD_FAILED: { kind: 'system', status: 500, hint: 'See the build log; run `npm run setup` and retry.' },

@@ -120,6 +120,8 @@ export const ImageDeployBody = z.strictObject({
 export type ImageDeployBody = z.infer<typeof ImageDeployBody>;
 
 export const OkResponse = z.object({ ok: z.literal(true) });
+/** POST /v1/dashboard/login: a one-time dashboard sign-in path (5 minutes, single use). */
+export const DashboardLoginResponse = z.object({ login_path: z.string().startsWith('/ui/login?code='), expires_at: z.string() });
 export const AppResponse = z.object({ app: AppWire });
 export const AppsResponse = z.object({ apps: z.array(AppWire) });
 export const EnvListResponse = z.object({ vars: z.array(z.object({ key: z.string(), updated_at: z.string() })) });
