@@ -112,12 +112,13 @@ export function AppDetailPage({ name }: { name: string; overview: Overview }) {
         <dd>{a.node ?? '—'}</dd>
         <dt>Idle timeout</dt>
         <dd>{a.idle_timeout_s} s</dd>
-        <dt>Last wake</dt>
+        <dt>Last wake started</dt>
         <dd>{when(a.last_wake_at)}</dd>
       </dl>
       <section aria-labelledby="wakes-h">
         <h2 id="wakes-h">Wakes</h2>
         {d.wakes.length === 0 ? <p>No wakes yet.</p> : <Timeline wakes={d.wakes.slice(0, 20)} />}
+        <p class="par-note">All rows share one time axis. ∥ marks stages that run side by side after a restore (agent, gate, app start); first response is the router's first byte of the app's answer.</p>
       </section>
       <section aria-labelledby="chart-h">
         <h2 id="chart-h">Wake wall time</h2>

@@ -1,0 +1,184 @@
+// The web dashboard in a real browser against a real `thaw up` (a child
+// process, free ports) with the demo app in real VMs: sign in through the URL
+// `thaw dashboard` prints, see the app asleep, click Wake and watch the state
+// change live, see the new wake row with its stages, click Sleep and watch it
+// go back to sleep; repeat the app page at 375 px. Any console error, page
+// error, failed request or HTTP error response fails the test. Chromium is
+// Debian's (scripts/test.sh installs it), driven by playwright-core.
+// Screenshots go to $THAW_TEST_ARTIFACTS (default: TMPDIR/thaw-test-artifacts).
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { request } from 'undici';
+import { run } from '../../src/cli/main.ts';
+import { readInstance } from '../../src/cli/instance.ts';
+import { ensureWeb } from '../../src/api/web-assets.ts';
+import { HELLO, ROOT, qemuProcesses } from './fixture.ts';
+
+const CHROMIUM = process.env.THAW_CHROMIUM ?? '/usr/bin/chromium';
+const ARTIFACTS = process.env.THAW_TEST_ARTIFACTS ?? path.join(os.tmpdir(), 'thaw-test-artifacts');
+const SECRET = 'dashboard-secret-value-7f3a';
+
+let data: string;
+let up: ChildProcess;
+let upLog = '';
+let browser: Browser;
+let apiUrl: string;
+let routerUrl: string;
+
+/** The CLI, in-process: its exit code and what it printed. */
+async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await run(['node', 'thaw', '--data', data, ...args], { stdout: (s) => void (out += s), stderr: (s) => void (err += s) });
+  return { code, out, err };
+}
+
+async function loginUrl(): Promise<string> {
+  const r = await cli('dashboard', '--json');
+  assert.equal(r.code, 0, r.err);
+  const { url } = JSON.parse(r.out) as { url: string };
+  assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/ui\/login\?code=[A-Za-z0-9_-]{20,}$/);
+  return url;
+}
+
+/** Record every console error, page error, failed request and HTTP error of `page`. */
+function watch(page: Page): string[] {
+  const problems: string[] = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('requestfailed', (r) => {
+    // The page closes its log stream when it leaves an app page, and the browser
+    // aborts open streams when the page closes: those are not failures.
+    const stream = r.url().endsWith('/logs') || r.url().includes('/ui/api/events');
+    if (!(stream && r.failure()?.errorText === 'net::ERR_ABORTED')) problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`);
+  });
+  page.on('response', (r) => {
+    if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`);
+  });
+  return problems;
+}
+
+const stateOf = (page: Page) => page.locator('.app-head [data-testid=state]');
+
+before(async () => {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: scripts/test.sh installs Debian's chromium`);
+  await ensureWeb();
+  await mkdir(ARTIFACTS, { recursive: true });
+  data = await mkdtemp(path.join(os.tmpdir(), 'thaw-i13-dash-'));
+  up = spawn(process.execPath, [path.join(ROOT, 'bin', 'thaw.js'), '--data', data, 'up', '--port', '0', '--api-port', '0', '--idle-timeout', '600'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, THAW_LOG_LEVEL: 'info' },
+  });
+  up.stdout!.on('data', (d: Buffer) => (upLog = (upLog + d.toString()).slice(-8000)));
+  up.stderr!.on('data', (d: Buffer) => (upLog = (upLog + d.toString()).slice(-8000)));
+  const t0 = Date.now();
+  while (!upLog.includes('"thaw is up"')) {
+    if (up.exitCode !== null || Date.now() - t0 > 180_000) assert.fail(`thaw up did not start:\n${upLog}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const inst = await readInstance(data);
+  apiUrl = inst.apiUrl;
+  routerUrl = inst.routerUrl.replace('localhost', '127.0.0.1');
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+});
+
+after(async () => {
+  await browser?.close();
+  if (up && up.exitCode === null) {
+    const exited = new Promise((r) => up.once('exit', r));
+    up.kill('SIGTERM');
+    await exited;
+  }
+  assert.deepEqual(qemuProcesses(data), [], 'no QEMU left');
+  await rm(data, { recursive: true, force: true });
+});
+
+test('the dashboard: sign in, see the app asleep, wake and sleep it live, its wakes as waterfalls, at 375 px too', { timeout: 15 * 60_000 }, async () => {
+  // The demo app: deployed, woken once by a request (a cold boot whose first byte the router records), slept (baked).
+  const d = await cli('deploy', HELLO, '--name', 'hello', '--env', `SECRET_TOKEN=${SECRET}`);
+  assert.equal(d.code, 0, d.err);
+  const first = await request(`${routerUrl}/`, { headers: { host: 'hello.localhost' } });
+  assert.equal(first.statusCode, 200);
+  await first.body.text();
+  const s = await cli('sleep', 'hello');
+  assert.equal(s.code, 0, s.err);
+
+  const url = await loginUrl();
+  const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+  const page = await context.newPage();
+  const problems = watch(page);
+  const login = await page.goto(url);
+  assert.ok(login);
+  assert.equal(new URL(page.url()).pathname, '/ui/');
+  assert.equal(new URL(page.url()).search, '', 'the code is gone from the address bar');
+  const [cookie] = await context.cookies();
+  assert.equal(cookie?.name, 'thaw_session');
+  assert.equal(cookie?.httpOnly, true);
+  assert.equal(cookie?.sameSite, 'Strict');
+
+  // Apps: asleep, live link up.
+  const row = page.locator('tr[data-app=hello]');
+  await row.locator('[data-testid=state]', { hasText: 'asleep' }).waitFor();
+  await page.getByRole('status').filter({ hasText: 'live' }).waitFor();
+  await row.getByRole('link', { name: 'hello' }).click();
+
+  // App detail: asleep, one cold wake with a first byte, env names only.
+  await stateOf(page).filter({ hasText: 'asleep' }).waitFor();
+  const wakes = page.locator('[data-testid=wake]');
+  await wakes.first().waitFor();
+  assert.equal(await wakes.count(), 1);
+  assert.match(await wakes.first().innerText(), /cold/);
+  assert.match(await wakes.first().innerText(), /first byte \d/, 'the router recorded the first byte');
+  assert.ok(await wakes.first().locator('[data-stage=first_response]').count(), 'the first response is a stage');
+  assert.equal(await page.locator('[data-testid=env] li').innerText(), 'SECRET_TOKEN');
+  assert.equal((await page.content()).includes(SECRET), false, 'no env value in the page');
+
+  // Wake by the button: the state changes while the request is still running (pushed over SSE).
+  const wakeButton = page.getByRole('button', { name: 'Wake' });
+  await wakeButton.focus();
+  await page.keyboard.press('Enter'); // keyboard works
+  await stateOf(page).filter({ hasText: 'waking' }).waitFor({ timeout: 60_000 });
+  await stateOf(page).filter({ hasText: 'running' }).waitFor({ timeout: 300_000 });
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=wake]').length === 2, null, { timeout: 30_000 });
+  const newest = wakes.first();
+  assert.match(await newest.innerText(), /snapshot/);
+  for (const stage of ['restore_ms', 'gate_ms', 'app_start_ms']) assert.equal(await newest.locator(`[data-stage=${stage}]`).count(), 1, `${stage} shown`);
+  await page.locator('[data-testid=log]', { hasText: 'listening' }).waitFor({ timeout: 60_000 });
+  await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-app.png'), fullPage: true });
+
+  // 375 px: nothing wider than the screen, the actions still reachable.
+  await page.setViewportSize({ width: 375, height: 812 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert.ok(overflow <= 0, `page is ${overflow} px wider than 375 px`);
+  assert.ok(await page.getByRole('button', { name: 'Sleep' }).isVisible());
+  await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-app-375.png'), fullPage: true });
+
+  // Sleep by the button: sleeping, then asleep, live.
+  await page.getByRole('button', { name: 'Sleep' }).click();
+  await stateOf(page).filter({ hasText: /sleeping|asleep/ }).waitFor({ timeout: 60_000 });
+  await stateOf(page).filter({ hasText: 'asleep' }).waitFor({ timeout: 300_000 });
+  await page.goto(`${apiUrl}/ui/#/`);
+  await row.locator('[data-testid=state]', { hasText: 'asleep' }).waitFor();
+  await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-apps-375.png'), fullPage: true });
+  await context.close();
+  assert.deepEqual(problems, [], 'no console error, failed request or HTTP error');
+
+  // A used code is refused; a data call without the cookie is 401; the bearer API still works.
+  const again = await request(url);
+  assert.equal(again.statusCode, 401);
+  await again.body.text();
+  const anon = await request(`${apiUrl}/ui/api/overview`);
+  assert.equal(anon.statusCode, 401);
+  assert.equal(((await anon.body.json()) as { error: { code: string } }).error.code, 'SESSION_REQUIRED');
+  const apps = await cli('apps', '--json');
+  assert.equal(apps.code, 0, apps.err);
+  assert.equal((JSON.parse(apps.out) as { state: string }[])[0]?.state, 'asleep');
+});
