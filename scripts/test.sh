@@ -10,8 +10,8 @@ bash scripts/setup.sh
 
 # What only the tests need: clang with libFuzzer and the sanitizers (the agent's fuzz test).
 bash scripts/apt-install.sh test clang libclang-rt-14-dev
-# A real browser for the dashboard test (test/vm/dashboard.test.ts drives it with playwright-core).
-bash scripts/apt-install.sh test chromium
+# Real browsers for the dashboard test (test/vm/dashboard.test.ts drives them with playwright-core).
+bash scripts/apt-install.sh test chromium firefox-esr
 # A real registry for the OCI image tests.
 bash scripts/oci-tools.sh
 
