@@ -57,6 +57,11 @@ export class Service implements ControlService, AppDirectory {
     this.fleet = new Fleet({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, log: o.log, ...(o.reportGraceMs !== undefined ? { reportGraceMs: o.reportGraceMs } : {}) });
   }
 
+  /** The router's bound port, once it listens (apps' URLs name it; `--port 0` binds a free one). */
+  set routerPort(port: number) {
+    this.o.routerPort = port;
+  }
+
   /** Serialize operations on one app (the store's lock works across processes). */
   private lock<T>(name: string, fn: () => Promise<T>): Promise<T> {
     return this.o.store.withAppLock(name, fn);

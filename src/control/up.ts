@@ -115,6 +115,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   const router = createRouter({ dir: service, suffix: o.domain, log });
   service.onWoke = (name, address, idle) => router.adopt(name, address, idle);
   const routerPort = await router.listen(o.port, host);
+  service.routerPort = routerPort;
   const api = await createApiServer({ service, token, logger: false, ui: { feed } });
   await api.listen({ port: o.apiPort, host });
   const apiPort = (api.server.address() as { port: number }).port;

@@ -172,6 +172,16 @@ async function flow(browser: Browser, label: string): Promise<void> {
   await page.getByRole('link', { name: 'Apps', exact: true }).click();
   await row.locator('[data-testid=state]', { hasText: 'asleep' }).waitFor();
   await page.screenshot({ path: path.join(ARTIFACTS, `dashboard-${label}-apps-375.png`), fullPage: true });
+  // Seeds and nodes: the demo app's seed, held by the in-process node.
+  await page.getByRole('link', { name: 'Seeds', exact: true }).click();
+  const seed = page.locator('tbody tr', { hasText: 'hello' });
+  await seed.waitFor();
+  assert.match(await seed.innerText(), /MiB[\s\S]*✗ no[\s\S]*local/);
+  await page.getByRole('link', { name: 'Nodes', exact: true }).click();
+  const node = page.locator('tbody tr', { hasText: 'local' });
+  await node.waitFor();
+  assert.match(await node.innerText(), /▲ up/);
+  await page.screenshot({ path: path.join(ARTIFACTS, `dashboard-${label}-nodes-375.png`), fullPage: true });
   await context.close();
   assert.deepEqual(problems, [], `${label}: no console error, failed request or HTTP error`);
 

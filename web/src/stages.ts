@@ -2,7 +2,7 @@
 // node spent them (src/node/agent.ts, src/lifecycle/wake.ts, thaw.ts,
 // boot.ts). After a restore, agent, gate and app start run in parallel from
 // the resume; the first response (recorded by the router) ends the wake.
-import type { Wake } from './api.ts';
+import type { Wake } from './types.ts';
 
 export interface Segment {
   key: string;
