@@ -117,9 +117,24 @@ async function launch(which: 'chromium' | 'firefox'): Promise<Browser> {
 
 /** Sign in, see the app asleep, wake it and sleep it by the buttons, at 1200 and 375 px: the flow for one browser. */
 async function flow(browser: Browser, label: string): Promise<void> {
-  const url = await loginUrl();
   const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
   const page = await context.newPage();
+  try {
+    await steps(page, label);
+  } catch (err) {
+    // What the page and the control plane showed when it failed.
+    await page.screenshot({ path: path.join(ARTIFACTS, `dashboard-${label}-failed.png`), fullPage: true }).catch(() => {});
+    const shown = await page.locator('main').innerText().catch((e: Error) => e.message);
+    const wakes = await cli('wakes', 'hello');
+    throw new Error(`${label}: ${(err as Error).message}\n--- page ---\n${shown.slice(0, 1500)}\n--- thaw wakes ---\n${wakes.out}${wakes.err}\n--- thaw up ---\n${upLog.slice(-3000)}`);
+  } finally {
+    await context.close();
+  }
+}
+
+async function steps(page: Page, label: string): Promise<void> {
+  const context = page.context();
+  const url = await loginUrl();
   const problems = watch(page);
   await page.goto(url);
   assert.equal(new URL(page.url()).pathname, '/ui/', label);
@@ -182,7 +197,7 @@ async function flow(browser: Browser, label: string): Promise<void> {
   await node.waitFor();
   assert.match(await node.innerText(), /▲ up/);
   await page.screenshot({ path: path.join(ARTIFACTS, `dashboard-${label}-nodes-375.png`), fullPage: true });
-  await context.close();
+  await page.close();
   assert.deepEqual(problems, [], `${label}: no console error, failed request or HTTP error`);
 
   // The code this browser used is spent.
