@@ -150,15 +150,16 @@ async function steps(page: Page, label: string): Promise<void> {
   await page.getByRole('status').filter({ hasText: 'live' }).waitFor();
   await row.getByRole('link', { name: 'hello' }).click();
 
-  // App detail: asleep, its wakes (the cold one with the router's first byte), env names only.
+  // App detail: asleep, its wakes (the cold one, the thaw with the router's first byte), env names only.
   await stateOf(page).filter({ hasText: 'asleep' }).waitFor();
   const wakes = page.locator('[data-testid=wake]');
   await wakes.first().waitFor();
   const before = await wakes.count();
-  const cold = wakes.filter({ hasText: 'cold' });
-  assert.equal(await cold.count(), 1);
-  assert.match(await cold.innerText(), /first byte \d/, 'the router recorded the first byte');
-  assert.equal(await cold.locator('[data-stage=first_response]').count(), 1, 'the first response is a stage');
+  assert.equal(await wakes.filter({ hasText: 'cold' }).count(), 1);
+  const byRequest = wakes.filter({ hasText: /first byte \d/ });
+  assert.ok((await byRequest.count()) >= 1, 'the router recorded the first byte');
+  assert.match(await byRequest.first().innerText(), /snapshot/);
+  assert.equal(await byRequest.first().locator('[data-stage=first_response]').count(), 1, 'the first response is a stage');
   assert.equal(await page.locator('[data-testid=env] li').innerText(), 'SECRET_TOKEN');
   assert.equal((await page.content()).includes(SECRET), false, 'no env value in the page');
 
@@ -166,7 +167,8 @@ async function steps(page: Page, label: string): Promise<void> {
   await page.getByRole('button', { name: 'Wake' }).focus();
   await page.keyboard.press('Enter');
   await stateOf(page).filter({ hasText: 'waking' }).waitFor({ timeout: 60_000 });
-  await stateOf(page).filter({ hasText: 'running' }).waitFor({ timeout: 300_000 });
+  await stateOf(page).filter({ hasText: /running|failed/ }).waitFor({ timeout: 600_000 });
+  assert.match(await stateOf(page).innerText(), /running/, 'the wake worked');
   await page.waitForFunction((n) => document.querySelectorAll('[data-testid=wake]').length === n, before + 1, { timeout: 30_000 });
   const newest = wakes.first();
   assert.match(await newest.innerText(), /snapshot/);
@@ -206,15 +208,26 @@ async function steps(page: Page, label: string): Promise<void> {
   await again.body.text();
 }
 
-test('the dashboard in Chromium and Firefox: sign in, wake and sleep live, wakes as waterfalls, at 375 px too', { timeout: 20 * 60_000 }, async () => {
-  // The demo app: deployed, woken once by a request (a cold boot whose first byte the router records), slept (baked).
-  const d = await cli('deploy', HELLO, '--name', 'hello', '--env', `SECRET_TOKEN=${SECRET}`);
-  assert.equal(d.code, 0, d.err);
-  const first = await request(`${routerUrl}/`, { headers: { host: 'hello.localhost' } });
-  assert.equal(first.statusCode, 200);
-  await first.body.text();
-  const s = await cli('sleep', 'hello');
-  assert.equal(s.code, 0, s.err);
+test('the dashboard in Chromium and Firefox: sign in, wake and sleep live, wakes as waterfalls, at 375 px too', { timeout: 30 * 60_000 }, async () => {
+  // The demo app: deployed, woken (cold boot) and slept (bake) through the CLI, then woken
+  // by a request (a thaw whose first byte the router records) and slept again.
+  const ok = async (...args: string[]) => {
+    const r = await cli(...args);
+    assert.equal(r.code, 0, `thaw ${args.join(' ')}: ${r.err}`);
+  };
+  await ok('deploy', HELLO, '--name', 'hello', '--env', `SECRET_TOKEN=${SECRET}`);
+  await ok('wake', 'hello');
+  await ok('sleep', 'hello');
+  for (let attempt = 1; ; attempt++) {
+    // A loaded host may thaw slower than the router holds a request (60 s): then try again.
+    const r = await request(`${routerUrl}/`, { headers: { host: 'hello.localhost' } });
+    const body = await r.body.text();
+    if (r.statusCode === 200) break;
+    assert.ok(r.statusCode === 503 && body.includes('WAKE_TIMEOUT') && attempt < 3, `request wake: HTTP ${r.statusCode} ${body}`);
+    while (JSON.parse((await cli('apps', '--json')).out)[0].state === 'waking') await new Promise((res) => setTimeout(res, 1000));
+    await ok('sleep', 'hello');
+  }
+  await ok('sleep', 'hello');
 
   await flow(await launch('chromium'), 'chromium');
   await flow(await launch('firefox'), 'firefox');
