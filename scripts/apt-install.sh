@@ -12,7 +12,9 @@ done
 echo "$who: installing Debian packages: ${missing[*]}"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
-if ! $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/thaw-apt.log 2>&1; then
-  $SUDO apt-get update -q >>/tmp/thaw-apt.log 2>&1
-  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/thaw-apt.log 2>&1 || { tail -20 /tmp/thaw-apt.log; exit 1; }
+# Another apt run (a parallel setup) holds the dpkg lock: wait for it instead of failing.
+lockwait=(-o DPkg::Lock::Timeout=600)
+if ! $SUDO apt-get "${lockwait[@]}" install -y -q --no-install-recommends "${missing[@]}" >/tmp/thaw-apt.log 2>&1; then
+  $SUDO apt-get "${lockwait[@]}" update -q >>/tmp/thaw-apt.log 2>&1
+  $SUDO apt-get "${lockwait[@]}" install -y -q --no-install-recommends "${missing[@]}" >>/tmp/thaw-apt.log 2>&1 || { tail -20 /tmp/thaw-apt.log; exit 1; }
 fi

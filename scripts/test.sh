@@ -10,6 +10,8 @@ bash scripts/setup.sh
 
 # What only the tests need: clang with libFuzzer and the sanitizers (the agent's fuzz test).
 bash scripts/apt-install.sh test clang libclang-rt-14-dev
+# Real browsers for the dashboard test (test/vm/dashboard.test.ts drives them with playwright-core).
+bash scripts/apt-install.sh test chromium firefox-esr
 # A real registry for the OCI image tests.
 bash scripts/oci-tools.sh
 
@@ -25,6 +27,7 @@ fi
 
 echo "test: type-check"
 npx tsc --noEmit -p .
+npx tsc --noEmit -p web
 
 mapfile -t files < <(find src test -name '*.test.ts' -not -path '*/node_modules/*' | sort)
 echo "test: ${#files[@]} test files"

@@ -48,6 +48,9 @@ export const ERROR_CODES = {
   REQUEST_TIMEOUT: { kind: 'user', status: 408, hint: 'The client sent its request too slowly (see the router timeouts `thaw up --headers-timeout/--request-timeout`); retry on a new connection.' },
   HEADERS_TOO_LARGE: { kind: 'user', status: 431, hint: 'The request headers exceed the limit (16 KiB by default); send fewer or smaller headers.' },
   UPSTREAM_TIMEOUT: { kind: 'user', status: 504, hint: 'The app did not answer within the upstream timeout (`thaw up --upstream-headers-timeout/--upstream-body-timeout`); make it answer sooner or raise the timeout.' },
+  LOGIN_CODE_INVALID: { kind: 'user', status: 401, hint: 'Dashboard login codes work once and for 5 minutes: run `thaw dashboard` for a fresh URL.' },
+  SESSION_REQUIRED: { kind: 'user', status: 401, hint: 'Sign in to the dashboard through the URL `thaw dashboard` prints.' },
+  CSRF_TOKEN_INVALID: { kind: 'user', status: 403, hint: 'Reload the dashboard: actions carry the session\'s x-csrf-token header.' },
   // --- system: host, hypervisor, guest ---------------------------------------
   HOST_MISSING_TOOL: { kind: 'system', status: 500, hint: 'Run `npm run setup` (installs QEMU, the guest kernel, busybox, e2fsprogs, zstd).' },
   ASSETS_BUILD_FAILED: { kind: 'system', status: 500, hint: 'See the build log; run `npm run setup` and retry.' },

@@ -9,6 +9,7 @@ import { ThawError } from '../errors.ts';
 import {
   type ImageDeployBody,
   AppResponse,
+  DashboardLoginResponse,
   AppsResponse,
   DeployResultWire,
   EnvListResponse,
@@ -56,6 +57,8 @@ export interface ThawApi {
   wakes(name: string, limit?: number): Promise<WakeWire[]>;
   seeds(): Promise<SeedWire[]>;
   nodes(): Promise<NodeInfo[]>;
+  /** A one-time dashboard sign-in URL (absolute, on the API's address) and when it expires. */
+  dashboardLogin(): Promise<{ url: string; expires_at: string }>;
   /** Log text; with follow, keeps yielding until `signal` aborts or the server ends the stream. */
   logs(name: string, opts?: { follow?: boolean; signal?: AbortSignal }): Promise<AsyncIterable<string>>;
   close(): Promise<void>;
@@ -198,6 +201,11 @@ export class ApiClient implements ThawApi {
 
   async nodes() {
     return (await this.#json(NodesResponse, 'GET', '/v1/nodes')).nodes;
+  }
+
+  async dashboardLogin() {
+    const r = await this.#json(DashboardLoginResponse, 'POST', '/v1/dashboard/login');
+    return { url: `${this.url}${r.login_path}`, expires_at: r.expires_at };
   }
 
   async logs(name: string, opts: { follow?: boolean; signal?: AbortSignal } = {}): Promise<AsyncIterable<string>> {

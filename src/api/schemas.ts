@@ -105,6 +105,8 @@ export const WakeWire = z.object({
   node: z.string().nullable(),
   seed_source: z.enum(['local', 'pulled', 'none']),
   placement: z.string().nullable().optional(),
+  /** From the wake's start (as the router saw it) to the first byte of the app's answer; null when no request waited. */
+  first_byte_ms: z.number().nullable().optional(),
   stages: z.record(z.string(), z.number()),
 });
 export const SleepWire = z.object({
@@ -137,6 +139,8 @@ export const ImageDeployBody = z.strictObject({
 export type ImageDeployBody = z.infer<typeof ImageDeployBody>;
 
 export const OkResponse = z.object({ ok: z.literal(true) });
+/** POST /v1/dashboard/login: a one-time dashboard sign-in path (5 minutes, single use). */
+export const DashboardLoginResponse = z.object({ login_path: z.string().startsWith('/ui/login?code='), expires_at: z.string() });
 export const AppResponse = z.object({ app: AppWire });
 export const AppsResponse = z.object({ apps: z.array(AppWire) });
 export const EnvListResponse = z.object({ vars: z.array(z.object({ key: z.string(), updated_at: z.string() })) });
@@ -226,6 +230,7 @@ export function toWakeWire(w: WakeRow): WakeWire {
     node: w.node,
     seed_source: w.seedSource,
     placement: w.placement ?? null,
+    first_byte_ms: w.firstByteMs ?? null,
     stages: w.stages,
   };
 }

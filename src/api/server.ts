@@ -11,6 +11,7 @@ import { bearerChecker } from '../http/auth.ts';
 import { toApiError } from '../http/errors.ts';
 import { parseOrThrow } from '../http/parse.ts';
 import { registerDeploy } from './deploy.ts';
+import { registerUi, type UiOptions } from './ui.ts';
 import { NodeStatus } from '../wire/node.ts';
 import { z } from 'zod';
 import {
@@ -33,10 +34,17 @@ export interface ApiServerOptions {
   logger?: Logger | false;
   /** Upload cap for deploy tarballs; default 256 MiB. */
   maxTarballBytes?: number;
+  /** Serve the web dashboard under /ui/ (session auth, see ui.ts) with this event feed. */
+  ui?: Omit<UiOptions, 'service'>;
 }
 
 export const DEFAULT_MAX_TARBALL_BYTES = 256 * 1024 * 1024;
 const PUBLIC_ROUTES = new Set(['/healthz', '/metrics']);
+/** The dashboard's paths: a browser session, not the bearer token, guards them (ui.ts). */
+const isUiPath = (url: string) => {
+  const p = url.split('?')[0]!;
+  return p === '/ui' || p.startsWith('/ui/');
+};
 
 
 export async function createApiServer(opts: ApiServerOptions): Promise<FastifyInstance> {
@@ -61,7 +69,7 @@ export async function createApiServer(opts: ApiServerOptions): Promise<FastifyIn
     void reply.code(404).send({ error: te.toJSON() });
   });
   app.addHook('onRequest', async (req) => {
-    if (PUBLIC_ROUTES.has(req.routeOptions.url ?? '')) return;
+    if (PUBLIC_ROUTES.has(req.routeOptions.url ?? '') || (opts.ui && isUiPath(req.url))) return;
     checkAuth(req.headers.authorization);
   });
 
@@ -86,6 +94,7 @@ export async function createApiServer(opts: ApiServerOptions): Promise<FastifyIn
     return { ok: true };
   });
   registerDeploy(app, service, opts.maxTarballBytes ?? DEFAULT_MAX_TARBALL_BYTES);
+  if (opts.ui) registerUi(app, { service, ...opts.ui });
 
   // ---- env (values are write-only) -------------------------------------------------
   app.get('/v1/apps/:name/env', async (req) => {

@@ -133,6 +133,7 @@ export class FakeService implements ControlService {
   async nodes(): Promise<NodeInfo[]> {
     return [{ name: 'local', url: 'in-process', state: 'up', local: true, capacity: 4, running: 0, seeds: 1, last_heartbeat_at: null }];
   }
+  async seedHolders() { return { s1: ['local'] }; }
   async deployImage(name: string, deployId: string) {
     this.#get(name);
     return { stream: Readable.from([Buffer.from(`image ${deployId}`)]), bytes: 14 };

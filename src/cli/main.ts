@@ -7,6 +7,7 @@ import { Ctx, type CliDeps } from './context.ts';
 import { EXIT, formatError } from './format.ts';
 import { readInstance } from './instance.ts';
 import { registerApps } from './apps.ts';
+import { registerDashboard } from './dashboard.ts';
 import { registerDeploy } from './deploy.ts';
 import { registerEnv } from './env.ts';
 import { registerHost } from './host.ts';
@@ -40,6 +41,7 @@ export function createProgram(ctx: Ctx): Command {
   registerApps(program, ctx);
   registerEnv(program, ctx);
   registerLifecycle(program, ctx);
+  registerDashboard(program, ctx);
   return program;
 }
 

@@ -67,6 +67,11 @@ export class Service implements ControlService, AppDirectory {
     this.fleet = new Fleet({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, log: o.log, ...(o.reportGraceMs !== undefined ? { reportGraceMs: o.reportGraceMs } : {}) });
   }
 
+  /** The router's bound port, once it listens (apps' URLs name it; `--port 0` binds a free one). */
+  set routerPort(port: number) {
+    this.o.routerPort = port;
+  }
+
   /** Serialize operations on one app (the store's lock works across processes). */
   private lock<T>(name: string, fn: () => Promise<T>): Promise<T> {
     return this.o.store.withAppLock(name, fn);
@@ -118,6 +123,11 @@ export class Service implements ControlService, AppDirectory {
   async sleeps(name: string, limit?: number): Promise<SleepRow[]> {
     await this.o.store.getApp(name);
     return this.o.store.listSleeps(name, limit);
+  }
+
+  /** The router saw the first byte of the app's answer after this wake (AppDirectory.firstByte). */
+  async firstByte(_name: string, wakeId: string, ms: number): Promise<void> {
+    await this.o.store.setWakeFirstByte(wakeId, ms);
   }
 
   /** A seed is gone for good (TTL, evicted without a durable copy): forget it; the next wake cold-boots. */
@@ -272,6 +282,13 @@ export class Service implements ControlService, AppDirectory {
 
   async nodes(): Promise<NodeInfo[]> {
     return this.o.cluster.list();
+  }
+
+  async seedHolders(): Promise<Record<string, string[]>> {
+    const out: Record<string, string[]> = {};
+    const members = this.o.cluster.all().filter((m) => m.state === 'up');
+    for (const s of await this.o.store.listSeeds()) out[s.id] = members.filter((m) => m.hasSeed(s.id)).map((m) => m.name);
+    return out;
   }
 
   async deployImage(name: string, deployId: string): Promise<{ stream: Readable; bytes: number }> {

@@ -55,6 +55,8 @@ export interface ControlService {
   /** A node agent's heartbeat (`thaw node`); the answer lists VMs it must stop. */
   heartbeat(st: NodeStatus): Promise<HeartbeatResponse>;
   nodes(): Promise<NodeInfo[]>;
+  /** seed id -> names of the live nodes that hold its files. */
+  seedHolders(): Promise<Record<string, string[]>>;
   /** A deploy's disk image, zstd-compressed, for nodes that do not have it. */
   deployImage(name: string, deployId: string): Promise<{ stream: Readable; bytes: number }>;
   /** Prometheus exposition text. */

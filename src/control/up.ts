@@ -15,6 +15,7 @@ import { s3FromFlags } from '../seed/s3.ts';
 import { untilSignal } from '../signals.ts';
 import { openStore } from '../store/index.ts';
 import { Cluster } from './cluster.ts';
+import { EventFeed, observeStore } from './events.ts';
 import { Replication } from './replication.ts';
 import { Service } from './service.ts';
 
@@ -82,7 +83,9 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   const token = await secret(path.join(data, 'token'), () => randomBytes(24).toString('base64url'));
   const envKey = Buffer.from(await secret(path.join(data, 'env.key'), () => randomBytes(32).toString('base64')), 'base64');
   // A wake holds its app's lock through a pull and a cold boot.
-  const store = await openStore({ url: o.database, ...(o.databaseSchema ? { pgSchema: o.databaseSchema } : {}), sqlitePath: path.join(data, 'thaw.db'), envKey, lockWaitMs: 10 * 60_000 });
+  // Every change the store records is published to the dashboard's event feed.
+  const feed = new EventFeed();
+  const store = observeStore(await openStore({ url: o.database, ...(o.databaseSchema ? { pgSchema: o.databaseSchema } : {}), sqlitePath: path.join(data, 'thaw.db'), envKey, lockWaitMs: 10 * 60_000 }), feed);
   const assets = await ensureAssets((l) => log.info(l));
   const s3 = s3FromFlags(o);
   const cluster = new Cluster({ store, token, log, downAfterMs: o.nodeDownAfterMs ?? 5000 });
@@ -132,7 +135,8 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   service.onWoke = (name, address, idle) => router.adopt(name, address, idle);
   service.gate = router;
   const routerPort = await router.listen(o.port, host);
-  const api = await createApiServer({ service, token, logger: false });
+  service.routerPort = routerPort;
+  const api = await createApiServer({ service, token, logger: false, ui: { feed } });
   await api.listen({ port: o.apiPort, host });
   const apiPort = (api.server.address() as { port: number }).port;
   const apiUrl = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${apiPort}`;

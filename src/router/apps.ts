@@ -173,7 +173,8 @@ export class AppTable {
       if (this.closing) return;
       app.wakes++;
       this.wakes++;
-      result = await this.dir.wake(app.name);
+      const startedAt = performance.now();
+      result = { ...(await this.dir.wake(app.name)), startedAt };
     } catch (err) {
       thrown = err;
       failure = asThawError(err, 'WAKE_FAILED');

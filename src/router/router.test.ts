@@ -33,6 +33,24 @@ test('routes by Host (case-insensitive, port stripped), adds x-forwarded-*, heal
   assert.equal(dir.wakeCalls, 0);
 });
 
+test('the first byte after a wake is reported once per wake, measured from the wake start', async (t) => {
+  const { dir, router, port } = await setup(t);
+  const up = await upstream(t, 'fb');
+  dir.add('fb', up, false);
+  const gate = deferred();
+  dir.wakeGate = gate.promise;
+  const pending = [call(port, 'fb.localhost'), call(port, 'fb.localhost', '/slow')];
+  await until(() => router.stats().held === 2, '2 held requests');
+  await sleepMs(150);
+  gate.resolve();
+  await Promise.all(pending);
+  await call(port, 'fb.localhost'); // served by the awake app: no wake, no report
+  assert.equal(dir.firstBytes.length, 1);
+  assert.equal(dir.firstBytes[0]!.name, 'fb');
+  assert.equal(dir.firstBytes[0]!.wakeId, 'w-1');
+  assert.ok(dir.firstBytes[0]!.ms >= 150, `first byte ${dir.firstBytes[0]!.ms} ms includes the wake`);
+});
+
 test('unknown host or app -> 404 APP_NOT_FOUND', async (t) => {
   const { port } = await setup(t);
   for (const host of ['nope.localhost', 'example.com', 'a.b.localhost']) {

@@ -83,8 +83,17 @@ export function createRouter(opts: RouterOptions): Router {
   const wsSockets = new Set<Duplex>();
   let proxied = 0;
   let upstreamErrors = 0;
+  /** Wakes whose first response was reported (held requests share one WakeResult). */
+  const answered = new WeakSet<object>();
 
   const hooks: ExchangeHooks = {
+    firstByte(ex, wake) {
+      // wallMs 0: the app was already running (the directory answered with its last wake).
+      if (answered.has(wake) || wake.startedAt === undefined || wake.wallMs === 0 || !dir.firstByte) return;
+      answered.add(wake);
+      const app = (ex.app as AppState).name;
+      dir.firstByte(app, wake.wakeId, performance.now() - wake.startedAt).catch((err: unknown) => log.warn({ app, err: (err as Error).message }, 'could not record the first byte of a wake'));
+    },
     upstreamError(ex, err) {
       upstreamErrors++;
       const res = ex.res as ServerResponse;

@@ -35,6 +35,7 @@ export class FakeDir implements AppDirectory {
   wakeGate: Promise<void> | null = null;
   wakeError: unknown = null;
   sleepGate: Promise<void> | null = null;
+  firstBytes: { name: string; wakeId: string; ms: number }[] = [];
 
   add(name: string, upstream: Address, awake: boolean, idleTimeoutS = 300): void {
     this.apps.set(name, { address: awake ? upstream : null, upstream, idleTimeoutS });
@@ -50,6 +51,9 @@ export class FakeDir implements AppDirectory {
     const a = this.apps.get(name)!;
     a.address = a.upstream;
     return { address: a.upstream, bootMode: 'snapshot', wallMs: 123.4, wakeId: 'w-1' };
+  }
+  async firstByte(name: string, wakeId: string, ms: number): Promise<void> {
+    this.firstBytes.push({ name, wakeId, ms });
   }
   async sleep(name: string): Promise<void> {
     this.sleepCalls++;

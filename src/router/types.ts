@@ -12,6 +12,8 @@ export interface WakeResult {
   bootMode: 'snapshot' | 'cold';
   wallMs: number;
   wakeId: string;
+  /** performance.now() when the router asked for this wake (set by the router). */
+  startedAt?: number;
 }
 
 export interface AppDirectory {
@@ -24,6 +26,8 @@ export interface AppDirectory {
   wake(name: string): Promise<WakeResult>;
   /** Called when the app had no in-flight request for its idle timeout (`trigger` 'idle'). */
   sleep(name: string, trigger?: 'idle'): Promise<unknown>;
+  /** The first byte of the app's answer after a wake the router started: `ms` since the router asked for the wake. */
+  firstByte?(name: string, wakeId: string, ms: number): Promise<unknown>;
 }
 
 /** Proxy timeouts, in ms; 0 turns one off. See docs/ROUTER.md. */

@@ -98,6 +98,8 @@ export class Upstreams {
 export interface ExchangeHooks {
   /** Upstream failed before/while answering (not called when the client left first). */
   upstreamError(ex: Exchange, err: Error): void;
+  /** The response to a request that waited for a wake has started (called for each such response). */
+  firstByte?(ex: Exchange, wake: WakeResult): void;
 }
 
 const CLIENT_GONE = new Error('client closed the connection');
@@ -163,6 +165,7 @@ export class Exchange<App = unknown> implements Dispatcher.DispatchHandler {
     try {
       res.writeHead(status, message || undefined, headers as OutgoingHttpHeaders);
       this.started = true;
+      if (wake !== null) this.hooks.firstByte?.(this, wake);
     } catch (err) {
       // e.g. an invalid header value from the app: answer 502, drop the upstream response
       this.hooks.upstreamError(this, err as Error);

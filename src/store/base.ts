@@ -247,11 +247,17 @@ export class SqlStore implements Store {
     await this.insert(
       w.app,
       `wake ${w.id}`,
-      `INSERT INTO wakes (id, app, at, wall_ms, boot_mode, boot_ms, gate_ms, app_start_ms, pid, fs_errors, fallback_reason, node, seed_source, stages, placement)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO wakes (id, app, at, wall_ms, boot_mode, boot_ms, gate_ms, app_start_ms, pid, fs_errors, fallback_reason, node, seed_source, stages, placement, first_byte_ms)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       // Milliseconds are whole numbers in the store (INTEGER columns; Postgres refuses fractions).
-      [w.id, w.app, w.at, Math.round(w.wallMs), w.bootMode, Math.round(w.bootMs), w.gateMs === null ? null : Math.round(w.gateMs), Math.round(w.appStartMs), w.pid, w.fsErrors, w.fallbackReason, w.node, w.seedSource, JSON.stringify(w.stages ?? {}), w.placement ?? null],
+      [w.id, w.app, w.at, Math.round(w.wallMs), w.bootMode, Math.round(w.bootMs), w.gateMs === null ? null : Math.round(w.gateMs), Math.round(w.appStartMs), w.pid, w.fsErrors, w.fallbackReason, w.node, w.seedSource, JSON.stringify(w.stages ?? {}), w.placement ?? null, w.firstByteMs == null ? null : Math.round(w.firstByteMs)],
     );
+  }
+
+  async setWakeFirstByte(id: string, ms: number): Promise<WakeRow | null> {
+    const [n] = await this.db.batch([{ sql: 'UPDATE wakes SET first_byte_ms = ? WHERE id = ? AND first_byte_ms IS NULL', params: [Math.round(ms), id] }]);
+    if (!n) return null;
+    return (await this.db.all('SELECT * FROM wakes WHERE id = ?', [id])).map(toWake)[0] ?? null;
   }
 
   async listWakes(app: string, limit = 100): Promise<WakeRow[]> {

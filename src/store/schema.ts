@@ -137,6 +137,12 @@ export const MIGRATIONS: readonly Migration[] = [
       `ALTER TABLE apps ADD COLUMN wake_timeout_s INTEGER`,
     ],
   },
+  {
+    version: 5,
+    name: 'wake first byte',
+    // Set by the router once the app's first answer after the wake starts (src/router); NULL for wakes no request waited for.
+    up: [`ALTER TABLE wakes ADD COLUMN first_byte_ms INTEGER`],
+  },
 ];
 
 export const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -243,6 +249,7 @@ export function toWake(r: Raw): WakeRow {
     node: strOrNull(r.node),
     seedSource: str(r.seed_source) as WakeRow['seedSource'],
     placement: strOrNull(r.placement),
+    firstByteMs: numOrNull(r.first_byte_ms),
     stages: JSON.parse(str(r.stages)) as Record<string, number>,
   };
 }

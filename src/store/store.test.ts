@@ -33,7 +33,7 @@ function seed(id: string, app: string, createdAt: string, extra: Partial<SeedRow
 function wake(id: string, app: string, at: string, stages: Record<string, number>): WakeRow {
   return {
     id, app, at, wallMs: 210, bootMode: 'snapshot', bootMs: 150, gateMs: 12, appStartMs: 0, pid: 4242, fsErrors: 0,
-    fallbackReason: null, node: 'n1', seedSource: 'local', placement: 'n1 holds seed s1', stages,
+    fallbackReason: null, node: 'n1', seedSource: 'local', placement: 'n1 holds seed s1', firstByteMs: null, stages,
   };
 }
 
@@ -165,6 +165,16 @@ async function suite(t: TestContext, env: Env): Promise<void> {
     assert.deepEqual(await b.listWakes('eps'), [w3, w2, w1]);
     assert.deepEqual(await b.listWakes('eps', 2), [w3, w2]);
     await assert.rejects(a.addWake(wake('w9', 'ghost', '2024-01-01T00:00:00.000Z', {})), code('APP_NOT_FOUND'));
+  });
+
+  await t.test('the first byte of a wake is recorded once', async () => {
+    await a.createApp({ name: 'fb', idleTimeoutS: 60 });
+    await a.addWake(wake('wfb', 'fb', '2024-05-01T10:00:00.000Z', {}));
+    const got = await b.setWakeFirstByte('wfb', 812.6);
+    assert.equal(got?.firstByteMs, 813);
+    assert.equal(await a.setWakeFirstByte('wfb', 99), null, 'a second report is ignored');
+    assert.equal((await b.listWakes('fb'))[0]?.firstByteMs, 813);
+    assert.equal(await a.setWakeFirstByte('no-such-wake', 5), null);
   });
 
   await t.test('seed columns updated on their own: replicated and last use do not overwrite each other', async () => {

@@ -65,6 +65,8 @@ export interface WakeRow {
   seedSource: 'local' | 'pulled' | 'none';
   /** The scheduler's choice of node and why (null for wakes before nodes were scheduled). */
   placement?: string | null;
+  /** From the wake's start (as the router saw it) to the first byte of the app's answer; null when no request waited for the wake. */
+  firstByteMs?: number | null;
   stages: Record<string, number>;
 }
 
@@ -140,6 +142,8 @@ export interface Store {
   deleteSeed(id: string): Promise<void>;
   // wakes
   addWake(w: WakeRow): Promise<void>;
+  /** Record the wake's first response (only the first call per wake counts); the updated row, or null when no such wake. */
+  setWakeFirstByte(id: string, ms: number): Promise<WakeRow | null>;
   /** Newest first. */
   listWakes(app: string, limit?: number): Promise<WakeRow[]>;
   // sleeps
