@@ -10,6 +10,7 @@ import net from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ThawError } from '../errors.ts';
+import { vmmCommand } from './jail.ts';
 import { probeAccel } from './kvm-probe.ts';
 import { Qmp } from './qmp.ts';
 import type { Accel, Hypervisor, SnapshotFiles, VmHandle, VmSpec } from './types.ts';
@@ -25,8 +26,6 @@ export interface QemuOptions {
   bindHost?: string;
 }
 
-/** `setpriv --pdeathsig KILL` makes QEMU die with the node process (a SIGKILLed node leaves no VM running). */
-const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
 
 interface QemuVm extends VmHandle {
   qmp: Qmp;
@@ -71,7 +70,9 @@ export class QemuDriver implements Hypervisor {
       // need not reach the host's disk. Firecracker's default cache_type (Unsafe) is the same.
       '-drive', `if=none,id=disk0,file=${spec.disk},format=${spec.diskFormat},cache=unsafe`,
       '-device', 'virtio-blk-pci,drive=disk0',
-      '-netdev', `user,id=net0,hostfwd=tcp:${this.opts.bindHost ?? '127.0.0.1'}:${spec.hostPort}-:${spec.guestPort}`,
+      '-netdev', spec.tap
+        ? `tap,id=net0,ifname=${spec.tap.name},script=no,downscript=no`
+        : `user,id=net0,hostfwd=tcp:${this.opts.bindHost ?? '127.0.0.1'}:${spec.hostPort}-:${spec.guestPort}`,
       '-device', 'virtio-net-pci,netdev=net0,romfile=',
       '-device', 'virtio-serial-pci',
       '-chardev', `socket,id=agent,path=${path.join(spec.dir, 'agent.sock')},server=on,wait=off`,
@@ -90,9 +91,8 @@ export class QemuDriver implements Hypervisor {
     const args = await this.args(spec, incoming);
     const logPath = path.join(spec.dir, 'qemu.log');
     const log = createWriteStream(logPath);
-    const child = SETPRIV
-      ? spawn(SETPRIV, ['--pdeathsig', 'KILL', '--', this.binary, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawn(this.binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, ...argv] = vmmCommand(spec, [this.binary, ...args]);
+    const child = spawn(cmd!, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.pipe(log);
     child.stderr.pipe(log);
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
@@ -134,7 +134,7 @@ export class QemuDriver implements Hypervisor {
       pid: child.pid ?? -1,
       consoleLog: path.join(spec.dir, 'console.log'),
       exited,
-      appAddress: { host: this.opts.bindHost ?? '127.0.0.1', port: spec.hostPort },
+      appAddress: spec.tap?.address ?? { host: this.opts.bindHost ?? '127.0.0.1', port: spec.hostPort },
       qmp,
       kill: () => child.kill('SIGKILL'),
     };
