@@ -157,6 +157,5 @@ export class LocalNode {
 
   async shutdown(): Promise<void> {
     await Promise.all([...this.running.keys()].map((app) => this.stop(app)));
-    await this.ctx.net?.shutdown();
   }
 }
