@@ -86,7 +86,7 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
   return UndoStack.run(async (undo) => {
     const id = vmId(p.app);
     const net = await attachNetwork(ctx, undo, p.run);
-    const spec = { ...vmSpec(ctx, id, net.hostPort, null, p.run.port), ...(net.tap ? { tap: net.tap } : {}) };
+    const spec = { ...vmSpec(ctx, id, net.hostPort, null, p.run.port), ...(net.tap ? { tap: net.tap } : {}), ...(net.jail ? { jail: net.jail } : {}) };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
     await createOverlay(p.baseDisk, spec.disk);

@@ -11,6 +11,8 @@ import { freePort, type NodeContext } from './context.ts';
 export interface Attached {
   hostPort: number;
   tap?: VmTap;
+  /** The VMM's uid/gid (the TAP's owner). */
+  jail?: { uid: number; gid: number };
   /** Resolves once the policy is in place: await before the guest runs. */
   ready: Promise<void>;
 }
@@ -24,5 +26,6 @@ export async function attachNetwork(ctx: NodeContext, undo: UndoStack, run: RunC
   const lease: Lease = await pool.acquire(run.egress ?? DEFAULT_EGRESS, forward);
   undo.push('release vm network', () => pool.release(lease));
   const address = forward ? { host: forward.host, port: forward.port } : { host: lease.slot.nsIp, port: run.port };
-  return { hostPort: 0, tap: { netns: lease.slot.netns, name: lease.slot.tap, address }, ready: lease.ready };
+  const jail = pool.owner(lease.slot);
+  return { hostPort: 0, tap: { netns: lease.slot.netns, name: lease.slot.tap, address }, ...(jail ? { jail } : {}), ready: lease.ready };
 }

@@ -39,7 +39,7 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     const mem = path.join(p.seedDir, 'mem.ram');
     const net = await attachNetwork(ctx, undo, p.run);
     sw.lap('net_ms');
-    const spec = { ...vmSpec(ctx, id, net.hostPort, mem, p.run.port), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline, ...(net.tap ? { tap: net.tap } : {}) };
+    const spec = { ...vmSpec(ctx, id, net.hostPort, mem, p.run.port), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline, ...(net.tap ? { tap: net.tap } : {}), ...(net.jail ? { jail: net.jail } : {}) };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
     await createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk);

@@ -122,6 +122,11 @@ export class NetPool {
     await destroyNetns(lease.slot);
   }
 
+  /** The VMM uid/gid that owns a slot's TAP (null: root). */
+  owner(slot: Slot): { uid: number; gid: number } | null {
+    return this.o.owner?.(slot) ?? null;
+  }
+
   /** release() by namespace name (the VM's spec names it). Never throws. */
   async releaseNetns(netns: string): Promise<void> {
     const lease = this.leased.get(netns);

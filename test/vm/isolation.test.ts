@@ -19,6 +19,10 @@ import { wake } from '../../src/lifecycle/wake.ts';
 import { hostAddresses, LOCK_DIR } from '../../src/network/netns.ts';
 import { NetPool } from '../../src/network/pool.ts';
 import { netSupport } from '../../src/network/host.ts';
+import { processJail, VMM_GID, vmmOwner } from '../../src/hypervisor/jail.ts';
+import { checkSeed } from '../../src/lifecycle/verify.ts';
+import type { Qmp } from '../../src/hypervisor/qmp.ts';
+import { existsSync } from 'node:fs';
 import { appImage, fixture, qemuProcesses, ROOT, runOf, type Fixture } from './fixture.ts';
 
 const APP = path.join(ROOT, 'test', 'vm', 'apps', 'netprobe');
@@ -61,7 +65,7 @@ describe('tenant isolation (per-VM network namespaces)', { concurrency: false, s
 
   before(async () => {
     f = await fixture();
-    pool = new NetPool({ dataDir: f.dataDir, log: f.ctx.log, size: 1 });
+    pool = new NetPool({ dataDir: f.dataDir, log: f.ctx.log, size: 1, owner: (s) => vmmOwner(s.index) });
     await pool.start();
     f.ctx.net = pool;
     // The "internet": 198.51.100.1 and .2 in a namespace of their own, routed from the host.
@@ -132,6 +136,46 @@ describe('tenant isolation (per-VM network namespaces)', { concurrency: false, s
     const r2 = await probe(t2.run, ['198.51.100.1:80', '198.51.100.1:81', '198.51.100.2:80', other(t1.run), `10.0.2.2:${anyPort}`]);
     assert.deepEqual(r2['198.51.100.1:80'], 'ok', `the allow-listed host:port opens: ${JSON.stringify(r2)}`);
     for (const t of ['198.51.100.1:81', '198.51.100.2:80', other(t1.run), `10.0.2.2:${anyPort}`]) assert.notEqual(r2[t], 'ok', `${t} must be blocked under --egress none: ${JSON.stringify(r2)}`);
+  });
+
+  test('QEMU runs as the slot\'s own uid with its seccomp filter: an exec: migration is refused', async () => {
+    for (const r of thawed) {
+      const j = await processJail(r.vm.pid);
+      assert.equal(j.uid, r.vm.spec.jail!.uid);
+      assert.ok(j.uid >= 200_000, `uid ${j.uid}`);
+      assert.equal(j.seccomp, 2, 'Seccomp: 2 (filter)');
+    }
+    const victim = thawed[1]!;
+    const marker = path.join(f.dataDir, 'exec-ran');
+    const qmp = (victim.vm as unknown as { qmp: Qmp }).qmp;
+    const res = await Promise.race([
+      qmp.execute('migrate', { uri: `exec:touch ${marker}` }).then(() => 'accepted', (e: Error) => `refused: ${e.message}`),
+      victim.vm.exited.then((e) => `killed: ${e.signal ?? e.code}`),
+    ]);
+    await Promise.race([victim.vm.exited, new Promise((r) => setTimeout(r, 3000))]);
+    assert.ok(!existsSync(marker), `the exec: command must not run (${res})`);
+    assert.notEqual(res, 'accepted');
+  });
+
+  test('the VMM uid cannot write a seed file; a write to the memory image is caught before the next thaw', async () => {
+    const uid = thawed[0]!.vm.spec.jail!.uid;
+    const asVmm = (file: string) => {
+      try {
+        // The VMM reopens its inherited descriptors by /proc/self/fd/N; so does this writer.
+        execFileSync('sh', ['-c', `exec 3<"${file}"; exec setpriv --reuid ${uid} --regid ${VMM_GID} --clear-groups -- dd if=/dev/urandom of=/proc/self/fd/3 bs=1 count=8 seek=8192 conv=notrunc status=none`], { stdio: 'ignore' });
+        return 'written';
+      } catch {
+        return 'denied';
+      }
+    };
+    for (const name of ['disk.img', 'state.bin', 'manifest.json']) assert.equal(asVmm(path.join(seedDir, name)), 'denied', name);
+    await checkSeed(seedDir, { kernelSha256: f.assets.kernelSha256, initrdSha256: f.assets.initrdSha256, driver: 'qemu', accel: await f.ctx.hv.accel() });
+    // QEMU 7.2 opens a private memory file read-write, so the VMM group may write it: caught by the identity check.
+    assert.equal(asVmm(path.join(seedDir, 'mem.ram')), 'written');
+    await assert.rejects(
+      checkSeed(seedDir, { kernelSha256: f.assets.kernelSha256, initrdSha256: f.assets.initrdSha256, driver: 'qemu', accel: await f.ctx.hv.accel() }),
+      (e: { code?: string }) => e.code === 'SEED_CORRUPT',
+    );
   });
 
   test('destroy removes the namespace, veth and lock of each VM', async () => {
