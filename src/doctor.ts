@@ -3,6 +3,7 @@
 // build the demo app's image, cold-boot it, one GET through the forwarded
 // port, destroy, and make sure no QEMU process of that VM is left.
 // Also exports the small toolkit the lifecycle benchmark shares.
+import { netSupport } from './network/host.ts';
 import type { RunConfig } from './wire/run.ts';
 import { execFile as execFileCb } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -57,6 +58,8 @@ export interface HostReport {
   umoci: Check;
   disk_cache: DiskCheck;
   disk_data: DiskCheck;
+  /** Per-VM network namespaces + jailed VMM (isolated), or the user-mode fallback (NOT isolated: a warning, not a failure). */
+  network: Check & { isolated: boolean };
 }
 export interface SmokeOk {
   boot_mode: 'cold';
@@ -207,10 +210,15 @@ async function hostChecks(dataDir: string): Promise<{ host: HostReport; assets: 
   const a = assets as GuestAssets | null;
   const hv = qemu.ok ? new QemuDriver({ probeAssets: async () => a! }) : null;
   const verdict = hv ? await accelVerdict(hv, a) : { accel: 'tcg' as const, reason: 'QEMU is missing' };
-  const [disk_cache, disk_data] = await Promise.all([diskFree(cacheRoot()), diskFree(dataDir)]);
+  const [disk_cache, disk_data, net] = await Promise.all([diskFree(cacheRoot()), diskFree(dataDir), netSupport()]);
+  const network = {
+    ok: true,
+    isolated: net.isolated,
+    detail: net.isolated ? 'one network namespace + TAP per VM, nftables policy, QEMU jailed (own uid, seccomp)' : `WARNING: ${net.reason}`,
+  };
   const host: HostReport = {
     qemu, qemu_img, kvm_device, accel: verdict.accel, accel_reason: verdict.reason, kernel, assets: assetsCheck,
-    mkfs_ext4, busybox, zstd, tar, skopeo, umoci, disk_cache, disk_data,
+    mkfs_ext4, busybox, zstd, tar, skopeo, umoci, disk_cache, disk_data, network,
   };
   return { host, assets: a, hv };
 }
@@ -268,6 +276,7 @@ function checklist(r: DoctorReport): string {
   ];
   const lines = rows.map(([name, c]) => `${mark(c.ok)} ${name.padEnd(19)} ${c.detail}`);
   lines.push(`[info] ${'accelerator'.padEnd(19)} ${h.accel}: ${h.accel_reason}`);
+  lines.push(`${h.network.isolated ? '[ok]  ' : '[WARN]'} ${'tenant isolation'.padEnd(19)} ${h.network.detail}`);
   if ('error' in r.smoke) lines.push(`[FAIL] ${'smoke run'.padEnd(19)} ${r.smoke.error.code}: ${r.smoke.error.message}`);
   else {
     const s = r.smoke.steps;

@@ -9,6 +9,7 @@ import { parseOrThrow } from '../http/parse.ts';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ThawError, asThawError } from '../errors.ts';
+import { parseEgressHeader } from '../network/egress.ts';
 import type { ControlService, ImageSource } from '../control/types.ts';
 import { DeployQuery, EnvVars, IdleTimeoutHeader, ImageDeployBody, NameParams, toDeployResultWire } from './schemas.ts';
 
@@ -66,7 +67,9 @@ export function registerDeploy(app: FastifyInstance, service: ControlService, ma
       const env = decodeEnvHeader(req.headers['x-thaw-env']);
       const idleHdr = req.headers['x-thaw-idle-timeout'];
       const idleTimeoutS = idleHdr === undefined ? undefined : parseOrThrow(IdleTimeoutHeader, idleHdr, 'x-thaw-idle-timeout header');
-      const deployOpts = (onProgress?: (line: string) => void) => ({ ...(env ? { env } : {}), ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}), ...(onProgress ? { onProgress } : {}) });
+      const egressHdr = req.headers['x-thaw-egress'];
+      const egress = typeof egressHdr === 'string' ? parseEgressHeader(egressHdr) : undefined;
+      const deployOpts = (onProgress?: (line: string) => void) => ({ ...(env ? { env } : {}), ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}), ...(egress ? { egress } : {}), ...(onProgress ? { onProgress } : {}) });
       let run: (onProgress?: (line: string) => void) => ReturnType<ControlService['deploy']>;
       if (String(req.headers['content-type'] ?? '').startsWith('application/json')) {
         // An OCI image: {"image": REF, "command"?: [...], "port"?: N, "registry_auth"?: {...}}.

@@ -66,3 +66,14 @@ export function parseEgress(mode: string | undefined, allow: readonly string[] =
 export function formatEgressRule(r: EgressRule): string {
   return r.port ? `${r.cidr}:${r.port}` : r.cidr;
 }
+
+/** The `x-thaw-egress` header: `MODE[ ENTRY,ENTRY...]`. */
+export function egressHeader(e: Egress): string {
+  return [e.mode, e.allow.map(formatEgressRule).join(',')].filter(Boolean).join(' ');
+}
+
+/** Parse the `x-thaw-egress` header. Errors: EGRESS_INVALID. */
+export function parseEgressHeader(h: string): Egress {
+  const [mode, list] = h.trim().split(/\s+/, 2);
+  return parseEgress(mode, list ? list.split(',') : []);
+}

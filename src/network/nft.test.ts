@@ -40,3 +40,11 @@ test('egress input is checked: bad modes, addresses, prefixes and ports get EGRE
   }
   assert.throws(() => parseEgress('open'), (e: { code?: string }) => e.code === 'EGRESS_INVALID');
 });
+
+test('the x-thaw-egress header round-trips a policy', async () => {
+  const { egressHeader, parseEgressHeader } = await import('./egress.ts');
+  const e = parseEgress('none', ['10.1.2.3:5432', '198.51.100.0/24']);
+  assert.equal(egressHeader(e), 'none 10.1.2.3/32:5432,198.51.100.0/24');
+  assert.deepEqual(parseEgressHeader(egressHeader(e)), e);
+  assert.deepEqual(parseEgressHeader('internet'), { mode: 'internet', allow: [] });
+});
