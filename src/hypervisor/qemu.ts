@@ -80,7 +80,8 @@ export class QemuDriver implements Hypervisor {
       ...files.blockdev,
       '-device', 'virtio-blk-pci,drive=disk0',
       '-netdev', spec.tap
-        ? `tap,id=net0,ifname=${spec.tap.name},script=no,downscript=no`
+        // vnet_hdr=off: the same virtio-net features as user-mode, so a seed baked on either restores on either.
+        ? `tap,id=net0,ifname=${spec.tap.name},script=no,downscript=no,vnet_hdr=off`
         : `user,id=net0,hostfwd=tcp:${this.opts.bindHost ?? '127.0.0.1'}:${spec.hostPort}-:${spec.guestPort}`,
       '-device', 'virtio-net-pci,netdev=net0,romfile=',
       '-device', 'virtio-serial-pci',
@@ -179,7 +180,9 @@ export class QemuDriver implements Hypervisor {
         await sleep(2);
       }
     } catch (err) {
+      const log = await readFile(path.join(spec.dir, 'qemu.log'), 'utf8').catch(() => '');
       await this.destroy(vm);
+      if (log.trim() && err instanceof ThawError) throw new ThawError(err.code, `${err.message}; QEMU: ${log.trim().slice(-400)}`, { cause: err, details: err.details });
       throw err;
     }
     return vm;

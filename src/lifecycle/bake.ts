@@ -73,7 +73,7 @@ export async function bake(ctx: NodeContext, run: RunningVm): Promise<BakeResult
         created_at: new Date().toISOString(),
         driver: ctx.hv.name,
         accel: await ctx.hv.accel(),
-        machine: { mem_mib: ctx.memMiB, vcpus: ctx.vcpus, cmdline: run.vm.spec.cmdline, guest_port: run.vm.spec.guestPort },
+        machine: { mem_mib: ctx.memMiB, vcpus: ctx.vcpus, cmdline: run.vm.spec.cmdline, guest_port: run.vm.spec.guestPort, net: run.vm.spec.tap ? 'tap' : 'user' },
         kernel_sha256: ctx.assets.kernelSha256,
         initrd_sha256: ctx.assets.initrdSha256,
         files: { 'mem.ram': memE, 'state.bin': stateE, 'disk.img': diskE },

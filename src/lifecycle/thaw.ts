@@ -36,6 +36,8 @@ export interface ThawOutcome {
 export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()): Promise<ThawOutcome> {
   return UndoStack.run(async (undo) => {
     const id = vmId(p.app);
+    const netKind = ctx.net ? 'tap' : 'user';
+    if ((p.manifest.machine.net ?? 'user') !== netKind) throw new ThawError('SEED_MISMATCH', `seed was baked on a ${p.manifest.machine.net ?? 'user'}-mode network, this node runs ${netKind}`);
     const mem = path.join(p.seedDir, 'mem.ram');
     const net = await attachNetwork(ctx, undo, p.run);
     sw.lap('net_ms');
