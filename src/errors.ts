@@ -38,7 +38,7 @@ export const ERROR_CODES = {
   IMAGE_INVALID: { kind: 'user', status: 400, hint: 'Pass an OCI or Docker image: a registry reference, an oci-archive, a docker-archive (what `docker save` writes) or an OCI layout folder.' },
   IMAGE_PATH_CONFLICT: { kind: 'user', status: 400, hint: 'Thaw mounts /proc, /sys, /dev, /run, /tmp and /var/lib/thaw in every guest: the image must hold them as folders or not at all.' },
   IMAGE_UNSAFE_LAYER: { kind: 'user', status: 400, hint: 'A layer holds an entry that escapes the root (absolute path, ".." component, or a link pointing outside); rebuild the image without it.' },
-  EGRESS_INVALID: { kind: 'user', status: 400, hint: 'Use --egress internet|none and --egress-allow A.B.C.D[/LEN][:PORT] (IPv4, prefix /8 or longer).' },
+  EGRESS_INVALID: { kind: 'user', status: 400, hint: 'Use --egress internet or none, and --egress-allow A.B.C.D[/LEN][:PORT] (IPv4, prefix /8 or longer).' },
   APP_NOT_FOUND: { kind: 'user', status: 404, hint: 'List apps with `thaw apps`.' },
   APP_EXISTS: { kind: 'user', status: 409, hint: 'Pick another name or delete the app first.' },
   APP_NOT_DEPLOYED: { kind: 'user', status: 409, hint: 'Deploy the app first: `thaw deploy DIR --name NAME`.' },
