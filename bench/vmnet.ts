@@ -8,6 +8,7 @@
 import { parseArgs } from 'node:util';
 import { Agent, request } from 'undici';
 import { vmmOwner } from '../src/hypervisor/jail.ts';
+import { QemuDriver } from '../src/hypervisor/qemu.ts';
 import type { RunningVm } from '../src/lifecycle/context.ts';
 import { destroyVm } from '../src/lifecycle/destroy.ts';
 import { sleepVm } from '../src/lifecycle/sleep.ts';
@@ -23,7 +24,9 @@ const log = (s: string) => console.log(`[vmnet] ${s}`);
 
 export async function benchVmNet(o: { thaws: number; durationS: number }) {
   const f = await fixture();
-  f.ctx.bootTimeoutMs = 600_000; // a benchmark on shared, loaded cores: wait out a slow cold boot
+  // A benchmark on shared, loaded cores: wait out a slow QEMU start or cold boot.
+  f.ctx.bootTimeoutMs = 600_000;
+  f.ctx.hv = new QemuDriver({ probeAssets: async () => f.assets, startTimeoutMs: 60_000 });
   const pool = new NetPool({ dataDir: f.dataDir, log: f.ctx.log, size: 2, owner: (s) => vmmOwner(s.index) });
   const live: RunningVm[] = [];
   try {
