@@ -1,5 +1,6 @@
 // `npm run bench`: the lifecycle benchmark (cold wake, bake, thaws of a real VM),
-// the router benchmark (proxy overhead, no VM) and the cluster benchmark (seed
+// the router benchmark (proxy overhead, no VM; `vmnet`: router -> a real VM over
+// the per-VM TAP vs user-mode hostfwd) and the cluster benchmark (seed
 // bytes, pack/upload/pull/unpack, local vs cross-node thaw vs cold). Each writes its own
 // bench/results/NAME-*.json and NAME-latest.md; this writes the combined
 // bench/results/latest.md from the -latest.md files.
@@ -12,8 +13,9 @@ import { ThawError } from '../src/errors.ts';
 import { RESULTS_DIR } from './lib.ts';
 import { benchRouter } from './router.ts';
 import { benchCluster } from './cluster.ts';
+import { benchVmNet } from './vmnet.ts';
 
-const NAMES = ['lifecycle', 'router', 'cluster'] as const;
+const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet'] as const;
 type Name = (typeof NAMES)[number];
 
 async function main(): Promise<void> {
@@ -31,6 +33,9 @@ async function main(): Promise<void> {
       } else if (name === 'cluster') {
         const r = await benchCluster({ thaws: Math.min(3, Number(values.thaws)) });
         console.log(`\ncluster: cold ${r.median_ms.cold} ms, local thaw ${r.median_ms.local_thaw} ms, cross-node thaw ${r.median_ms.cross_node_thaw} ms; seed ${r.seed.ratio_apparent_to_compressed?.toFixed(1)}x smaller as an object\n`);
+      } else if (name === 'vmnet') {
+        const r = await benchVmNet({ thaws: Math.min(3, Number(values.thaws)), durationS: 6 });
+        console.log(`\nvmnet: router->app p50/p99 tap ${r.routerToApp.tap.p50.toFixed(2)}/${r.routerToApp.tap.p99.toFixed(2)} ms, hostfwd ${r.routerToApp.hostfwd.p50.toFixed(2)}/${r.routerToApp.hostfwd.p99.toFixed(2)} ms\n`);
       } else {
         const r = await benchRouter();
         console.log(`\nrouter: adds p50 ${r.addedLatencyMs.p50} ms, p99 ${r.addedLatencyMs.p99} ms; router/nginx throughput ${r.routerNginxThroughputRatio ?? 'n/a'}x\n`);

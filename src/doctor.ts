@@ -5,6 +5,7 @@
 // Also exports the small toolkit the lifecycle benchmark shares.
 import { firecrackerReport, type FirecrackerReport } from './hypervisor/firecracker-check.ts';
 import type { Hypervisor } from './hypervisor/types.ts';
+import { netSupport } from './network/host.ts';
 import type { RunConfig } from './wire/run.ts';
 import { execFile as execFileCb } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -61,6 +62,8 @@ export interface HostReport {
   disk_data: DiskCheck;
   /** `--driver firecracker`: binary, jailer, KVM (informational). */
   firecracker: FirecrackerReport;
+  /** Per-VM network namespaces + jailed VMM (isolated), or the user-mode fallback (NOT isolated: a warning, not a failure). */
+  network: Check & { isolated: boolean };
 }
 export interface SmokeOk {
   boot_mode: 'cold';
@@ -211,10 +214,15 @@ async function hostChecks(dataDir: string): Promise<{ host: HostReport; assets: 
   const a = assets as GuestAssets | null;
   const hv = qemu.ok ? new QemuDriver({ probeAssets: async () => a! }) : null;
   const verdict = hv ? await accelVerdict(hv, a) : { accel: 'tcg' as const, reason: 'QEMU is missing' };
-  const [disk_cache, disk_data] = await Promise.all([diskFree(cacheRoot()), diskFree(dataDir)]);
+  const [disk_cache, disk_data, net] = await Promise.all([diskFree(cacheRoot()), diskFree(dataDir), netSupport()]);
+  const network = {
+    ok: true,
+    isolated: net.isolated,
+    detail: net.isolated ? 'one network namespace + TAP per VM, nftables policy, QEMU jailed (own uid, seccomp)' : `WARNING: ${net.reason}`,
+  };
   const host: HostReport = {
     qemu, qemu_img, kvm_device, accel: verdict.accel, accel_reason: verdict.reason, kernel, assets: assetsCheck,
-    mkfs_ext4, busybox, zstd, tar, skopeo, umoci, disk_cache, disk_data, firecracker: await firecrackerReport(verdict.accel),
+    mkfs_ext4, busybox, zstd, tar, skopeo, umoci, disk_cache, disk_data, network, firecracker: await firecrackerReport(verdict.accel),
   };
   return { host, assets: a, hv };
 }
@@ -274,6 +282,7 @@ function checklist(r: DoctorReport): string {
   lines.push(`[info] ${'accelerator'.padEnd(19)} ${h.accel}: ${h.accel_reason}`);
   const fc = h.firecracker;
   lines.push(`[info] ${'firecracker'.padEnd(19)} ${fc.usable ? 'usable' : 'not usable'}: binary ${fc.firecracker.detail}; jailer ${fc.jailer.detail}; KVM ${fc.kvm.detail}`);
+  lines.push(`${h.network.isolated ? '[ok]  ' : '[WARN]'} ${'tenant isolation'.padEnd(19)} ${h.network.detail}`);
   if ('error' in r.smoke) lines.push(`[FAIL] ${'smoke run'.padEnd(19)} ${r.smoke.error.code}: ${r.smoke.error.message}`);
   else {
     const s = r.smoke.steps;

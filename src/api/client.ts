@@ -1,6 +1,7 @@
 // Typed client for the control API (used by the CLI). Responses are parsed
 // with the same zod schemas the server uses; error bodies become ThawErrors
 // with the server's code; a refused connection becomes NOT_RUNNING.
+import { egressHeader, type Egress } from '../network/egress.ts';
 import { errorFromBody } from '../http/errors.ts';
 import type { Readable } from 'node:stream';
 import { Agent, request } from 'undici';
@@ -33,6 +34,8 @@ export interface DeployOpts {
   idleTimeoutS?: number;
   /** Seconds a request is held for the app's wake before 503 (x-thaw-wake-timeout). */
   wakeTimeoutS?: number;
+  /** What the app's VMs may reach (`--egress`, `--egress-allow`). */
+  egress?: Egress;
   /** When set, the server streams progress lines (`?progress=1`). */
   onProgress?: (line: string) => void;
 }
@@ -141,6 +144,7 @@ export class ApiClient implements ThawApi {
     if (opts.env && Object.keys(opts.env).length > 0) headers['x-thaw-env'] = Buffer.from(JSON.stringify(opts.env), 'utf8').toString('base64');
     if (opts.idleTimeoutS !== undefined) headers['x-thaw-idle-timeout'] = String(opts.idleTimeoutS);
     if (opts.wakeTimeoutS !== undefined) headers['x-thaw-wake-timeout'] = String(opts.wakeTimeoutS);
+    if (opts.egress) headers['x-thaw-egress'] = egressHeader(opts.egress);
     const path = `/v1/apps/${enc(name)}/deploys${opts.onProgress ? '?progress=1' : ''}`;
     const res = await this.#send('POST', path, isImage ? { json: source, headers } : { body: source as Buffer | Readable, headers });
     if (!opts.onProgress || res.statusCode !== 200) return parseResponse(DeployResultWire, res, path);

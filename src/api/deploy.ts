@@ -9,6 +9,7 @@ import { parseOrThrow } from '../http/parse.ts';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ThawError, asThawError } from '../errors.ts';
+import { parseEgressHeader } from '../network/egress.ts';
 import type { ControlService, ImageSource } from '../control/types.ts';
 import { DeployQuery, EnvVars, IdleTimeoutHeader, ImageDeployBody, WakeTimeoutHeader, NameParams, toDeployResultWire } from './schemas.ts';
 
@@ -68,10 +69,13 @@ export function registerDeploy(app: FastifyInstance, service: ControlService, ma
       const idleTimeoutS = idleHdr === undefined ? undefined : parseOrThrow(IdleTimeoutHeader, idleHdr, 'x-thaw-idle-timeout header');
       const wakeHdr = req.headers['x-thaw-wake-timeout'];
       const wakeTimeoutS = wakeHdr === undefined ? undefined : parseOrThrow(WakeTimeoutHeader, wakeHdr, 'x-thaw-wake-timeout header');
+      const egressHdr = req.headers['x-thaw-egress'];
+      const egress = typeof egressHdr === 'string' ? parseEgressHeader(egressHdr) : undefined;
       const deployOpts = (onProgress?: (line: string) => void) => ({
         ...(env ? { env } : {}),
         ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}),
         ...(wakeTimeoutS !== undefined ? { wakeTimeoutS } : {}),
+        ...(egress ? { egress } : {}),
         ...(onProgress ? { onProgress } : {}),
       });
       let run: (onProgress?: (line: string) => void) => ReturnType<ControlService['deploy']>;

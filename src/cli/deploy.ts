@@ -4,6 +4,7 @@ import { parseOrThrow } from '../http/parse.ts';
 import { Command, Option } from 'commander';
 import { ImageDeployBody } from '../api/schemas.ts';
 import { ThawError } from '../errors.ts';
+import { parseEgress } from '../network/egress.ts';
 import { packAppDir } from '../image/tarball.ts';
 import { validateAppDir, validateAppName } from '../image/validate.ts';
 import type { Ctx } from './context.ts';
@@ -59,8 +60,11 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
     .addOption(new Option('--env <K=V>', 'env var for the app; repeatable').argParser(collect).default([]))
     .addOption(new Option('--idle-timeout <seconds>', 'sleep after this many idle seconds').argParser(intArg))
     .addOption(new Option('--wake-timeout <seconds>', "hold a request this long for the app's wake before 503 + Retry-After (default: thaw up's --wake-timeout)").argParser(intArg))
-    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; wakeTimeout?: number; image?: string; port?: number; registryAuth?: string }, cmd: Command) => {
+    .addOption(new Option('--egress <mode>', 'what the app may reach: internet (public addresses, the default) or none').choices(['internet', 'none']))
+    .addOption(new Option('--egress-allow <cidr[:port]>', 'also open this IPv4 address or network (optionally one port), even a private one; repeatable').argParser(collect).default([]))
+    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; wakeTimeout?: number; image?: string; port?: number; registryAuth?: string; egress?: string; egressAllow: string[] }, cmd: Command) => {
       validateAppName(opts.name);
+      const egress = opts.egress !== undefined || opts.egressAllow.length ? parseEgress(opts.egress, opts.egressAllow) : undefined;
       const env = parseEnvArgs(opts.env);
       // Commander gives the operands before and after `--` alike: with --image only a command after `--` is allowed.
       const raw = (cmd.parent as (Command & { rawArgs?: string[] }) | null)?.rawArgs ?? [];
@@ -82,6 +86,7 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
           ...(Object.keys(env).length > 0 ? { env } : {}),
           ...(opts.idleTimeout !== undefined ? { idleTimeoutS: opts.idleTimeout } : {}),
           ...(opts.wakeTimeout !== undefined ? { wakeTimeoutS: opts.wakeTimeout } : {}),
+          ...(egress ? { egress } : {}),
           onProgress: (line) => {
             if (!json) ctx.info(`  ${line}`);
           },

@@ -7,6 +7,7 @@ import { rm } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { ThawError, asThawError } from '../errors.ts';
+import type { Egress } from '../network/egress.ts';
 import type { BaseRootfsFor } from '../image/build.ts';
 import { validateAppName } from '../image/validate.ts';
 import type { AppDirectory, RequestGate, WakeResult } from '../router/types.ts';
@@ -171,7 +172,7 @@ export class Service implements ControlService, AppDirectory {
     await this.o.store.deleteApp(app.name);
   }
 
-  async deploy(name: string, source: Readable | ImageSource, opts: { env?: Record<string, string>; idleTimeoutS?: number; wakeTimeoutS?: number; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
+  async deploy(name: string, source: Readable | ImageSource, opts: { env?: Record<string, string>; idleTimeoutS?: number; wakeTimeoutS?: number; egress?: Egress; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
     validateAppName(name);
     const progress = opts.onProgress ?? (() => {});
     return this.lock(name, async () => {
@@ -196,7 +197,7 @@ export class Service implements ControlService, AppDirectory {
       this.route(await this.o.store.getApp(name));
       try {
         const built = isImageSource(source) ? await buildImageDeploy(this.o, name, source, progress) : await buildDeploy(this.o, name, source, progress);
-        const deploy = await this.o.store.addDeploy({ id: built.deployId, app: name, imagePath: built.image, imageBytes: built.bytesAllocated, runConfig: built.run });
+        const deploy = await this.o.store.addDeploy({ id: built.deployId, app: name, imagePath: built.image, imageBytes: built.bytesAllocated, runConfig: opts.egress ? { ...built.run, egress: opts.egress } : built.run });
         // A seed froze the old code: it is worthless now.
         const old = await this.o.store.getSeed(name);
         let purgedSeed: string | null = null;

@@ -1,6 +1,7 @@
 // The control plane's service interface: what the HTTP control API (src/api)
 // exposes and what `thaw up` implements (src/control/service.ts). The control
 // plane decides WHERE and THAT an app runs; node agents own HOW.
+import type { Egress } from '../network/egress.ts';
 import type { Readable } from 'node:stream';
 import type { AppRow, DeployRow, SeedRow, SleepRow, WakeRow } from '../store/types.ts';
 import type { HeartbeatResponse, NodeInfo, NodeStatus } from '../wire/node.ts';
@@ -38,7 +39,7 @@ export interface ControlService {
   deleteApp(name: string): Promise<void>;
   /** Creates the app when it does not exist. `tarball`: gzip or plain tar of the app folder. */
   /** Deploy a Node folder (its tarball) or an OCI image (pulled by the control plane). */
-  deploy(name: string, source: Readable | ImageSource, opts?: { env?: Record<string, string>; idleTimeoutS?: number; wakeTimeoutS?: number; onProgress?: (line: string) => void }): Promise<DeployResult>;
+  deploy(name: string, source: Readable | ImageSource, opts?: { env?: Record<string, string>; idleTimeoutS?: number; wakeTimeoutS?: number; egress?: Egress; onProgress?: (line: string) => void }): Promise<DeployResult>;
   setEnv(name: string, vars: Record<string, string>): Promise<void>;
   unsetEnv(name: string, keys: string[]): Promise<void>;
   listEnv(name: string): Promise<{ key: string; updatedAt: string }[]>;

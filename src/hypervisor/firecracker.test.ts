@@ -90,9 +90,9 @@ test('boot runs Firecracker in the VM folder and configures it with relative pat
   assert.match(readFileSync(vm.consoleLog, 'utf8'), /hello on the serial console/);
 });
 
-test('a TAP in the spec becomes eth0, with a relay from 127.0.0.1:hostPort', async (t) => {
-  const { driver, spec, calls } = setup();
-  const vm = await driver.boot({ ...spec, tap: 'thawtap0', hostPort: await freePort() });
+test("the driver's TAP becomes eth0, with a relay from 127.0.0.1:hostPort", async (t) => {
+  const { driver, spec, calls } = setup({}, { tap: 'thawtap0' });
+  const vm = await driver.boot({ ...spec, hostPort: await freePort() });
   t.after(() => driver.destroy(vm));
   assert.deepEqual(calls().find((c) => c.url === '/network-interfaces/eth0')?.body, { iface_id: 'eth0', host_dev_name: 'thawtap0', guest_mac: '06:00:ac:10:00:02' });
   assert.equal(calls()[0]!.body!.boot_args, 'console=ttyS0', 'the guest sets its own address (10.0.2.15/24)');

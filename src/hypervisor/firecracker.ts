@@ -24,6 +24,11 @@
 //   that TAP (the guest's init gives itself 10.0.2.15/24 via 10.0.2.2, so the
 //   TAP's host side is 10.0.2.2/24), and 127.0.0.1:hostPort relayed to
 //   guestIp:guestPort (appAddress, as under QEMU).
+// - Per-VM network namespaces (src/network/, issue 11): when the node has a VM
+//   network pool, spec.tap names the TAP inside the VM's own namespace and the
+//   app's address. NOT DONE: starting firecracker inside spec.tap.netns (jailer
+//   `--netns /run/netns/NAME`, `--uid/--gid` from spec.jail; see
+//   firecracker-jailer.ts); until then the node's pool is QEMU-only.
 // - Agent channel: virtio-vsock, guest CID 3, agent port 1024, host-initiated
 //   via vsock.sock and `CONNECT 1024\n` / `OK <port>\n`. Firecracker closes the
 //   connection while nothing in the guest listens (a cold boot's agent is not up
@@ -153,7 +158,7 @@ export class FirecrackerDriver implements Hypervisor {
   async boot(spec: VmSpec): Promise<VmHandle> {
     checkSpec(spec);
     return UndoStack.run(async (undo) => {
-      const tap = spec.tap ?? this.tap;
+      const tap = spec.tap?.name ?? this.tap;
       const vm = await this.start(spec, null, undo, tap);
       const f: ErrorCode = 'VM_START_FAILED';
       await vm.api.send('PUT /boot-source', { kernel_image_path: spec.kernel, initrd_path: spec.initrd, boot_args: spec.cmdline }, f);
@@ -172,7 +177,7 @@ export class FirecrackerDriver implements Hypervisor {
     checkSpec(spec);
     if (spec.memFile !== snap.mem) throw new ThawError('INTERNAL', `restore: spec.memFile (${spec.memFile}) must be snap.mem (${snap.mem})`);
     return UndoStack.run(async (undo) => {
-      const tap = spec.tap ?? this.tap;
+      const tap = spec.tap?.name ?? this.tap;
       const vm = await this.start(spec, snap.mem, undo, tap);
       const f: ErrorCode = 'VM_START_FAILED';
       // backend_type 'File': Firecracker mmaps the memory file MAP_PRIVATE, so guest writes
@@ -269,7 +274,7 @@ export class FirecrackerDriver implements Hypervisor {
       await exited;
       throw new ThawError('HOST_MISSING_TOOL', `cannot run ${this.binary}: ${(spawnError as Error | null)?.message ?? 'spawn failed'}`, { cause: spawnError });
     }
-    const appAddress = tap ? { host: '127.0.0.1', port: spec.hostPort } : { host: this.guestIp, port: spec.guestPort };
+    const appAddress = spec.tap?.address ?? (tap ? { host: '127.0.0.1', port: spec.hostPort } : { host: this.guestIp, port: spec.guestPort });
     const vm = new FirecrackerVm(spec, child, child.pid, exited, appAddress, privateMem);
     undo.push('close api client', () => vm.api.close());
     if (tap) {

@@ -5,11 +5,12 @@
 // x-ignore-shared, so the state stream is only CPU/device state (~100 KB).
 import { spawn } from 'node:child_process';
 import { createWriteStream, existsSync } from 'node:fs';
-import { link, mkdir, readFile, rm } from 'node:fs/promises';
+import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ThawError } from '../errors.ts';
+import { handOver, SANDBOX, STATE_FD, STATE_SOCK, stateSink, vmmCommand, type HandedFiles } from './jail.ts';
 import { probeAccel } from './kvm-probe.ts';
 import { Qmp } from './qmp.ts';
 import type { Accel, Hypervisor, SnapshotFiles, VmHandle, VmSpec } from './types.ts';
@@ -25,8 +26,6 @@ export interface QemuOptions {
   bindHost?: string;
 }
 
-/** `setpriv --pdeathsig KILL` makes QEMU die with the node process (a SIGKILLed node leaves no VM running). */
-const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
 
 interface QemuVm extends VmHandle {
   qmp: Qmp;
@@ -55,7 +54,14 @@ export class QemuDriver implements Hypervisor {
     return this.accelP;
   }
 
-  private async args(spec: VmSpec, incoming: boolean): Promise<string[]> {
+  /**
+   * QEMU runs in spec.dir (its cwd): its own files there are named relatively,
+   * and every file outside (kernel, initrd, a seed's memory image, the
+   * overlay's backing disk, the state to load) is handed over as an inherited
+   * descriptor and opened as /proc/self/fd/N, so a jailed VMM needs no path
+   * to the node's folders (which it cannot traverse).
+   */
+  private async args(spec: VmSpec, incoming: boolean, files: HandedFiles): Promise<string[]> {
     const accel = await this.accel();
     const share = incoming ? 'off' : 'on';
     return [
@@ -64,37 +70,49 @@ export class QemuDriver implements Hypervisor {
       '-accel', accel,
       '-cpu', accel === 'kvm' ? 'host' : 'qemu64',
       '-m', `${spec.memMiB}M`, '-smp', String(spec.vcpus),
-      '-object', `memory-backend-file,id=mem,size=${spec.memMiB}M,mem-path=${spec.memFile},share=${share}`,
+      '-object', `memory-backend-file,id=mem,size=${spec.memMiB}M,mem-path=${files.path('mem', spec.memFile)},share=${share}`,
       '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-      '-serial', `file:${path.join(spec.dir, 'console.log')}`,
-      '-kernel', spec.kernel, '-initrd', spec.initrd, '-append', spec.cmdline,
+      ...(spec.jail ? ['-sandbox', SANDBOX] : []),
+      '-serial', 'file:console.log',
+      '-kernel', files.path('kernel', spec.kernel), '-initrd', files.path('initrd', spec.initrd), '-append', spec.cmdline,
       // The root overlay is ephemeral (a thawed VM's writes are dropped; a baked VM's disk is
       // copied after `stop`, which still writes QEMU's caches back to the OS): guest flushes
-      // need not reach the host's disk. Firecracker's default cache_type (Unsafe) is the same.
-      '-drive', `if=none,id=disk0,file=${spec.disk},format=${spec.diskFormat},cache=unsafe`,
+      // need not reach the host's disk (cache.no-flush). Firecracker's default cache_type (Unsafe)
+      // is the same. The overlay's backing disk is named explicitly (a handed-over descriptor).
+      ...files.blockdev,
       '-device', 'virtio-blk-pci,drive=disk0',
-      '-netdev', `user,id=net0,hostfwd=tcp:${this.opts.bindHost ?? '127.0.0.1'}:${spec.hostPort}-:${spec.guestPort}`,
+      '-netdev', spec.tap
+        // vnet_hdr=off: the same virtio-net features as user-mode, so a seed baked on either restores on either.
+        ? `tap,id=net0,ifname=${spec.tap.name},script=no,downscript=no,vnet_hdr=off`
+        : `user,id=net0,hostfwd=tcp:${this.opts.bindHost ?? '127.0.0.1'}:${spec.hostPort}-:${spec.guestPort}`,
       '-device', 'virtio-net-pci,netdev=net0,romfile=',
       '-device', 'virtio-serial-pci',
-      '-chardev', `socket,id=agent,path=${path.join(spec.dir, 'agent.sock')},server=on,wait=off`,
+      '-chardev', 'socket,id=agent,path=agent.sock,server=on,wait=off',
       '-device', 'virtserialport,chardev=agent,name=thaw.agent',
       '-device', 'virtio-rng-pci',
       '-device', 'vmgenid,guid=auto',
-      '-qmp', `unix:${path.join(spec.dir, 'qmp.sock')},server=on,wait=off`,
-      '-pidfile', path.join(spec.dir, 'vmm.pid'),
+      '-qmp', 'unix:qmp.sock,server=on,wait=off',
       ...(incoming ? ['-S', '-incoming', 'defer'] : []),
     ];
   }
 
   /** Spawn QEMU and connect QMP, racing process exit and a timeout. */
-  private async start(spec: VmSpec, incoming: boolean): Promise<QemuVm> {
+  private async start(spec: VmSpec, incoming: boolean, state?: string): Promise<QemuVm> {
     await mkdir(spec.dir, { recursive: true });
-    const args = await this.args(spec, incoming);
+    const files = await handOver(spec, incoming, state);
+    const args = await this.args(spec, incoming, files);
     const logPath = path.join(spec.dir, 'qemu.log');
     const log = createWriteStream(logPath);
-    const child = SETPRIV
-      ? spawn(SETPRIV, ['--pdeathsig', 'KILL', '--', this.binary, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawn(this.binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, ...argv] = vmmCommand(spec, [this.binary, ...args]);
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(cmd!, argv, { cwd: spec.dir, stdio: ['ignore', 'pipe', 'pipe', ...files.fds] });
+    } finally {
+      files.close();
+    }
+    if (!child.stdout || !child.stderr) throw new ThawError('INTERNAL', 'QEMU spawned without pipes');
+    // nsenter and setpriv exec (no fork): the child is QEMU. recover() reads this after a crash.
+    if (child.pid) await writeFile(path.join(spec.dir, 'vmm.pid'), `${child.pid}\n`);
     child.stdout.pipe(log);
     child.stderr.pipe(log);
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
@@ -136,7 +154,7 @@ export class QemuDriver implements Hypervisor {
       pid: child.pid ?? -1,
       consoleLog: path.join(spec.dir, 'console.log'),
       exited,
-      appAddress: { host: this.opts.bindHost ?? '127.0.0.1', port: spec.hostPort },
+      appAddress: spec.tap?.address ?? { host: this.opts.bindHost ?? '127.0.0.1', port: spec.hostPort },
       qmp,
       kill: () => child.kill('SIGKILL'),
     };
@@ -148,10 +166,11 @@ export class QemuDriver implements Hypervisor {
 
   async restore(spec: VmSpec, snap: SnapshotFiles): Promise<VmHandle> {
     if (path.resolve(spec.memFile) !== path.resolve(snap.mem)) throw new ThawError('INTERNAL', 'restore: spec.memFile must be the snapshot memory file');
-    const vm = await this.start(spec, true);
+    const vm = await this.start(spec, true, snap.state);
     try {
       await vm.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
-      await vm.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(snap.state)}` });
+      // The state file is QEMU's inherited descriptor STATE_FD (no exec: a sandboxed VMM cannot spawn).
+      await vm.qmp.execute('migrate-incoming', { uri: `fd:${STATE_FD}` });
       const deadline = Date.now() + MIGRATION_DEADLINE_MS;
       for (;;) {
         if (Date.now() > deadline) throw new ThawError('VM_TIMEOUT', `restore did not finish within ${MIGRATION_DEADLINE_MS} ms`);
@@ -163,7 +182,9 @@ export class QemuDriver implements Hypervisor {
         await sleep(2);
       }
     } catch (err) {
+      const log = await readFile(path.join(spec.dir, 'qemu.log'), 'utf8').catch(() => '');
       await this.destroy(vm);
+      if (log.trim() && err instanceof ThawError) throw new ThawError(err.code, `${err.message}; QEMU: ${log.trim().slice(-400)}`, { cause: err, details: err.details });
       throw err;
     }
     return vm;
@@ -180,7 +201,21 @@ export class QemuDriver implements Hypervisor {
   async snapshot(vm: VmHandle, snap: SnapshotFiles): Promise<void> {
     const { qmp } = vm as QemuVm;
     await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
-    await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(snap.state)}` });
+    // QEMU writes the state to a unix socket the node listens on in the VM folder (Node
+    // cannot pass a descriptor over QMP: no SCM_RIGHTS); no exec, no path outside the folder.
+    const sink = await stateSink(vm.spec, snap.state);
+    try {
+      await qmp.execute('migrate', { uri: `unix:${STATE_SOCK}` });
+      await this.waitMigrated(qmp);
+      await sink.done;
+    } finally {
+      sink.close();
+    }
+    // Memory is already in the shared backing file; give it the snapshot's name.
+    if (path.resolve(snap.mem) !== path.resolve(vm.spec.memFile)) await link(vm.spec.memFile, snap.mem);
+  }
+
+  private async waitMigrated(qmp: Qmp): Promise<void> {
     const deadline = Date.now() + MIGRATION_DEADLINE_MS;
     for (;;) {
       if (Date.now() > deadline) throw new ThawError('VM_TIMEOUT', `snapshot did not finish within ${MIGRATION_DEADLINE_MS} ms`);
@@ -189,8 +224,6 @@ export class QemuDriver implements Hypervisor {
       if (mig.status === 'failed' || mig.status === 'cancelled') throw new ThawError('QMP_ERROR', `snapshot failed: ${mig['error-desc'] ?? mig.status}`);
       await sleep(2);
     }
-    // Memory is already in the shared backing file; give it the snapshot's name.
-    if (path.resolve(snap.mem) !== path.resolve(vm.spec.memFile)) await link(vm.spec.memFile, snap.mem);
   }
 
   async openAgentChannel(vm: VmHandle): Promise<Duplex> {
@@ -212,8 +245,4 @@ export class QemuDriver implements Hypervisor {
     }
     await rm(vm.spec.dir, { recursive: true, force: true }).catch(() => {});
   }
-}
-
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
 }

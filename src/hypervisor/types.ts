@@ -26,10 +26,26 @@ export interface VmSpec {
   memFile: string;
   /** TCP port inside the guest that the app listens on. */
   guestPort: number;
-  /** Host port (127.0.0.1) forwarded to guestPort. */
+  /** Host port (127.0.0.1) forwarded to guestPort (user-mode network only; ignored with `tap`). */
   hostPort: number;
-  /** Host TAP device for the guest's eth0 (Firecracker supports only TAP networking); none: no network device. */
-  tap?: string;
+  /**
+   * The VM's own network (src/network/): a TAP device inside a network
+   * namespace, where the app is reached at `address`. Absent: QEMU user-mode
+   * networking with a hostfwd on hostPort (hosts without root or /dev/net/tun;
+   * tenants are NOT isolated from the host).
+   */
+  tap?: VmTap;
+  /** Run the VMM as this unprivileged uid/gid, seccomp-sandboxed (src/hypervisor/jail.ts). Absent: as the node's user. */
+  jail?: { uid: number; gid: number };
+}
+
+export interface VmTap {
+  /** Network namespace name (`/run/netns/NAME`) the VMM runs in. */
+  netns: string;
+  /** TAP device inside that namespace. */
+  name: string;
+  /** Where the host (router) reaches the app. */
+  address: { host: string; port: number };
 }
 
 /** A running (or paused) VM process. */

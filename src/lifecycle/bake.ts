@@ -7,7 +7,8 @@
 // 3. Hash every file, write manifest.json last, make files read-only, and
 //    rename the folder into place: a seed without a manifest does not exist.
 import { randomBytes, createHash, randomUUID } from 'node:crypto';
-import { chmod, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { shareMemImage } from '../hypervisor/jail.ts';
 import path from 'node:path';
 import { ThawError, asThawError } from '../errors.ts';
 import { fileEntry } from '../seed/files.ts';
@@ -72,7 +73,7 @@ export async function bake(ctx: NodeContext, run: RunningVm): Promise<BakeResult
         created_at: new Date().toISOString(),
         driver: ctx.hv.name,
         accel: await ctx.hv.accel(),
-        machine: { mem_mib: ctx.memMiB, vcpus: ctx.vcpus, cmdline: run.vm.spec.cmdline, guest_port: run.vm.spec.guestPort },
+        machine: { mem_mib: ctx.memMiB, vcpus: ctx.vcpus, cmdline: run.vm.spec.cmdline, guest_port: run.vm.spec.guestPort, net: run.vm.spec.tap ? 'tap' : 'user' },
         kernel_sha256: ctx.assets.kernelSha256,
         initrd_sha256: ctx.assets.initrdSha256,
         files: { 'mem.ram': memE, 'state.bin': stateE, 'disk.img': diskE },
@@ -82,7 +83,11 @@ export async function bake(ctx: NodeContext, run: RunningVm): Promise<BakeResult
         bake: { pause_ms: pauseMs, total_ms: Math.round(performance.now() - t0) },
       };
       const manifestText = `${JSON.stringify(manifest, null, 2)}\n`;
+      // Seed files belong to root, read-only; a jailed VMM created the memory image, and later
+      // jailed thaws map it privately through the VMM group (see src/hypervisor/jail.ts).
+      if (process.getuid?.() === 0) await Promise.all([mem, state, disk].map((f) => chown(f, 0, 0)));
       await Promise.all([mem, state, disk].map((f) => chmod(f, 0o444)));
+      if (run.vm.spec.jail) await shareMemImage(mem);
       await writeFile(path.join(tmp, 'manifest.json'), manifestText, { mode: 0o444 });
       await writeVerified(tmp);
       await rename(tmp, finalDir);

@@ -12,7 +12,8 @@ import { PROTOCOL_VERSION, type Hello } from '../wire/agent.ts';
 import { appEnvironment, type RunConfig } from '../wire/run.ts';
 import { sealEnv } from '../wire/seal.ts';
 import { setClock, syncClock } from './clock.ts';
-import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+import { createOverlay, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+import { attachNetwork } from './network.ts';
 
 export interface ColdBootParams {
   app: string;
@@ -85,10 +86,12 @@ export async function withConsole<T>(consoleLog: string, p: Promise<T>): Promise
 export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Stopwatch()): Promise<RunningVm> {
   return UndoStack.run(async (undo) => {
     const id = vmId(p.app);
-    const spec = vmSpec(ctx, id, await freePort(), null, p.run.port);
+    const net = await attachNetwork(ctx, undo, p.run);
+    const spec = { ...vmSpec(ctx, id, net.hostPort, null, p.run.port), ...(net.tap ? { tap: net.tap } : {}), ...(net.jail ? { jail: net.jail } : {}) };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
     await createOverlay(p.baseDisk, spec.disk, spec.diskFormat);
+    await net.ready;
     sw.lap('prepare_ms');
     const vm = await ctx.hv.boot(spec);
     undo.push('destroy vm', () => ctx.hv.destroy(vm));

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { AgentClient } from '../guest/channel.ts';
 import type { GuestAssets } from '../guest/assets.ts';
 import type { Hypervisor, VmHandle } from '../hypervisor/types.ts';
+import type { NetPool } from '../network/pool.ts';
 import { ThawError } from '../errors.ts';
 
 export const execFile = promisify(execFileCb);
@@ -25,6 +26,10 @@ export interface NodeContext {
   appStartTimeoutMs: number;
   /** How long a cold boot may take until the agent says hello. */
   bootTimeoutMs: number;
+  /** Per-VM network namespaces (src/network/); absent: QEMU user-mode networking, tenants NOT isolated. */
+  net?: NetPool | null;
+  /** Address this node's VMs are reached at from the control plane (a remote node's --host): forwarded to each VM. */
+  vmHost?: string;
 }
 
 /** A VM that serves an app. */
@@ -59,13 +64,13 @@ export class Stopwatch {
   }
 }
 
-/** A free TCP port on 127.0.0.1 (the hypervisor binds it right after). */
-export function freePort(): Promise<number> {
+/** A free TCP port on `host` (the hypervisor binds it, or a forward claims it, right after). */
+export function freePort(host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
     srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
+    srv.listen(0, host, () => {
       const { port } = srv.address() as net.AddressInfo;
       srv.close(() => resolve(port));
     });

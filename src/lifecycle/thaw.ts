@@ -11,7 +11,8 @@ import { UndoStack } from '../undo.ts';
 import type { GateResult } from '../wire/agent.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { checkAgentVersion, refreshGuest, startApp, vmSpec, withConsole } from './boot.ts';
-import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+import { createOverlay, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+import { attachNetwork } from './network.ts';
 
 export interface ThawParams {
   app: string;
@@ -35,8 +36,12 @@ export interface ThawOutcome {
 export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()): Promise<ThawOutcome> {
   return UndoStack.run(async (undo) => {
     const id = vmId(p.app);
+    const netKind = ctx.net ? 'tap' : 'user';
+    if ((p.manifest.machine.net ?? 'user') !== netKind) throw new ThawError('SEED_MISMATCH', `seed was baked on a ${p.manifest.machine.net ?? 'user'}-mode network, this node runs ${netKind}`);
     const mem = path.join(p.seedDir, 'mem.ram');
-    const spec = { ...vmSpec(ctx, id, await freePort(), mem, p.run.port), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline };
+    const net = await attachNetwork(ctx, undo, p.run);
+    sw.lap('net_ms');
+    const spec = { ...vmSpec(ctx, id, net.hostPort, mem, p.run.port), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline, ...(net.tap ? { tap: net.tap } : {}), ...(net.jail ? { jail: net.jail } : {}) };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
     await createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk, spec.diskFormat);
@@ -48,6 +53,7 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     const early = ctx.hv.agentChannelBeforeResume ? await ctx.hv.openAgentChannel(vm) : null;
     if (early) undo.push('close channel', () => early.destroy());
     sw.lap('restore_ms');
+    await net.ready; // the app's egress policy is in place before the guest runs
     await ctx.hv.resume(vm);
     const agent = new AgentClient(early ?? (await ctx.hv.openAgentChannel(vm)), vm.exited);
     undo.push('close agent', () => agent.close());

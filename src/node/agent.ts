@@ -295,6 +295,7 @@ export class NodeAgent implements InProcessNode {
 
   async close(): Promise<void> {
     await this.stopAll();
+    await this.o.node.ctx.net?.shutdown(); // the pool's ready namespaces, then the host table
     this.o.s3?.destroy();
   }
 }

@@ -11,6 +11,8 @@ import type { NodeContext } from '../lifecycle/context.ts';
 import { SeedStore } from '../seed/s3.ts';
 import { NodeAgent, type ImageSource } from './agent.ts';
 import { LocalNode } from './local.ts';
+import { startNetwork } from '../network/host.ts';
+import { vmmOwner } from '../hypervisor/jail.ts';
 
 export interface NodeSetup {
   /** Node folder (vms/, seeds/, logs/, images/). */
@@ -49,6 +51,9 @@ export async function createNodeAgent(o: NodeSetup): Promise<NodeAgent> {
   const node = new LocalNode(ctx, o.name);
   const rec = await node.recover();
   if (rec.killed || rec.removed) o.log.warn(rec, 'cleaned up after a previous run');
+  // After recover(): the killed predecessor's VMMs are gone, so its namespaces can go too.
+  ctx.net = await startNetwork({ dataDir: o.dir, log: o.log, owner: (s) => vmmOwner(s.index) });
+  if (o.bindHost) ctx.vmHost = o.bindHost;
   const capacity = o.capacity ?? Math.max(1, Math.floor((os.totalmem() * 0.8) / (memMiB * 1024 * 1024)));
   const agent = new NodeAgent({
     node,

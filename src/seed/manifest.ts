@@ -30,6 +30,8 @@ export const Manifest = z.object({
     vcpus: z.number().int().positive(),
     cmdline: z.string(),
     guest_port: z.number().int(),
+    /** The VM's network backend: QEMU saves user-mode's (slirp) state in the stream, so a seed restores only onto the same kind. Absent: user. */
+    net: z.enum(['user', 'tap']).optional(),
   }),
   /** Identity of the boot assets the memory image was made with. */
   kernel_sha256: z.string(),

@@ -19,6 +19,13 @@ export const RunConfig = z.object({
   port: z.number().int().min(1).max(65535).default(8080),
   /** The image's own env; the app's env (thaw env, --env) wins over it, and PORT over both. */
   env: z.record(z.string().regex(/^[^=\0]+$/, 'env names have no "=" or NUL'), CStr),
+  /** What the VM may reach (src/network/egress.ts); absent: the internet, no private ranges. */
+  egress: z
+    .object({
+      mode: z.enum(['internet', 'none']),
+      allow: z.array(z.object({ cidr: z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d+$/), port: z.number().int().min(1).max(65535).optional() })).max(32),
+    })
+    .optional(),
 });
 export type RunConfig = z.infer<typeof RunConfig>;
 
