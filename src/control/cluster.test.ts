@@ -10,7 +10,7 @@ import { Cluster } from './cluster.ts';
 function cluster(downAfterMs = 1000) {
   const rows: NodeRow[] = [];
   const store = { upsertNode: async (n: NodeRow) => void rows.push(n) } as unknown as Store;
-  const c = new Cluster({ store, token: 'x'.repeat(20), log: pino({ level: 'silent' }), downAfterMs });
+  const c = new Cluster({ store, token: 'x'.repeat(20), log: pino({ level: 'silent' }), downAfterMs, probeOnJoin: false });
   return { c, rows };
 }
 

@@ -23,11 +23,13 @@ export interface NodeSetup {
   log: Logger;
   /** Address the app port forwards bind to (default 127.0.0.1). */
   bindHost?: string;
+  /** Address the router connects to for those forwards (default bindHost). */
+  appHost?: string;
 }
 
 export async function createNodeAgent(o: NodeSetup): Promise<NodeAgent> {
   const assets = await ensureAssets((l) => o.log.info(l));
-  const hv = new QemuDriver({ probeAssets: async () => assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}) });
+  const hv = new QemuDriver({ probeAssets: async () => assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}), ...(o.appHost ? { appHost: o.appHost } : {}) });
   const accel = await hv.accel();
   o.log.info({ accel, node: o.name }, 'hypervisor ready');
   const memMiB = Number(process.env.THAW_VM_MEM_MIB ?? 512);
