@@ -131,7 +131,9 @@ test('up loads runUp with the parsed flags', async (t) => {
   const r = await cli(['--data', dir, 'up', '--port', '9000', '--database', 'postgres://x@127.0.0.1/db'], {}, { importModule });
   assert.equal(r.code, 0, r.stderr);
   assert.match(got!.url, /\/src\/control\/up\.ts$/);
-  assert.deepEqual(got!.opts, { data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db', localNode: true, nodeDownAfterMs: 5000 });
+  assert.deepEqual(got!.opts, { data: dir, port: 9000, apiPort: 7070, host: '127.0.0.1', domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db', localNode: true, nodeDownAfterMs: 5000 });
+  await cli(['--data', dir, 'up', '--host', '0.0.0.0', '--api-host', '10.0.0.1', '--tls', '--node-ca', '/ca.crt'], {}, { importModule });
+  assert.deepEqual(got!.opts, { data: dir, port: 8080, apiPort: 7070, host: '0.0.0.0', apiHost: '10.0.0.1', tls: true, nodeCa: '/ca.crt', domain: 'localhost', idleTimeout: 300, localNode: true, nodeDownAfterMs: 5000 });
   const none = await cli(['up'], {}, { importModule: async () => ({}) });
   assert.equal(none.code, 2);
 });
