@@ -67,6 +67,10 @@ describe('nodes on separate hosts (network namespaces on a bridge), over TLS', {
       return { status: r.statusCode, json };
     }
   };
+  /** A 200 from the router, or a failure that names the error and the last wake record. */
+  const ok = async (r: { status: number; json: unknown }) => {
+    if (r.status !== 200) assert.fail(`router answered ${r.status}: ${JSON.stringify(r.json)}; last wake: ${JSON.stringify((await api.wakes('hello', 1))[0] ?? null)}`);
+  };
   const lastWake = async () => (await api.wakes('hello', 1))[0]!;
 
   before(async () => {
@@ -140,8 +144,7 @@ describe('nodes on separate hosts (network namespaces on a bridge), over TLS', {
 
   test('cold wake and bake on host a, thaw on a; a cut off: marked down, the app thaws on b from the pulled seed; a rejoins', async () => {
     await api.deploy('hello', await packAppDir(HELLO), { env: { WHO: 'multihost' } });
-    const first = await get();
-    assert.equal(first.status, 200);
+    await ok(await get());
     assert.equal((await lastWake()).boot_mode, 'cold');
     assert.equal((await lastWake()).node, 'a');
     await get('POST', 'baked-on-a');
@@ -150,6 +153,7 @@ describe('nodes on separate hosts (network namespaces on a bridge), over TLS', {
     const id = slept.seed!.id;
     await until('seed replicated', async () => !!(await api.seeds()).find((s) => s.id === id)?.replicated, 120_000);
     const onA = await get();
+    await ok(onA);
     assert.equal((await lastWake()).boot_mode, 'snapshot', `fallback: ${(await lastWake()).fallback_reason}`);
     assert.equal(onA.json.marker, 'baked-on-a');
     assert.equal((await lastWake()).node, 'a');
@@ -160,7 +164,7 @@ describe('nodes on separate hosts (network namespaces on a bridge), over TLS', {
     await until("a's VM fenced", () => qemuProcesses(dirs.get('a')!).length === 0, 10_000);
     const onB = await get();
     const w = await lastWake();
-    assert.equal(onB.status, 200);
+    await ok(onB);
     assert.equal(w.boot_mode, 'snapshot', `fallback: ${w.fallback_reason}`);
     assert.equal(onB.json.marker, 'baked-on-a');
     assert.equal(w.node, 'b');
