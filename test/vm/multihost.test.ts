@@ -158,7 +158,8 @@ describe('nodes on separate hosts (network namespaces on a bridge), over TLS', {
 
     net.cut('a');
     await state('a', 'down', 20_000);
-    assert.equal((await api.getApp('hello')).state, 'asleep');
+    // The node is listed down at once; its apps are moved to asleep under their locks right after.
+    await until('the app on a asleep', async () => (await api.getApp('hello')).state === 'asleep', 20_000);
     await until("a's VM fenced", () => qemuProcesses(dirs.get('a')!).length === 0, 10_000);
     const onB = await get();
     const w = await lastWake();
