@@ -12,6 +12,8 @@ bash scripts/apt-install.sh setup qemu-system-x86 qemu-utils linux-image-amd64 b
   gcc libc6-dev libsodium-dev libjansson-dev libatomic1
 # OCI images: skopeo pulls and checks digests, umoci unpacks layers.
 bash scripts/apt-install.sh setup skopeo umoci
+# TLS between control plane and nodes (certificates via openssl); `ip` for the multi-host test's namespaces.
+bash scripts/apt-install.sh setup openssl iproute2
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages"
