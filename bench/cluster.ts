@@ -5,6 +5,8 @@
 //   and thaws -> b leaves -> c pulls and thaws -> redeploy -> cold wake.
 // Plus pack and unpack of the same seed alone (to and from a local file), so
 // the streamed upload/pull times can be split into their parts.
+// Then the same app with each node on its own host (bench/cluster-multihost.ts):
+// network namespaces on a bridge, TLS; cross-host thaw and pull beside the above.
 //   node --import tsx bench/cluster.ts [--thaws 3]
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
@@ -22,6 +24,7 @@ import { packSeed, unpackSeed } from '../src/seed/pack.ts';
 import { UndoStack } from '../src/undo.ts';
 import { spawnNode, type NodeProc } from '../test/helpers/nodeproc.ts';
 import { S3RVER_CREDENTIALS, startS3Server } from '../test/helpers/s3server.ts';
+import { benchMultihost } from './cluster-multihost.ts';
 import { fmt, machineFacts, markdownTable, median, writeResult } from './lib.ts';
 
 const HELLO = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', 'examples', 'hello');
@@ -30,7 +33,8 @@ const MiB = 1024 * 1024;
 
 interface WakeSample { kind: 'cold' | 'local thaw' | 'cross-node thaw'; node: string | null; wall_ms: number; boot_mode: string; seed_source: string; seed_pull_ms: number | null; marker_ok: boolean }
 
-export async function benchCluster(opts: { thaws?: number; log?: (s: string) => void } = {}) {
+/** `multihost: false` skips the phase with nodes on separate hosts (network namespaces; needs root). */
+export async function benchCluster(opts: { thaws?: number; log?: (s: string) => void; multihost?: boolean } = {}) {
   const say = opts.log ?? ((s: string) => console.error(`[bench cluster] ${s}`));
   const thaws = opts.thaws ?? 3;
   const undo = new UndoStack();
@@ -62,8 +66,12 @@ export async function benchCluster(opts: { thaws?: number; log?: (s: string) => 
     await until('three nodes', async () => (await api.nodes()).filter((n) => n.state === 'up').length === 3);
     const routerPort = Number(new URL(ctl.routerUrl).port);
     const get = async () => {
-      const r = await request(`http://127.0.0.1:${routerPort}/`, { headers: { host: 'hello.localhost' } });
-      return (await r.body.json()) as { marker: string | null };
+      // A request held past the router's wake timeout (a loaded machine) is retried; the wake goes on.
+      for (;;) {
+        const r = await request(`http://127.0.0.1:${routerPort}/`, { headers: { host: 'hello.localhost' } });
+        const body = (await r.body.json()) as { marker: string | null; error?: { code: string } };
+        if (r.statusCode !== 503 || body.error?.code !== 'WAKE_TIMEOUT') return body;
+      }
     };
     const samples: WakeSample[] = [];
     const wake = async (kind: WakeSample['kind']) => {
@@ -119,6 +127,10 @@ export async function benchCluster(opts: { thaws?: number; log?: (s: string) => 
     await wake('cold');
     await api.sleep('hello');
 
+    const multihost = opts.multihost === false ? null : await benchMultihost('hello', say);
+    const crossHost = multihost?.wakes.find((w) => w.kind === 'cross-host thaw') ?? null;
+    const crossNode = samples.find((s) => s.kind === 'cross-node thaw')!;
+
     const by = (k: WakeSample['kind']) => samples.filter((s) => s.kind === k).map((s) => s.wall_ms);
     const result = {
       machine: facts,
@@ -139,6 +151,7 @@ export async function benchCluster(opts: { thaws?: number; log?: (s: string) => 
       pull_ms: pullMs,
       wakes: samples,
       median_ms: { cold: median(by('cold')), local_thaw: median(by('local thaw')), cross_node_thaw: median(by('cross-node thaw')) },
+      multihost,
     };
     const m = result.median_ms;
     const md = [
@@ -165,6 +178,22 @@ export async function benchCluster(opts: { thaws?: number; log?: (s: string) => 
       '',
       markdownTable(['wake', 'node', 'wall ms', 'mode', 'seed', 'pull ms'], samples.map((s) => [s.kind, s.node ?? '', s.wall_ms, s.boot_mode, s.seed_source, s.seed_pull_ms ?? ''])),
       '',
+      ...(multihost && crossHost
+        ? [
+            '## Nodes on separate hosts',
+            '',
+            `Same run, second phase: ${multihost.layout}. Two nodes; a bakes, leaves, and b pulls the seed over the bridge and thaws it.`,
+            '',
+            markdownTable(['', 'single host (loopback, HTTP)', 'separate hosts (bridge, TLS)'], [
+              ['cold wake wall ms', samples.find((s) => s.kind === 'cold')!.wall_ms, multihost.wakes.find((w) => w.kind === 'cold')?.wall_ms ?? ''],
+              ['bake ms', result.bake_ms, multihost.bake_ms],
+              ['replicated after the bake ms', result.upload_wall_after_bake_ms, multihost.replicated_after_bake_ms],
+              ['cross-node thaw wall ms (first)', crossNode.wall_ms, crossHost.wall_ms],
+              ['of which seed pull ms', crossNode.seed_pull_ms ?? '', crossHost.seed_pull_ms ?? ''],
+            ]),
+            '',
+          ]
+        : []),
       `Medians: cold ${m.cold} ms, local thaw ${m.local_thaw} ms, cross-node thaw ${m.cross_node_thaw} ms. Cold/local thaw ${fmt(m.cold / m.local_thaw, 2)}x, cold/cross-node thaw ${fmt(m.cold / m.cross_node_thaw, 2)}x.`,
       '',
       `Machine: ${facts.cores} cores, ${facts.memoryMiB} MiB, Node ${facts.node}, load average at start ${facts.loadavg.map((x) => x.toFixed(2)).join(' / ')}.`,

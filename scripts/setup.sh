@@ -13,8 +13,9 @@ bash scripts/apt-install.sh setup qemu-system-x86 qemu-utils linux-image-amd64 b
   gcc libc6-dev libsodium-dev libjansson-dev libatomic1
 # OCI images: skopeo pulls and checks digests, umoci unpacks layers.
 bash scripts/apt-install.sh setup skopeo umoci
-# Per-VM networks: namespaces, veth and TAP (iproute2), policy (nftables), nsenter/setpriv (util-linux), sysctl (procps).
-bash scripts/apt-install.sh setup iproute2 nftables util-linux procps
+# Per-VM networks: namespaces, veth and TAP (iproute2), policy (nftables), nsenter/setpriv (util-linux), sysctl (procps);
+# TLS between control plane and nodes (certificates via openssl).
+bash scripts/apt-install.sh setup iproute2 nftables util-linux procps openssl
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages"

@@ -52,6 +52,10 @@ export const ERROR_CODES = {
   LOGIN_CODE_INVALID: { kind: 'user', status: 401, hint: 'Dashboard login codes work once and for 5 minutes: run `thaw dashboard` for a fresh URL.' },
   SESSION_REQUIRED: { kind: 'user', status: 401, hint: 'Sign in to the dashboard through the URL `thaw dashboard` prints.' },
   CSRF_TOKEN_INVALID: { kind: 'user', status: 403, hint: 'Reload the dashboard: actions carry the session\'s x-csrf-token header.' },
+  TLS_CONFIG_INVALID: { kind: 'user', status: 400, hint: 'Check --tls-cert/--tls-key (PEM files, the key matching the certificate) and fingerprints (sha256: and 32 hex bytes, as `thaw up` prints them).' },
+  TLS_FINGERPRINT_MISMATCH: { kind: 'user', status: 502, hint: 'The peer is not the one the fingerprint names: check --control-fingerprint against what `thaw up` printed (or a man in the middle is answering).' },
+  TLS_UNTRUSTED: { kind: 'user', status: 502, hint: 'The peer\'s certificate does not verify: pass the cluster CA (--control-ca DATA/tls/ca.crt) or its fingerprint (--control-fingerprint), and reach it by a name or address the certificate lists.' },
+  NODE_ADVERTISE_UNREACHABLE: { kind: 'user', status: 400, hint: 'The control plane must reach the node at the URL it advertises: pass --advertise URL (or --host ADDR) with an address of this host the control plane can route to.' },
   // --- system: host, hypervisor, guest ---------------------------------------
   HOST_MISSING_TOOL: { kind: 'system', status: 500, hint: 'Run `npm run setup` (installs QEMU, the guest kernel, busybox, e2fsprogs, zstd).' },
   ASSETS_BUILD_FAILED: { kind: 'system', status: 500, hint: 'See the build log; run `npm run setup` and retry.' },

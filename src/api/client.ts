@@ -3,6 +3,7 @@
 // with the server's code; a refused connection becomes NOT_RUNNING.
 import { egressHeader, type Egress } from '../network/egress.ts';
 import { errorFromBody } from '../http/errors.ts';
+import { connectOptions, tlsError, type PeerTrust } from '../http/tls.ts';
 import type { Readable } from 'node:stream';
 import { Agent, request } from 'undici';
 import type { z } from 'zod';
@@ -75,11 +76,13 @@ const REFUSED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENOENT'])
 export class ApiClient implements ThawApi {
   readonly url: string;
   readonly #token: string;
-  readonly #agent = new Agent({ connect: { timeout: 5000 } });
+  readonly #agent: Agent;
 
-  constructor(opts: { url: string; token: string }) {
+  /** `trust`: how an https:// API's certificate is checked (a CA or a pinned fingerprint; default the system CAs). */
+  constructor(opts: { url: string; token: string; trust?: PeerTrust }) {
     this.url = opts.url.replace(/\/+$/, '');
     this.#token = opts.token;
+    this.#agent = new Agent({ connect: connectOptions(opts.trust ?? {}, 5000, `the control API at ${this.url}`) });
   }
 
   async close(): Promise<void> {
@@ -102,6 +105,8 @@ export class ApiClient implements ThawApi {
         throw new ThawError('NOT_RUNNING', `nothing answers at ${this.url} (${code}); is \`thaw up\` running?`, { cause: err, details: { url: this.url } });
       }
       if (e?.name === 'AbortError') throw err;
+      const tls = tlsError(err, `the control API at ${this.url}`);
+      if (tls instanceof ThawError) throw tls;
       throw new ThawError('INTERNAL', `control API request ${method} ${path} failed: ${e?.message ?? String(err)}`, { cause: err, details: { url: this.url } });
     }
   }

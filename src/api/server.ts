@@ -10,6 +10,7 @@ import type { ControlService } from '../control/types.ts';
 import { bearerChecker } from '../http/auth.ts';
 import { toApiError } from '../http/errors.ts';
 import { parseOrThrow } from '../http/parse.ts';
+import type { ServerTls } from '../http/tls.ts';
 import { registerDeploy } from './deploy.ts';
 import { registerUi, type UiOptions } from './ui.ts';
 import { NodeStatus } from '../wire/node.ts';
@@ -36,6 +37,8 @@ export interface ApiServerOptions {
   maxTarballBytes?: number;
   /** Serve the web dashboard under /ui/ (session auth, see ui.ts) with this event feed. */
   ui?: Omit<UiOptions, 'service'>;
+  /** Serve HTTPS with this certificate (chain) and key. */
+  tls?: ServerTls;
 }
 
 export const DEFAULT_MAX_TARBALL_BYTES = 256 * 1024 * 1024;
@@ -55,6 +58,7 @@ export async function createApiServer(opts: ApiServerOptions): Promise<FastifyIn
     bodyLimit: 1024 * 1024, // JSON bodies; tarballs have their own cap
     // close() ends every connection (log followers included) instead of waiting for them.
     forceCloseConnections: true,
+    ...(opts.tls ? { https: opts.tls } : {}),
   }) as unknown as FastifyInstance;
 
   app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {

@@ -22,7 +22,13 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .command('up'))
     .description('run the control plane, API and router (and a local node) in the foreground')
     .addOption(new Option('--port <n>', 'router port for app traffic').env('THAW_PORT').argParser(intArg).default(8080))
-    .addOption(new Option('--api-port <n>', 'control API port (127.0.0.1)').env('THAW_API_PORT').argParser(intArg).default(7070))
+    .addOption(new Option('--api-port <n>', 'control API port').env('THAW_API_PORT').argParser(intArg).default(7070))
+    .addOption(new Option('--host <addr>', 'bind address of the router (0.0.0.0: every interface)').env('THAW_HOST').default('127.0.0.1'))
+    .addOption(new Option('--api-host <addr>', 'bind address of the control API (default: --host)').env('THAW_API_HOST'))
+    .option('--tls', 'serve the control API over HTTPS with a cluster CA made in DATA/tls (prints the join command)')
+    .option('--tls-cert <file>', 'serve the control API over HTTPS with this certificate (PEM; with --tls-key)')
+    .option('--tls-key <file>', 'private key of --tls-cert (PEM)')
+    .option('--node-ca <file>', "nodes' certificates must chain to this CA (default: pin each node's at join)")
     .addOption(new Option('--domain <domain>', 'apps are served at NAME.<domain>').env('THAW_DOMAIN').default('localhost'))
     .addOption(new Option('--idle-timeout <seconds>', 'default idle timeout of new apps').env('THAW_IDLE_TIMEOUT').argParser(intArg).default(300))
     .addOption(new Option('--database <url>', 'postgres://... (default: SQLite in the data folder)').env('THAW_DATABASE'))
@@ -42,6 +48,12 @@ export function registerHost(program: Command, ctx: Ctx): void {
         data: ctx.globals(cmd).dataDir,
         port: o.port as number,
         apiPort: o.apiPort as number,
+        host: o.host as string,
+        ...str('apiHost'),
+        ...(o.tls === true ? { tls: true } : {}),
+        ...str('tlsCert'),
+        ...str('tlsKey'),
+        ...str('nodeCa'),
         domain: o.domain as string,
         idleTimeout: o.idleTimeout as number,
         ...str('database'),
@@ -68,7 +80,11 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .addOption(new Option('--token <token>', 'the control plane token').env('THAW_TOKEN'))
     .addOption(new Option('--host <addr>', 'bind address of the node API and VM ports').default('127.0.0.1'))
     .addOption(new Option('--port <n>', 'node API port (0: any free port)').argParser(intArg).default(0))
-    .option('--advertise <url>', 'URL the control plane reaches this node at (default http://HOST:PORT)')
+    .option('--advertise <url>', 'URL the control plane reaches this node at (default http(s)://HOST:PORT)')
+    .option('--control-ca <file>', 'check an https:// control plane against this CA (DATA/tls/ca.crt of `thaw up --tls`)')
+    .option('--control-fingerprint <sha256>', "pin the control plane's certificate (or its CA) to this SHA-256 fingerprint")
+    .option('--tls-cert <file>', 'serve the node API over HTTPS with this certificate (default with an https:// control plane: self-signed, pinned at join)')
+    .option('--tls-key <file>', 'private key of --tls-cert (PEM)')
     .option('--s3-endpoint <url>', 'S3-compatible endpoint for seed replication (path-style; AWS_* env credentials)')
     .option('--s3-bucket <bucket>', 'bucket for seeds')
     .option('--s3-region <region>', 'bucket region (default us-east-1)')
@@ -88,6 +104,10 @@ export function registerHost(program: Command, ctx: Ctx): void {
         host: o.host as string,
         port: o.port as number,
         ...str('advertise'),
+        ...str('controlCa'),
+        ...str('controlFingerprint'),
+        ...str('tlsCert'),
+        ...str('tlsKey'),
         ...str('s3Endpoint'),
         ...str('s3Bucket'),
         ...str('s3Region'),

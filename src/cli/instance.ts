@@ -1,12 +1,19 @@
 // Instance discovery. `thaw up --data DIR` writes DIR/token (0600) and
-// DIR/instance.json {api_url, router_url, pid}; every other command reads them.
+// DIR/instance.json {api_url, router_url, pid, api_fingerprint?}: URLs a client
+// on this host can use (a wildcard bind becomes loopback). Every other command reads them.
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { ThawError } from '../errors.ts';
 
-export const InstanceFile = z.object({ api_url: z.string().url(), router_url: z.string().url(), pid: z.number().int().positive() });
+export const InstanceFile = z.object({
+  api_url: z.string().url(),
+  router_url: z.string().url(),
+  pid: z.number().int().positive(),
+  /** An https:// API: the fingerprint its certificate (or the cluster CA) is pinned to. */
+  api_fingerprint: z.string().optional(),
+});
 export type InstanceFile = z.infer<typeof InstanceFile>;
 
 export interface Instance {
@@ -15,6 +22,7 @@ export interface Instance {
   routerUrl: string;
   pid: number;
   token: string;
+  apiFingerprint?: string;
 }
 
 /** `--data`, else $THAW_DATA, else ~/.thaw; always absolute. */
@@ -52,7 +60,7 @@ export async function readInstance(dataDir: string): Promise<Instance> {
   if (!pidAlive(info.pid)) {
     throw new ThawError('NOT_RUNNING', `Thaw (pid ${info.pid}) is not running; ${file} is stale`, { details: { dataDir, pid: info.pid } });
   }
-  return { dataDir, apiUrl: info.api_url, routerUrl: info.router_url, pid: info.pid, token };
+  return { dataDir, apiUrl: info.api_url, routerUrl: info.router_url, pid: info.pid, token, ...(info.api_fingerprint ? { apiFingerprint: info.api_fingerprint } : {}) };
 }
 
 /** For `thaw up`: write the token (0600) and instance.json atomically. */

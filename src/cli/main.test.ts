@@ -132,7 +132,7 @@ test('up loads runUp with the parsed flags', async (t) => {
   assert.equal(r.code, 0, r.stderr);
   assert.match(got!.url, /\/src\/control\/up\.ts$/);
   assert.deepEqual(got!.opts, {
-    data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db', localNode: true, nodeDownAfterMs: 5000,
+    data: dir, port: 9000, apiPort: 7070, host: '127.0.0.1', domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db', localNode: true, nodeDownAfterMs: 5000,
     routerTimeouts: { keepAliveMs: 75_000, headersMs: 60_000, requestMs: 600_000, upstreamHeadersMs: 300_000, upstreamBodyMs: 0 },
     wakeTimeoutMs: 60_000, drainMs: 30_000, stopGraceMs: 3000, driver: 'qemu',
   });
@@ -142,6 +142,8 @@ test('up loads runUp with the parsed flags', async (t) => {
   const bad = await cli(['--data', dir, 'up', '--driver', 'xen'], {}, { importModule });
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /--driver.*xen|xen.*--driver|Allowed choices/i);
+  await cli(['--data', dir, 'up', '--host', '0.0.0.0', '--api-host', '10.0.0.1', '--tls', '--node-ca', '/ca.crt'], {}, { importModule });
+  assert.deepEqual(got!.opts, { data: dir, port: 8080, apiPort: 7070, host: '0.0.0.0', apiHost: '10.0.0.1', tls: true, nodeCa: '/ca.crt', domain: 'localhost', idleTimeout: 300, localNode: true, nodeDownAfterMs: 5000, routerTimeouts: { keepAliveMs: 75_000, headersMs: 60_000, requestMs: 0, upstreamHeadersMs: 300_000, upstreamBodyMs: 0 }, wakeTimeoutMs: 60_000, drainMs: 30_000, stopGraceMs: 10_000, driver: 'qemu' });
   const none = await cli(['up'], {}, { importModule: async () => ({}) });
   assert.equal(none.code, 2);
 });

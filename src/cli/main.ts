@@ -18,7 +18,8 @@ export const defaultDeps = (): CliDeps => ({
   stderr: (s) => void process.stderr.write(s),
   connect: async (dataDir) => {
     const instance = await readInstance(dataDir);
-    return { api: new ApiClient({ url: instance.apiUrl, token: instance.token }), instance };
+    const trust = instance.apiFingerprint ? { trust: { fingerprint: instance.apiFingerprint } } : {};
+    return { api: new ApiClient({ url: instance.apiUrl, token: instance.token, ...trust }), instance };
   },
   importModule: (url) => import(url),
   env: process.env,

@@ -1,16 +1,19 @@
 // Scheduler and node membership, with remote nodes known only from their
 // heartbeats (no VMs: placement is pure bookkeeping).
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import pino from 'pino';
 import type { NodeRow, Store } from '../store/types.ts';
 import type { NodeStatus } from '../wire/node.ts';
+import { ThawError } from '../errors.ts';
 import { Cluster } from './cluster.ts';
 
 function cluster(downAfterMs = 1000) {
   const rows: NodeRow[] = [];
   const store = { upsertNode: async (n: NodeRow) => void rows.push(n) } as unknown as Store;
-  const c = new Cluster({ store, token: 'x'.repeat(20), log: pino({ level: 'silent' }), downAfterMs });
+  const c = new Cluster({ store, token: 'x'.repeat(20), log: pino({ level: 'silent' }), downAfterMs, probeOnJoin: false });
   return { c, rows };
 }
 
@@ -87,4 +90,21 @@ test('events in a heartbeat reach onEvent; a node that moved gets a new client',
   await c.heartbeat(hb('a', { url: 'http://127.0.0.1:1/elsewhere' }));
   assert.notEqual(c.get('a')!.api, api);
   assert.equal(c.list().find((n) => n.name === 'a')!.url, 'http://127.0.0.1:1/elsewhere');
+});
+
+test('join: a node the control plane cannot reach at its URL, or another node answering there, is refused with NODE_ADVERTISE_UNREACHABLE', async (t) => {
+  const c = new Cluster({ store: { upsertNode: async () => {} } as unknown as Store, token: 'x'.repeat(20), log: pino({ level: 'silent' }), downAfterMs: 1000 });
+  t.after(() => c.close());
+  const closed = http.createServer();
+  await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+  const deadPort = (closed.address() as AddressInfo).port;
+  await new Promise((r) => closed.close(r));
+  const refused = (e: unknown) => e instanceof ThawError && e.code === 'NODE_ADVERTISE_UNREACHABLE';
+  await assert.rejects(c.heartbeat(hb('a', { url: `http://127.0.0.1:${deadPort}` })), (e: unknown) => refused(e) && /cannot reach it there/.test((e as Error).message));
+  const impostor = http.createServer((_req, res) => res.end(JSON.stringify({ ok: true, name: 'zz' })));
+  await new Promise<void>((r) => impostor.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise((r) => impostor.close(r)));
+  const url = `http://127.0.0.1:${(impostor.address() as AddressInfo).port}`;
+  await assert.rejects(c.heartbeat(hb('a', { url })), (e: unknown) => refused(e) && /node zz answers there/.test((e as Error).message));
+  assert.deepEqual(c.list(), []);
 });

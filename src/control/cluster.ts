@@ -5,6 +5,7 @@
 // the control plane, so an app never runs twice).
 import type { Logger } from 'pino';
 import { ThawError } from '../errors.ts';
+import { crossesNetwork, plainHttpWarning } from '../http/tls.ts';
 import { RemoteNode } from '../node/client.ts';
 import type { InProcessNode, NodeApi } from '../node/types.ts';
 import type { Store } from '../store/types.ts';
@@ -14,6 +15,8 @@ export class Member {
   state: 'up' | 'down' = 'up';
   lastSeen = Date.now();
   capacity: number;
+  /** The certificate fingerprint the node reported at join (pinned for its URL). */
+  fingerprint: string | undefined;
   /** app -> vmId, as last reported (remote) and as changed by the control plane since. */
   readonly running = new Map<string, string>();
   readonly seeds = new Set<string>();
@@ -58,6 +61,10 @@ export interface ClusterOptions {
   log: Logger;
   /** A remote node silent this long is down. */
   downAfterMs: number;
+  /** PEM of a CA every https:// node's certificate must chain to; default: pin the fingerprint a node reports at join. */
+  nodeCa?: string;
+  /** Check that a joining node answers at its URL (default true). */
+  probeOnJoin?: boolean;
 }
 
 export class Cluster {
@@ -86,15 +93,13 @@ export class Cluster {
   async heartbeat(st: NodeStatus): Promise<Member> {
     let m = this.members.get(st.name);
     if (m?.local) throw new ThawError('INVALID_REQUEST', `node name ${st.name} is the control plane's own node; pick another --name`);
-    if (m && m.url !== st.url && m.state === 'up' && Date.now() - m.lastSeen < this.o.downAfterMs) {
+    const moved = m !== undefined && (m.url !== st.url || m.fingerprint !== st.tlsFingerprint);
+    if (m && moved && m.state === 'up' && Date.now() - m.lastSeen < this.o.downAfterMs) {
       // Two live nodes with one name would take turns owning it. A restarted node (new port) gets in once the old entry times out.
       throw new ThawError('INVALID_REQUEST', `node name ${st.name} is in use by ${m.url}; pick another --name (or wait ${this.o.downAfterMs} ms if that node was restarted)`);
     }
-    if (!m || m.url !== st.url) {
-      if (m) void m.api.close();
-      m = new Member(st.name, st.url, new RemoteNode(st.name, st.url, this.o.token), null);
-      this.members.set(st.name, m);
-      this.o.log.info({ node: st.name, url: st.url }, 'node joined');
+    if (!m || moved) {
+      m = await this.join(st, m);
     } else if (m.state === 'down') {
       this.o.log.info({ node: st.name }, 'node is back');
     }
@@ -108,6 +113,28 @@ export class Cluster {
     for (const e of st.events) this.onEvent(st.name, e);
     if (st.leaving) await this.markDown(st.name, 'node shut down');
     await this.o.store.upsertNode({ name: st.name, url: st.url, capacity: st.capacity, running: st.running.length, seeds: st.seeds, heartbeatAt: new Date().toISOString() });
+    return m;
+  }
+
+  /** A new node (or one at a new URL or certificate): reachable at its URL and, over TLS, verified; else NODE_ADVERTISE_UNREACHABLE. */
+  private async join(st: NodeStatus, old: Member | undefined): Promise<Member> {
+    const trust = this.o.nodeCa ? { ca: this.o.nodeCa } : st.tlsFingerprint ? { fingerprint: st.tlsFingerprint } : {};
+    const api = new RemoteNode(st.name, st.url, this.o.token, trust);
+    if (this.o.probeOnJoin !== false) {
+      try {
+        await api.probe();
+      } catch (err) {
+        await api.close();
+        this.o.log.warn({ node: st.name, url: st.url, err: (err as Error).message }, 'node refused at join');
+        throw err;
+      }
+    }
+    if (old) void old.api.close();
+    const m = new Member(st.name, st.url, api, null);
+    m.fingerprint = st.tlsFingerprint;
+    this.members.set(st.name, m);
+    if (new URL(st.url).protocol === 'http:' && crossesNetwork(st.url)) this.o.log.warn({ node: st.name }, plainHttpWarning(`node ${st.name} at`, st.url));
+    this.o.log.info({ node: st.name, url: st.url, tls: st.url.startsWith('https:') ? (this.o.nodeCa ? 'cluster CA' : 'pinned') : 'off' }, 'node joined');
     return m;
   }
 

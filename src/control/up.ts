@@ -14,12 +14,14 @@ import { createRouter, type RouterTimeouts } from '../router/router.ts';
 import { s3FromFlags } from '../seed/s3.ts';
 import { untilSignal } from '../signals.ts';
 import { openStore } from '../store/index.ts';
+import { crossesNetwork, plainHttpWarning } from '../http/tls.ts';
 import { Cluster } from './cluster.ts';
 import { EventFeed, observeStore } from './events.ts';
+import { controlTls, joinCommand, localUrl, networkHost, readNodeCa, type ControlTlsOptions } from './join.ts';
 import { Replication } from './replication.ts';
 import { Service } from './service.ts';
 
-export interface UpOptions {
+export interface UpOptions extends ControlTlsOptions {
   data: string;
   port: number;
   apiPort: number;
@@ -37,8 +39,10 @@ export interface UpOptions {
   seedCacheBytes?: number;
   /** Seeds of apps not woken for this many seconds are deleted everywhere. */
   seedTtl?: number;
-  /** Bind address of the router and API (default 127.0.0.1). */
+  /** Bind address of the router (default 127.0.0.1). */
   host?: string;
+  /** Bind address of the control API (default: host). */
+  apiHost?: string;
   /** Run a node agent in this process (default true); false: control plane and router only. */
   localNode?: boolean;
   /** A `thaw node` silent this long is marked down (default 5000 ms). */
@@ -63,6 +67,12 @@ export interface Running {
   apiUrl: string;
   routerUrl: string;
   token: string;
+  /** With TLS: what clients pin (the cluster CA's fingerprint, or the certificate's). */
+  apiFingerprint: string | null;
+  /** The cluster CA file made by --tls. */
+  caFile: string | null;
+  /** `thaw node …` for a node on another host (holds the token). */
+  joinCommand: string;
   stop(): Promise<void>;
 }
 
@@ -88,13 +98,16 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   const store = observeStore(await openStore({ url: o.database, ...(o.databaseSchema ? { pgSchema: o.databaseSchema } : {}), sqlitePath: path.join(data, 'thaw.db'), envKey, lockWaitMs: 10 * 60_000 }), feed);
   const assets = await ensureAssets((l) => log.info(l));
   const s3 = s3FromFlags(o);
-  const cluster = new Cluster({ store, token, log, downAfterMs: o.nodeDownAfterMs ?? 5000 });
+  const host = o.host ?? '127.0.0.1';
+  const apiHost = o.apiHost ?? host;
+  const tls = await controlTls(o, data, apiHost);
+  const nodeCa = await readNodeCa(o.nodeCa);
+  const cluster = new Cluster({ store, token, log, downAfterMs: o.nodeDownAfterMs ?? 5000, ...(nodeCa ? { nodeCa } : {}) });
   let agent: NodeAgent | null = null;
   if (o.localNode !== false) {
     agent = await createNodeAgent({ dir: nodeDir(data), name: 'local', s3, capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3, images: () => sharedImages, log, ...(o.driver ? { driver: o.driver } : {}) });
     cluster.addLocal(agent);
   }
-  const host = o.host ?? '127.0.0.1';
   let service: Service | null = null;
   const replication = new Replication({
     s3,
@@ -136,20 +149,27 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   service.gate = router;
   const routerPort = await router.listen(o.port, host);
   service.routerPort = routerPort;
-  const api = await createApiServer({ service, token, logger: false, ui: { feed } });
-  await api.listen({ port: o.apiPort, host });
+  const api = await createApiServer({ service, token, logger: false, ui: { feed }, ...(tls ? { tls: tls.server } : {}) });
+  await api.listen({ port: o.apiPort, host: apiHost });
   const apiPort = (api.server.address() as { port: number }).port;
-  const apiUrl = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${apiPort}`;
+  const scheme = tls ? 'https' : 'http';
+  const apiUrl = localUrl(scheme, apiHost, apiPort);
   const routerUrl = `http://${o.domain}:${routerPort}`;
-  await writeInstance(data, { api_url: apiUrl, router_url: routerUrl, pid: process.pid }, token);
-  log.info({ api: apiUrl, router: routerUrl, data, localNode: !!agent }, 'thaw is up');
+  const apiFingerprint = tls?.fingerprint ?? null;
+  await writeInstance(data, { api_url: apiUrl, router_url: routerUrl, pid: process.pid, ...(apiFingerprint ? { api_fingerprint: apiFingerprint } : {}) }, token);
+  const networkApiUrl = localUrl(scheme, networkHost(apiHost), apiPort);
+  if (!tls && crossesNetwork(networkApiUrl)) log.warn(plainHttpWarning('the control API at', networkApiUrl));
+  log.info({ api: apiUrl, router: routerUrl, data, localNode: !!agent, tls: tls ? (tls.caFile ? 'cluster CA' : 'certificate') : 'off' }, 'thaw is up');
   let stopping: Promise<void> | null = null;
   return {
     service,
     cluster,
     apiUrl,
     token,
-    routerUrl: `http://127.0.0.1:${routerPort}`,
+    apiFingerprint,
+    caFile: tls?.caFile ?? null,
+    joinCommand: joinCommand({ apiUrl: networkApiUrl, token, fingerprint: apiFingerprint }),
+    routerUrl: localUrl('http', host, routerPort),
     stop: () =>
       (stopping ??= (async () => {
         await api.close();
@@ -168,5 +188,8 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
 export async function runUp(o: UpOptions): Promise<void> {
   const log = pino({ level: process.env.THAW_LOG_LEVEL ?? 'info' });
   const t = await startThaw(o, log);
+  if (t.apiFingerprint || crossesNetwork(t.joinCommand.split(' ')[3]!)) {
+    process.stderr.write(`\nJoin a node on another host with (this holds the cluster token):\n  ${t.joinCommand}\n\n`);
+  }
   await untilSignal(log, 'shutting down: held requests get 503, VMs are deleted', t.stop);
 }

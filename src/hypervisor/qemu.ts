@@ -24,6 +24,8 @@ export interface QemuOptions {
   startTimeoutMs?: number;
   /** Address app port forwards bind to and the router connects to (default 127.0.0.1). */
   bindHost?: string;
+  /** Address the router connects to when it differs from bindHost (a wildcard bind). */
+  appHost?: string;
 }
 
 
@@ -154,7 +156,7 @@ export class QemuDriver implements Hypervisor {
       pid: child.pid ?? -1,
       consoleLog: path.join(spec.dir, 'console.log'),
       exited,
-      appAddress: spec.tap?.address ?? { host: this.opts.bindHost ?? '127.0.0.1', port: spec.hostPort },
+      appAddress: spec.tap?.address ?? { host: this.opts.appHost ?? this.opts.bindHost ?? '127.0.0.1', port: spec.hostPort },
       qmp,
       kill: () => child.kill('SIGKILL'),
     };

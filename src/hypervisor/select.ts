@@ -12,6 +12,8 @@ export interface DriverSetup {
   assets: GuestAssets;
   /** QEMU: address app port forwards bind to. */
   bindHost?: string;
+  /** QEMU: address the router connects to for those forwards (default bindHost). */
+  appHost?: string;
   /** Firecracker binary (default $THAW_FIRECRACKER or `firecracker` on PATH). The TAP of its VMs: $THAW_FIRECRACKER_TAP. */
   firecracker?: string;
 }
@@ -21,5 +23,5 @@ export function createHypervisor(name: DriverName, o: DriverSetup): Hypervisor {
     const tap = process.env.THAW_FIRECRACKER_TAP;
     return new FirecrackerDriver({ binary: o.firecracker ?? process.env.THAW_FIRECRACKER ?? 'firecracker', ...(tap ? { tap } : {}) });
   }
-  return new QemuDriver({ probeAssets: async () => o.assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}) });
+  return new QemuDriver({ probeAssets: async () => o.assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}), ...(o.appHost ? { appHost: o.appHost } : {}) });
 }

@@ -28,12 +28,14 @@ export interface NodeSetup {
   bindHost?: string;
   /** Hypervisor driver (default qemu). */
   driver?: DriverName;
+  /** Address the router connects to for those forwards (default bindHost). */
+  appHost?: string;
 }
 
 export async function createNodeAgent(o: NodeSetup): Promise<NodeAgent> {
   const driver = o.driver ?? 'qemu';
   const assets = await ensureAssets((l) => o.log.info(l));
-  const hv = createHypervisor(driver, { assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}) });
+  const hv = createHypervisor(driver, { assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}), ...(o.appHost ? { appHost: o.appHost } : {}) });
   const accel = await hv.accel();
   o.log.info({ driver, accel, node: o.name }, 'hypervisor ready');
   const memMiB = Number(process.env.THAW_VM_MEM_MIB ?? 512);

@@ -5,22 +5,45 @@
 import { Pool, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import { errorFromBody } from '../http/errors.ts';
+import { connectOptions, tlsError, type PeerTrust } from '../http/tls.ts';
 import { ThawError } from '../errors.ts';
 import { NodeSleepResponse, NodeUploadResponse, NodeWakeResponse, type NodeSleepRequest, type NodeWakeRequest, type SeedRef } from '../wire/node.ts';
 import type { NodeApi } from './types.ts';
 
 const Ok = z.object({ ok: z.literal(true) });
 const Logs = z.object({ text: z.string() });
+const Health = z.object({ name: z.string() });
 
 export class RemoteNode implements NodeApi {
   private readonly pool: Pool;
   /** Path prefix of the node's URL (a node behind a reverse proxy). */
   private readonly base: string;
 
-  constructor(readonly name: string, readonly url: string, private readonly token: string) {
+  /** `trust`: how an https:// node's certificate is checked (its pinned fingerprint, or a CA). */
+  constructor(readonly name: string, readonly url: string, private readonly token: string, trust: PeerTrust = {}) {
     const u = new URL(url);
     this.base = u.pathname.replace(/\/+$/, '');
-    this.pool = new Pool(u.origin, { connect: { timeout: 3000 }, connections: 16 });
+    this.pool = new Pool(u.origin, { connect: connectOptions(trust, 3000, `node ${name} (${url})`), connections: 16 });
+  }
+
+  /**
+   * At join: the node answers at its URL, over verified TLS when https, and is
+   * the node it claims to be. NODE_ADVERTISE_UNREACHABLE otherwise.
+   */
+  async probe(timeoutMs = 2000): Promise<void> {
+    let who: string;
+    try {
+      who = (await this.call(Health, 'GET', '/healthz', undefined, timeoutMs)).name;
+    } catch (err) {
+      const why = err instanceof ThawError && err.cause instanceof ThawError ? err.cause : err;
+      throw new ThawError('NODE_ADVERTISE_UNREACHABLE', `node ${this.name} advertises ${this.url}, but the control plane cannot reach it there: ${(why as Error).message}`, {
+        cause: why,
+        details: { node: this.name, url: this.url, ...(why instanceof ThawError ? { reason: why.code } : {}) },
+      });
+    }
+    if (who !== this.name) {
+      throw new ThawError('NODE_ADVERTISE_UNREACHABLE', `node ${this.name} advertises ${this.url}, but node ${who} answers there`, { details: { node: this.name, url: this.url } });
+    }
   }
 
   /**
@@ -38,7 +61,8 @@ export class RemoteNode implements NodeApi {
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
-    } catch (err) {
+    } catch (e) {
+      const err = tlsError(e, `node ${this.name} (${this.url})`);
       throw new ThawError('NODE_UNREACHABLE', `node ${this.name} (${this.url}) did not answer ${method} ${path}: ${(err as Error).message}`, { cause: err, details: { node: this.name } });
     }
     let json: unknown;

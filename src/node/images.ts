@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { chmod, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { request } from 'undici';
+import { request, type Dispatcher } from 'undici';
 import { errorFromBody } from '../http/errors.ts';
 import { ThawError } from '../errors.ts';
 import type { ImageSource } from './agent.ts';
@@ -14,7 +14,8 @@ import type { ImageSource } from './agent.ts';
 export class ImageFetcher implements ImageSource {
   private readonly inflight = new Map<string, Promise<string>>();
 
-  constructor(private readonly dir: string, private readonly controlUrl: string, private readonly token: string) {}
+  /** `dispatcher`: how to reach the control plane (its TLS trust); default undici's global one. */
+  constructor(private readonly dir: string, private readonly controlUrl: string, private readonly token: string, private readonly dispatcher?: Dispatcher) {}
 
   private file(app: string, deployId: string): string {
     return path.join(this.dir, `${app}@${deployId}.img`);
@@ -35,7 +36,7 @@ export class ImageFetcher implements ImageSource {
     await mkdir(this.dir, { recursive: true });
     const tmp = `${file}.partial-${process.pid}`;
     try {
-      const res = await request(`${this.controlUrl}/v1/apps/${app}/deploys/${deployId}/image`, { headers: { authorization: `Bearer ${this.token}` } });
+      const res = await request(`${this.controlUrl}/v1/apps/${app}/deploys/${deployId}/image`, { headers: { authorization: `Bearer ${this.token}` }, ...(this.dispatcher ? { dispatcher: this.dispatcher } : {}) });
       if (res.statusCode !== 200) throw errorFromBody(res.statusCode, await res.body.json().catch(() => null));
       const want = Number(res.headers['x-image-bytes']);
       // zstd writes its output sparse: the zero blocks of the image take no space here either.

@@ -9,14 +9,16 @@ import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { Agent, request } from 'undici';
 import { errorFromBody } from '../http/errors.ts';
+import { connectOptions, tlsError } from '../http/tls.ts';
 import { ThawError, asThawError, isThawError } from '../errors.ts';
 import { s3FromFlags } from '../seed/s3.ts';
 import { untilSignal } from '../signals.ts';
-import { HeartbeatResponse, NodeName } from '../wire/node.ts';
+import { HeartbeatResponse, NodeName, type NodeStatus } from '../wire/node.ts';
 import type { NodeAgent } from './agent.ts';
 import { createNodeAgent, nodeDir } from './bootstrap.ts';
 import { ImageFetcher } from './images.ts';
 import { createNodeServer } from './server.ts';
+import { nodeTls } from './tls.ts';
 
 export interface NodeOptions {
   control: string;
@@ -31,6 +33,12 @@ export interface NodeOptions {
   advertise?: string;
   /** Address VM port forwards bind to; the router connects there (default: --host). */
   vmHost?: string;
+  /** Check an https:// control plane against this CA file, or this pinned SHA-256 fingerprint (default: system CAs). */
+  controlCa?: string;
+  controlFingerprint?: string;
+  /** The node API's certificate and key (PEM files); default with an https:// control plane: a self-signed one, pinned at join. */
+  tlsCert?: string;
+  tlsKey?: string;
   s3Endpoint?: string;
   s3Bucket?: string;
   s3Region?: string;
@@ -42,6 +50,9 @@ export interface NodeOptions {
   /** Hypervisor driver (default qemu). */
   driver?: import('../hypervisor/types.ts').DriverName;
 }
+
+/** Refusals at the first heartbeat that no retry fixes. */
+const FATAL_AT_JOIN = ['TLS_FINGERPRINT_MISMATCH', 'TLS_UNTRUSTED', 'NODE_ADVERTISE_UNREACHABLE'] as const;
 
 export interface RunningNode {
   agent: NodeAgent;
@@ -62,7 +73,15 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
   const data = path.resolve(o.data);
   await mkdir(data, { recursive: true, mode: 0o700 });
   const host = o.host ?? '127.0.0.1';
-  const fetcher = new ImageFetcher(path.join(nodeDir(data), 'images'), control, o.token);
+  const wildcard = host === '0.0.0.0' || host === '::';
+  const advertised = o.advertise ? new URL(o.advertise) : null;
+  const tls = await nodeTls(o, path.join(nodeDir(data), 'tls'), [host, ...(advertised ? [advertised.hostname.replace(/^\[|\]$/g, '')] : [])], log);
+  if (advertised && (advertised.protocol === 'https:') !== !!tls.server) {
+    throw new ThawError('TLS_CONFIG_INVALID', `--advertise ${o.advertise} says ${advertised.protocol.slice(0, -1)}, but the node API serves ${tls.server ? 'https' : 'http'}`);
+  }
+  const controlConnect = connectOptions(tls.controlTrust, 5000, `the control plane at ${control}`);
+  const imagesAgent = new Agent({ connect: controlConnect });
+  const fetcher = new ImageFetcher(path.join(nodeDir(data), 'images'), control, o.token, imagesAgent);
   await fetcher.recover();
   const s3 = s3FromFlags(o);
   const agent = await createNodeAgent({
@@ -75,21 +94,25 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
     log: log.child({ node: o.name }),
     bindHost: o.vmHost ?? host,
     ...(o.driver ? { driver: o.driver } : {}),
+    // A wildcard bind is reached at the advertised address.
+    ...(wildcard && advertised ? { appHost: advertised.hostname.replace(/^\[|\]$/g, '') } : {}),
   });
-  const server = await createNodeServer(agent, o.token);
+  const server = await createNodeServer(agent, o.token, tls.server ?? undefined);
   await server.listen({ host, port: o.port ?? 0 });
   const port = (server.server.address() as { port: number }).port;
-  const url = o.advertise ?? `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
+  const url = o.advertise ?? `${tls.server ? 'https' : 'http'}://${wildcard ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host}:${port}`;
+  if (wildcard && !o.advertise) log.warn({ url }, 'bound to all addresses without --advertise: the control plane is told this loopback URL, which only works on its own host');
 
   const every = o.heartbeatMs ?? 1000;
   const fenceAfter = Math.round((o.nodeTimeoutMs ?? 5000) * 0.6);
   // The fence runs on its own timer; a heartbeat slower than this no longer matters.
   const hbTimeout = Math.max(1000, fenceAfter);
-  const dispatcher = new Agent({ connect: { timeout: hbTimeout }, headersTimeout: hbTimeout, bodyTimeout: hbTimeout });
+  const dispatcher = new Agent({ connect: connectOptions(tls.controlTrust, hbTimeout, `the control plane at ${control}`), headersTimeout: hbTimeout, bodyTimeout: hbTimeout });
+  const status = () => ({ ...agent.status(url), ...(tls.fingerprint ? { tlsFingerprint: tls.fingerprint } : {}) });
   let lastOk = Date.now();
   let fenced = false;
   let stopped = false;
-  const send = (st: ReturnType<NodeAgent['status']>) =>
+  const send = (st: NodeStatus) =>
     request(`${control}/v1/nodes/heartbeat`, {
       method: 'POST',
       headers: { authorization: `Bearer ${o.token}`, 'content-type': 'application/json' },
@@ -98,7 +121,7 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
     });
   let first = true;
   const beat = async () => {
-    const st = agent.status(url);
+    const st = status();
     const wasFirst = first;
     first = false;
     try {
@@ -110,10 +133,12 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
       lastOk = Date.now();
       fenced = false;
       for (const r of answer.stop) await agent.stop(r.app, r.vmId);
-    } catch (err) {
+    } catch (e) {
       agent.requeue(st.events);
-      // A wrong token will not fix itself: say so and stop instead of retrying forever.
+      const err = tlsError(e, `the control plane at ${control}`);
+      // A wrong token, certificate or address will not fix itself: say so and stop instead of retrying forever.
       if (wasFirst && isThawError(err, 'UNAUTHORIZED')) throw new ThawError('UNAUTHORIZED', `the control plane at ${control} refused this node's token: pass --token-file with the DATA/token of \`thaw up\``, { cause: err });
+      if (wasFirst && FATAL_AT_JOIN.some((c) => isThawError(err, c))) throw err;
       log.warn({ err: asThawError(err).message, silentMs: Date.now() - lastOk }, 'heartbeat failed');
     }
   };
@@ -136,6 +161,7 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
   } catch (err) {
     clearInterval(fence);
     await dispatcher.close();
+    await imagesAgent.close();
     await server.close();
     await agent.close();
     throw err;
@@ -150,8 +176,9 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
       clearInterval(fence);
       await agent.stopAll();
       // Tell the control plane at once, so requests do not wait for the node timeout.
-      await send({ ...agent.status(url), leaving: true }).then((r) => r.body.dump(), () => {});
+      await send({ ...status(), leaving: true }).then((r) => r.body.dump(), () => {});
       await dispatcher.close();
+      await imagesAgent.close();
       await server.close();
       await agent.close();
     },

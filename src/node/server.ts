@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { bearerChecker } from '../http/auth.ts';
 import { toApiError } from '../http/errors.ts';
 import { parseOrThrow } from '../http/parse.ts';
+import type { ServerTls } from '../http/tls.ts';
 import { NodeSleepRequest, NodeWakeRequest, SeedRef } from '../wire/node.ts';
 import type { NodeApi } from './types.ts';
 
@@ -13,9 +14,10 @@ const AppParams = z.object({ app: z.string().regex(/^[a-z][a-z0-9-]{0,39}$/) });
 const SeedParams = z.object({ id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/) });
 const StopBody = z.object({ vmId: z.string().optional() }).default({});
 
-export async function createNodeServer(agent: NodeApi & { renderMetrics(): Promise<string> }, token: string): Promise<FastifyInstance> {
+/** `tls`: serve HTTPS with this certificate (chain) and key. */
+export async function createNodeServer(agent: NodeApi & { renderMetrics(): Promise<string> }, token: string, tls?: ServerTls): Promise<FastifyInstance> {
   const check = bearerChecker(token);
-  const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, forceCloseConnections: true, requestTimeout: 0 }) as unknown as FastifyInstance;
+  const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, forceCloseConnections: true, requestTimeout: 0, ...(tls ? { https: tls } : {}) }) as unknown as FastifyInstance;
   app.setErrorHandler((err: unknown, _req: FastifyRequest, reply: FastifyReply) => {
     const te = toApiError(err);
     void reply.code(te.status).send({ error: te.toJSON() });

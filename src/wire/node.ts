@@ -110,6 +110,8 @@ export const NodeStatus = z.object({
   events: z.array(NodeEvent).max(10_000),
   /** The node is shutting down (its VMs are already deleted): take it out of scheduling now. */
   leaving: z.boolean().optional(),
+  /** An https:// node: the SHA-256 fingerprint of the certificate its API presents (pinned by the control plane at join). */
+  tlsFingerprint: z.string().max(200).optional(),
 });
 export type NodeStatus = z.infer<typeof NodeStatus>;
 

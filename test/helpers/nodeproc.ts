@@ -32,12 +32,15 @@ export interface NodeProcOptions {
   extraArgs?: string[];
   /** The test expects it to exit with an error: do not print its stderr. */
   expectExit?: boolean;
+  /** argv prefix, e.g. `ip netns exec NS` to run the node on another "host". */
+  wrap?: string[];
 }
 
 export function spawnNode(o: NodeProcOptions): NodeProc {
   const args = [path.join(ROOT, 'bin', 'thaw.js'), '--data', o.dir, 'node', '--control', o.control, '--name', o.name, '--token-file', o.tokenFile,
     '--node-timeout', String(o.nodeTimeoutMs ?? 5000), ...(o.s3 ? ['--s3-endpoint', o.s3.endpoint, '--s3-bucket', o.s3.bucket] : []), ...(o.extraArgs ?? [])];
-  const proc = spawn(process.execPath, args, {
+  const [cmd, ...pre] = [...(o.wrap ?? []), process.execPath];
+  const proc = spawn(cmd!, [...pre, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, THAW_LOG_LEVEL: 'info', ...(o.s3 ? { AWS_ACCESS_KEY_ID: o.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: o.s3.secretAccessKey } : {}) },
   });

@@ -63,10 +63,11 @@ export interface S3TestServer {
   pause(): Promise<void>;
 }
 
-export async function startS3Server(opts: { buckets?: string[]; port?: number; directory?: string } = {}): Promise<S3TestServer> {
+/** `address`: where it listens (default 127.0.0.1). */
+export async function startS3Server(opts: { buckets?: string[]; port?: number; directory?: string; address?: string } = {}): Promise<S3TestServer> {
   const directory = opts.directory ?? (await mkdtemp(path.join(os.tmpdir(), 'thaw-s3rver-')));
   const server = new S3rver({
-    address: '127.0.0.1',
+    address: opts.address ?? '127.0.0.1',
     port: opts.port ?? 0,
     silent: true,
     directory,
@@ -91,7 +92,7 @@ export async function startS3Server(opts: { buckets?: string[]; port?: number; d
   };
   return {
     pause: close,
-    endpoint: `http://127.0.0.1:${addr.port}`,
+    endpoint: `http://${opts.address ?? '127.0.0.1'}:${addr.port}`,
     directory,
     stop() {
       stopped ??= (async () => {
