@@ -1,10 +1,11 @@
 // `thaw deploy DIR --name NAME [--env K=V]... [--idle-timeout S]`, or
 // `thaw deploy --image REF --name NAME [--port P] [--env K=V]... [-- CMD ARG...]`.
 import { parseOrThrow } from '../http/parse.ts';
+import type { Readable } from 'node:stream';
 import { Command, Option } from 'commander';
 import { ImageDeployBody } from '../api/schemas.ts';
 import { ThawError } from '../errors.ts';
-import { packAppDir } from '../image/tarball.ts';
+import { packAppStream } from '../image/pack.ts';
 import { validateAppDir, validateAppName } from '../image/validate.ts';
 import type { Ctx } from './context.ts';
 import { bytes, ms } from './format.ts';
@@ -69,10 +70,10 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
       const source = await deploySource(args, opts);
       const { json } = ctx.globals(cmd);
       await ctx.withApi(cmd, async (api, instance) => {
-        let body: Buffer | ImageDeployBody;
+        let body: Readable | ImageDeployBody;
         if (typeof source === 'string') {
-          body = await packAppDir(source);
-          if (!json) ctx.info(`uploading ${bytes(body.length)} to ${opts.name}`);
+          body = await packAppStream(source);
+          if (!json) ctx.info(`uploading ${source} to ${opts.name} (streamed)`);
         } else {
           body = source;
           if (!json) ctx.info(`deploying image ${source.image} to ${opts.name}`);
