@@ -54,14 +54,22 @@ export const NODE_RUNTIMES: Readonly<Record<NodeLine, PinnedNode>> = {
 /**
  * The line for a package.json `engines.node` range: the newest pinned line the
  * range allows some version of (">=22 <23", "22.x", "~22.1" -> 22; "^24" ->
- * 24; ">=18" -> 26; the line's pinned version is what runs), else
- * DEFAULT_NODE_LINE (no range, an invalid one, or one that allows no pinned
- * line, such as "20.x").
+ * 24; ">=18" -> 26; the line's pinned version is what runs), or
+ * DEFAULT_NODE_LINE when there is no range or it is not a semver range.
+ * NODE_VERSION_UNSATISFIABLE, naming the pinned versions, when the range
+ * allows no pinned line (such as "20.x" or ">=27").
  */
 export function nodeLineFor(range: unknown): NodeLine {
   if (typeof range !== 'string' || !range.trim() || semver.validRange(range) === null) return DEFAULT_NODE_LINE;
   const lines = [...NODE_LINES].sort((a, b) => b - a);
-  return lines.find((l) => semver.intersects(range, `${l}.x`)) ?? DEFAULT_NODE_LINE;
+  const line = lines.find((l) => semver.intersects(range, `${l}.x`));
+  if (line === undefined) {
+    const available = NODE_LINES.map((l) => NODE_RUNTIMES[l].version);
+    throw new ThawError('NODE_VERSION_UNSATISFIABLE', `engines.node ${JSON.stringify(range)} allows none of the Node versions Thaw runs: ${available.join(', ')}`, {
+      details: { range, available },
+    });
+  }
+  return line;
 }
 
 export interface NodeRuntime {

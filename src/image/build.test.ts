@@ -109,7 +109,7 @@ test('the base root is the one of the Node line package.json engines.node picks 
     await writeFile(path.join(dir, 'etc', 'node-line'), `${line}\n`);
     return dir;
   };
-  for (const [engines, line] of [[undefined, 26], ['>=22 <23', 22], ['^24', 24], ['20.x', 26]] as const) {
+  for (const [engines, line] of [[undefined, 26], ['>=22 <23', 22], ['^24', 24], ['>=18', 26]] as const) {
     await writeFile(path.join(app, 'package.json'), JSON.stringify({ ...PKG, ...(engines ? { engines: { node: engines } } : {}) }));
     await rm(out, { force: true });
     const res = await buildAppImage({ appDir: app, baseRootfs: rootFor, out, diskMiB: 1024, build: false, maxAppBytes: 1 << 20 });
