@@ -49,7 +49,7 @@ export interface BuildAppImageResult {
   bytesAllocated: number;
   appBytes: number;
   ms: number;
-  /** How the app starts in the guest (scripts.start under /bin/sh in /app). */
+  /** How the app starts in the guest (`npm start` semantics, src/image/npm-start.ts). */
   run: RunConfig;
   /** The Node line the app's `engines.node` picked (the base root is that line's when baseRootfs is a function). */
   nodeLine: NodeLine;
@@ -136,7 +136,7 @@ export async function buildAppImage(opts: BuildAppImageOpts): Promise<BuildAppIm
       const st = await stat(out);
       const ms = Math.round(performance.now() - t0);
       log(`image ${out}: ${st.size} bytes apparent, ${st.blocks * 512} allocated, app ${appBytes} bytes, ${ms} ms`);
-      return { out, diskMiB, bytesApparent: st.size, bytesAllocated: st.blocks * 512, appBytes, ms, run: nodeRunConfig(pkg.start), nodeLine };
+      return { out, diskMiB, bytesApparent: st.size, bytesAllocated: st.blocks * 512, appBytes, ms, run: nodeRunConfig(pkg), nodeLine };
     });
   } finally {
     await rm(staging, { recursive: true, force: true });
