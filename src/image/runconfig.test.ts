@@ -53,5 +53,5 @@ test('npm start semantics: prestart first, `npm run X` followed to X with its ho
   assert.equal(nodeRunConfig({ scripts: { start: 'yarn run web', web: 'next start -p $PORT' } }).argv[2], 'exec next start -p $PORT');
   assert.equal(nodeRunConfig({ scripts: { start: 'npm run build && node x.js' } }).argv[2], 'npm run build && node x.js', 'compound: no exec');
   assert.equal(nodeRunConfig({ scripts: { start: 'npm run missing' } }).argv[2], 'exec npm run missing', 'unknown target: npm runs it (npm is on the guest PATH)');
-  assert.equal(nodeRunConfig({ scripts: { start: 'npm run a', a: 'npm run b', b: 'npm start' } }).argv[2].startsWith('exec '), true, 'loops end');
+  assert.equal(nodeRunConfig({ scripts: { start: 'npm run a', a: 'npm run b', b: 'npm start' } }).argv[2]!.startsWith('exec '), true, 'loops end');
 });
