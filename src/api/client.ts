@@ -28,6 +28,8 @@ import { NodesResponse, type NodeInfo } from '../wire/node.ts';
 export interface DeployOpts {
   env?: Record<string, string>;
   idleTimeoutS?: number;
+  /** Run the build step even when node_modules is shipped (`x-thaw-build: 1`). */
+  build?: boolean;
   /** When set, the server streams progress lines (`?progress=1`). */
   onProgress?: (line: string) => void;
 }
@@ -131,6 +133,7 @@ export class ApiClient implements ThawApi {
     const headers: Record<string, string> = { 'content-type': isImage ? 'application/json' : 'application/gzip' };
     if (opts.env && Object.keys(opts.env).length > 0) headers['x-thaw-env'] = Buffer.from(JSON.stringify(opts.env), 'utf8').toString('base64');
     if (opts.idleTimeoutS !== undefined) headers['x-thaw-idle-timeout'] = String(opts.idleTimeoutS);
+    if (opts.build) headers['x-thaw-build'] = '1';
     const path = `/v1/apps/${enc(name)}/deploys${opts.onProgress ? '?progress=1' : ''}`;
     const res = await this.#send('POST', path, isImage ? { json: source, headers } : { body: source as Buffer | Readable, headers });
     if (!opts.onProgress || res.statusCode !== 200) return parseResponse(DeployResultWire, res, path);

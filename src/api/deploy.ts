@@ -2,7 +2,8 @@
 // or a Node folder: the request body is the raw tarball, streamed
 // straight into ControlService.deploy() (never buffered), capped at
 // maxTarballBytes. Env goes in the `x-thaw-env` header (base64 of a JSON
-// object), the idle timeout in `x-thaw-idle-timeout`. With `?progress=1` the
+// object), the idle timeout in `x-thaw-idle-timeout`, `x-thaw-build: 1` builds
+// even when node_modules is shipped (`thaw deploy --build`). With `?progress=1` the
 // response is NDJSON: `{"progress":"..."}` lines, then `{"result":{...}}` or
 // `{"error":{...}}`.
 import { parseOrThrow } from '../http/parse.ts';
@@ -15,7 +16,9 @@ import { DeployQuery, EnvVars, IdleTimeoutHeader, ImageDeployBody, NameParams, t
 export const TARBALL_TYPES = ['application/gzip', 'application/x-gzip', 'application/x-tar', 'application/octet-stream'];
 
 const tooLarge = (max: number, seen?: number) =>
-  new ThawError('TARBALL_TOO_LARGE', `the tarball exceeds ${max} bytes`, { details: { maxBytes: max, ...(seen !== undefined ? { bytes: seen } : {}) } });
+  new ThawError('TARBALL_TOO_LARGE', `the upload exceeds the ${max} byte limit; raise it with thaw up --max-upload-mib, or leave files out with .thawignore`, {
+    details: { maxBytes: max, option: '--max-upload-mib', ...(seen !== undefined ? { bytes: seen } : {}) },
+  });
 
 /** Decode the `x-thaw-env` header: base64 of a JSON object of string values. */
 export function decodeEnvHeader(h: string | string[] | undefined): Record<string, string> | undefined {
@@ -66,7 +69,8 @@ export function registerDeploy(app: FastifyInstance, service: ControlService, ma
       const env = decodeEnvHeader(req.headers['x-thaw-env']);
       const idleHdr = req.headers['x-thaw-idle-timeout'];
       const idleTimeoutS = idleHdr === undefined ? undefined : parseOrThrow(IdleTimeoutHeader, idleHdr, 'x-thaw-idle-timeout header');
-      const deployOpts = (onProgress?: (line: string) => void) => ({ ...(env ? { env } : {}), ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}), ...(onProgress ? { onProgress } : {}) });
+      const build = req.headers['x-thaw-build'] === '1';
+      const deployOpts = (onProgress?: (line: string) => void) => ({ ...(env ? { env } : {}), ...(build ? { build } : {}), ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}), ...(onProgress ? { onProgress } : {}) });
       let run: (onProgress?: (line: string) => void) => ReturnType<ControlService['deploy']>;
       if (String(req.headers['content-type'] ?? '').startsWith('application/json')) {
         // An OCI image: {"image": REF, "command"?: [...], "port"?: N, "registry_auth"?: {...}}.

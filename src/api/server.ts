@@ -34,7 +34,7 @@ export interface ApiServerOptions {
   maxTarballBytes?: number;
 }
 
-export const DEFAULT_MAX_TARBALL_BYTES = 256 * 1024 * 1024;
+export const DEFAULT_MAX_TARBALL_BYTES = 4096 * 1024 * 1024;
 const PUBLIC_ROUTES = new Set(['/healthz', '/metrics']);
 
 

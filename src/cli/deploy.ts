@@ -59,7 +59,8 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
     .option('--registry-auth <user:password>', 'registry credentials (default: ~/.docker/config.json on the control plane; also THAW_REGISTRY_AUTH)')
     .addOption(new Option('--env <K=V>', 'env var for the app; repeatable').argParser(collect).default([]))
     .addOption(new Option('--idle-timeout <seconds>', 'sleep after this many idle seconds').argParser(intArg))
-    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; image?: string; port?: number; registryAuth?: string }, cmd: Command) => {
+    .option('--build', 'run the build step (install, build, prune) even though the folder ships node_modules')
+    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; image?: string; port?: number; registryAuth?: string; build?: boolean }, cmd: Command) => {
       validateAppName(opts.name);
       const env = parseEnvArgs(opts.env);
       // Commander gives the operands before and after `--` alike: with --image only a command after `--` is allowed.
@@ -81,6 +82,7 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
         const result = await api.deploy(opts.name, body, {
           ...(Object.keys(env).length > 0 ? { env } : {}),
           ...(opts.idleTimeout !== undefined ? { idleTimeoutS: opts.idleTimeout } : {}),
+          ...(opts.build ? { build: true } : {}),
           onProgress: (line) => {
             if (!json) ctx.info(`  ${line}`);
           },

@@ -89,7 +89,9 @@ test('deploy packs the folder, shows progress and prints the URL', async (t) => 
   let seen: { name: string; size: number; opts: unknown } | undefined;
   const r = await cli(['deploy', dir, '--name', 'web', '--env', 'A=b=c', '--env', 'B=2', '--idle-timeout', '60'], {
     deploy: async (name, tarball, opts) => {
-      seen = { name, size: (tarball as Buffer).length, opts: { env: opts?.env, idleTimeoutS: opts?.idleTimeoutS } };
+      let size = 0;
+      for await (const c of tarball as AsyncIterable<Buffer>) size += c.length; // the upload streams
+      seen = { name, size, opts: { env: opts?.env, idleTimeoutS: opts?.idleTimeoutS } };
       opts?.onProgress?.('building image');
       return { app: name, deploy: { id: 'd1', app: name, image_path: '/i', image_bytes: 1024, created_at: 'now' }, purged_seed: null, build_ms: 1500 };
     },
@@ -131,7 +133,7 @@ test('up loads runUp with the parsed flags', async (t) => {
   const r = await cli(['--data', dir, 'up', '--port', '9000', '--database', 'postgres://x@127.0.0.1/db'], {}, { importModule });
   assert.equal(r.code, 0, r.stderr);
   assert.match(got!.url, /\/src\/control\/up\.ts$/);
-  assert.deepEqual(got!.opts, { data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db', localNode: true, nodeDownAfterMs: 5000 });
+  assert.deepEqual(got!.opts, { data: dir, port: 9000, apiPort: 7070, domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db', localNode: true, nodeDownAfterMs: 5000, maxUploadMiB: 4096, maxDiskMiB: 8192 });
   const none = await cli(['up'], {}, { importModule: async () => ({}) });
   assert.equal(none.code, 2);
 });

@@ -145,7 +145,7 @@ export class Service implements ControlService, AppDirectory {
     await this.o.store.deleteApp(app.name);
   }
 
-  async deploy(name: string, source: Readable | ImageSource, opts: { env?: Record<string, string>; idleTimeoutS?: number; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
+  async deploy(name: string, source: Readable | ImageSource, opts: { env?: Record<string, string>; idleTimeoutS?: number; build?: boolean; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
     validateAppName(name);
     const progress = opts.onProgress ?? (() => {});
     return this.lock(name, async () => {
@@ -154,6 +154,13 @@ export class Service implements ControlService, AppDirectory {
       if (!app) app = await this.o.store.createApp({ name, idleTimeoutS: opts.idleTimeoutS ?? this.o.idleTimeoutS });
       else if (opts.idleTimeoutS !== undefined) app = await this.o.store.updateApp(name, { idleTimeoutS: opts.idleTimeoutS });
       if (opts.env && Object.keys(opts.env).length) await this.o.store.setEnv(name, opts.env);
+      const build = () => (isImageSource(source) ? buildImageDeploy(this.o, name, source, progress) : buildDeploy(this.o, name, source, progress, opts.build));
+      let built: Awaited<ReturnType<typeof build>> | null = null;
+      if (app.state === 'running') {
+        // Build while the running deploy serves: a failed build leaves it untouched.
+        built = await build();
+        app = await this.o.store.getApp(name);
+      }
       if (app.state === 'running') {
         progress('stopping the running VM');
         await this.stopApp(name);
@@ -164,7 +171,7 @@ export class Service implements ControlService, AppDirectory {
       await this.o.store.transition(name, ['created', 'asleep', 'failed'], 'building', { error: null });
       this.route(await this.o.store.getApp(name));
       try {
-        const built = isImageSource(source) ? await buildImageDeploy(this.o, name, source, progress) : await buildDeploy(this.o, name, source, progress);
+        built ??= await build();
         const deploy = await this.o.store.addDeploy({ id: built.deployId, app: name, imagePath: built.image, imageBytes: built.bytesAllocated, runConfig: built.run });
         // A seed froze the old code: it is worthless now.
         const old = await this.o.store.getSeed(name);

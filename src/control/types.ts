@@ -38,7 +38,7 @@ export interface ControlService {
   deleteApp(name: string): Promise<void>;
   /** Creates the app when it does not exist. `tarball`: gzip or plain tar of the app folder. */
   /** Deploy a Node folder (its tarball) or an OCI image (pulled by the control plane). */
-  deploy(name: string, source: Readable | ImageSource, opts?: { env?: Record<string, string>; idleTimeoutS?: number; onProgress?: (line: string) => void }): Promise<DeployResult>;
+  deploy(name: string, source: Readable | ImageSource, opts?: { env?: Record<string, string>; idleTimeoutS?: number; build?: boolean; onProgress?: (line: string) => void }): Promise<DeployResult>;
   setEnv(name: string, vars: Record<string, string>): Promise<void>;
   unsetEnv(name: string, keys: string[]): Promise<void>;
   listEnv(name: string): Promise<{ key: string; updatedAt: string }[]>;

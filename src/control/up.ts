@@ -18,6 +18,9 @@ import { Cluster } from './cluster.ts';
 import { Replication } from './replication.ts';
 import { Service } from './service.ts';
 
+export const DEFAULT_MAX_UPLOAD_MIB = 4096;
+export const DEFAULT_MAX_DISK_MIB = 8192;
+
 export interface UpOptions {
   data: string;
   port: number;
@@ -42,6 +45,10 @@ export interface UpOptions {
   localNode?: boolean;
   /** A `thaw node` silent this long is marked down (default 5000 ms). */
   nodeDownAfterMs?: number;
+  /** Largest upload, uncompressed and compressed each (MiB, default 4096): `thaw up --max-upload-mib`. */
+  maxUploadMiB?: number;
+  /** Largest disk image (MiB, default 8192; images are sized from their content): `thaw up --max-disk-mib`. */
+  maxDiskMiB?: number;
   /** Seed upload retry / TTL period (default 15000 ms). */
   maintenanceMs?: number;
 }
@@ -101,9 +108,9 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
     domain: o.domain,
     routerPort: o.port,
     idleTimeoutS: o.idleTimeout,
-    diskMiB: Number(process.env.THAW_DISK_MIB ?? 1024),
-    maxAppBytes: 512 * 1024 * 1024,
-    maxTarballBytes: 256 * 1024 * 1024,
+    diskMiB: o.maxDiskMiB ?? DEFAULT_MAX_DISK_MIB,
+    maxAppBytes: (o.maxDiskMiB ?? DEFAULT_MAX_DISK_MIB) * 1024 * 1024,
+    maxTarballBytes: (o.maxUploadMiB ?? DEFAULT_MAX_UPLOAD_MIB) * 1024 * 1024,
     replication,
   });
   await replication.start();

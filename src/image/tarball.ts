@@ -22,7 +22,8 @@ const META_MAX = 1024 * 1024; // long names and pax headers
 const invalid = (msg: string, details?: Record<string, unknown>): ThawError => new ThawError('TARBALL_INVALID', msg, details ? { details } : {});
 const unsafe = (entry: string, reason: string): ThawError =>
   new ThawError('TARBALL_UNSAFE_ENTRY', `unsafe tar entry ${JSON.stringify(entry)}: ${reason}`, { details: { entry, reason } });
-const tooLarge = (msg: string, maxBytes: number): ThawError => new ThawError('TARBALL_TOO_LARGE', msg, { details: { maxBytes } });
+const tooLarge = (msg: string, maxBytes: number): ThawError =>
+  new ThawError('TARBALL_TOO_LARGE', `${msg}; raise it with thaw up --max-upload-mib, or leave files out with .thawignore`, { details: { maxBytes, option: '--max-upload-mib' } });
 
 /** Exact-size reads over an async iterator of chunks. */
 class ByteReader {
