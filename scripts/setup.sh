@@ -12,6 +12,8 @@ bash scripts/apt-install.sh setup qemu-system-x86 qemu-utils linux-image-amd64 b
   gcc libc6-dev libsodium-dev libjansson-dev libatomic1
 # OCI images: skopeo pulls and checks digests, umoci unpacks layers.
 bash scripts/apt-install.sh setup skopeo umoci
+# Node builds: the build sandbox (bubblewrap) and what node-gyp compiles native modules with.
+bash scripts/apt-install.sh setup bubblewrap python3 make g++
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages"
