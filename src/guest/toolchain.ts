@@ -28,7 +28,8 @@ export interface PinnedTool {
 
 export const TOOLS: Readonly<Record<PackageManager, PinnedTool>> = {
   npm: { name: 'npm', version: '11.21.2', integrity: 'sha512-7HPApk+AflMUavSseL1Pm6CnYqMIHk53x+KmuhqmTDqPkjPMgxIpTPcTqsE91EKNw4gFBJV9fnXiSdGm1DXq9A==', entry: 'bin/npm-cli.js' },
-  pnpm: { name: 'pnpm', version: '12.4.2', integrity: 'sha512-CK3GYTGAJ1x8ntraOdzwjJxhrU5+rzMKTzRh8QKw+QdCNFTRF/mOctR/7wYWBwZE17/8lzpqV/UJCm18NosHyQ==', entry: 'bin/pnpm.mjs' },
+  // pnpm 10 is the last line that ships its JS (11+ download a native binary at run time, which cannot be verified here).
+  pnpm: { name: 'pnpm', version: '10.34.8', integrity: 'sha512-9ieo6XE0Ov5J39D2PQKCNCAd+oMdXLWIcz4eX42ya/FpiaMhYatcG02zsf28NzFgYGtbieAC323RmoWt+R/FqA==', entry: 'bin/pnpm.cjs' },
   yarn: { name: 'yarn', version: '1.22.22', integrity: 'sha512-prL3kGtyG7o9Z9Sv8IPfBNrWTDmXB4Qbes8A9rEzt6wkJV8mUvoirjU0Mp3GGAU06Y0XQyA3/2/RQFVuK7MTfg==', entry: 'bin/yarn.js' },
 };
 

@@ -120,6 +120,14 @@ export async function buildNodeApp(o: NodeBuildOpts): Promise<boolean> {
   for (const step of buildSteps(pm, lockfile, install, pkg.scripts ?? {})) {
     const t0 = performance.now();
     o.log(`$ ${step.argv.join(' ')}`);
+    // A step can be silent for minutes (a C++ compile): say it is alive, so progress streams never go idle.
+    let last = performance.now();
+    const beat = setInterval(() => {
+      if (performance.now() - last >= 30_000) {
+        o.log(`  ... ${step.what} still running (${Math.round((performance.now() - t0) / 1000)} s)`);
+        last = performance.now();
+      }
+    }, 5_000);
     const shimArgs = shims.map((t) => (t === 'npx' ? `npx:npm/bin/npx-cli.js` : `${t}:${t}/${TOOLS[t].entry}`));
     const res = await runSandboxed({
       argv: ['/bin/sh', '-c', SHIM_SCRIPT, 'sh', shimArgs.join(' '), ...step.argv],
@@ -130,8 +138,11 @@ export async function buildNodeApp(o: NodeBuildOpts): Promise<boolean> {
       env,
       timeoutMs: o.timeoutMs ?? BUILD_TIMEOUT_MS,
       memoryBytes: o.memoryBytes ?? BUILD_MEMORY_BYTES,
-      onLine: (l) => o.log(`  ${l}`),
-    });
+      onLine: (l) => {
+        last = performance.now();
+        o.log(`  ${l}`);
+      },
+    }).finally(() => clearInterval(beat));
     const details = { step: step.what, tail: res.tail.slice(-20).join('\n'), exitCode: res.code };
     if (res.timedOut) throw new ThawError('BUILD_TIMEOUT', `the build step "${step.what}" ran over its ${Math.round((o.timeoutMs ?? BUILD_TIMEOUT_MS) / 1000)} s limit`, { details });
     if (res.oomKilled) throw new ThawError('BUILD_OUT_OF_MEMORY', `the build step "${step.what}" ran out of its ${o.memoryBytes ?? BUILD_MEMORY_BYTES} byte memory limit`, { details });
