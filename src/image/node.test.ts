@@ -30,7 +30,7 @@ test('the build steps follow the buildpacks: fetch without scripts (network), sc
     ['npm prune', false],
   ]);
   assert.ok(steps[0]!.argv.includes('--ignore-scripts') && steps[0]!.argv.includes('--include=dev'));
-  assert.deepEqual(buildSteps('npm', null, false, {}).map((s) => s.what), ['prune devDependencies'], 'shipped node_modules with --build: no install');
+  assert.deepEqual(buildSteps('npm', null, false, {}).map((s) => s.what), ['rebuild native modules', 'prune devDependencies'], 'shipped node_modules with --build: rebuild, no install');
 });
 
 test('npm app without node_modules: installed with devDependencies, built on the pinned Node 22, pruned', async (t) => {
@@ -85,4 +85,20 @@ test('time and memory limits: BUILD_TIMEOUT and BUILD_OUT_OF_MEMORY', async (t) 
   const big = await app(t, { scripts: { start: 'x', build: `node -e "const a=[];for(;;)a.push(Buffer.alloc(1<<20,1))"` } });
   await mkdir(path.join(big.dir, 'node_modules'));
   await assert.rejects(buildNodeApp({ appDir: big.dir, nodeDir: node.dir, nodeVersion: node.version, force: true, memoryBytes: 200 << 20, log: () => {} }), (e) => isThawError(e, 'BUILD_OUT_OF_MEMORY'));
+});
+
+test('a shipped node_modules with a native module for another ABI is NODE_ABI_MISMATCH; N-API modules pass', async (t) => {
+  const node = await ensureNodeRuntime(26);
+  const { dir } = await app(t, { scripts: { start: 'node s.js' } });
+  await mkdir(path.join(dir, 'node_modules/old/build/Release'), { recursive: true });
+  await mkdir(path.join(dir, 'node_modules/napi/build/Release'), { recursive: true });
+  await writeFile(path.join(dir, 'node_modules/napi/build/Release/n.node'), Buffer.from('\x7fELF....napi_register_module_v1....', 'latin1'));
+  assert.equal(await buildNodeApp({ appDir: dir, nodeDir: node.dir, nodeVersion: node.version, log: () => {} }), false);
+  await writeFile(path.join(dir, 'node_modules/old/build/Release/o.node'), Buffer.from('\x7fELF....node_register_module_v115....', 'latin1'));
+  await assert.rejects(buildNodeApp({ appDir: dir, nodeDir: node.dir, nodeVersion: node.version, log: () => {} }), (e) => {
+    assert.ok(isThawError(e, 'NODE_ABI_MISMATCH'), String(e));
+    assert.match(e.message, /o\.node \(115\)/);
+    assert.match(e.message, /--build/);
+    return true;
+  });
 });

@@ -6,7 +6,9 @@
 // will run on, so native modules match the runtime. The fetch step runs the
 // package manager with scripts off and the network on; the steps that run
 // the app's code (dependency install scripts, the app's lifecycle scripts,
-// `build`) have no network.
+// `build`) have no network. A shipped node_modules is used as it is, but
+// native modules built for another ABI are refused (NODE_ABI_MISMATCH);
+// `--build` rebuilds them (`npm rebuild`).
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -15,6 +17,7 @@ import { ensureTool, TOOLS, type PackageManager } from '../guest/toolchain.ts';
 import { cacheRoot } from '../guest/cache.ts';
 import { run, tail } from './exec.ts';
 import { BUILD_UID, runSandboxed } from './sandbox.ts';
+import { mismatchedAddons, moduleVersionOf } from './abi.ts';
 
 export interface NodeBuildOpts {
   /** The staged app folder (a copy; changed in place). */
@@ -70,6 +73,7 @@ export function buildSteps(pm: PackageManager, lockfile: string | null, install:
     steps.push(npm('install scripts', false, 'rebuild', '--foreground-scripts'));
     for (const s of ['preinstall', 'install', 'postinstall', 'prepare']) if (typeof scripts[s] === 'string') steps.push(npm(s, false, 'run', s));
   }
+  else steps.push(npm('rebuild native modules', false, 'rebuild', '--foreground-scripts'));
   if (hasBuild) steps.push(npm('build', false, 'run', 'build'));
   steps.push(npm('prune devDependencies', false, 'prune', '--omit=dev', '--no-audit', '--no-fund'));
   return steps;
@@ -82,13 +86,23 @@ async function chownTree(dir: string, uid: number): Promise<void> {
 
 /**
  * Build the staged app in place when it needs it. Returns false when nothing
- * ran (node_modules shipped, no --build). Errors: BUILD_FAILED (with the
+ * ran (node_modules shipped, no --build; its native modules must then match
+ * the runtime's ABI: NODE_ABI_MISMATCH). Errors: BUILD_FAILED (with the
  * log's tail in details.tail), BUILD_TIMEOUT, BUILD_OUT_OF_MEMORY,
  * BUILD_PNP_UNSUPPORTED, BUILD_PM_UNSUPPORTED, BUILD_SANDBOX_UNAVAILABLE.
  */
 export async function buildNodeApp(o: NodeBuildOpts): Promise<boolean> {
   const install = !existsSync(path.join(o.appDir, 'node_modules'));
-  if (!install && !o.force) return false;
+  if (!install && !o.force) {
+    const abi = await moduleVersionOf(o.nodeDir);
+    const bad = await mismatchedAddons(o.appDir, abi);
+    if (bad.length > 0) {
+      throw new ThawError('NODE_ABI_MISMATCH', `node_modules holds native modules built for another Node ABI than Node ${o.nodeVersion}'s ${abi}: ${bad.slice(0, 5).map((b) => `${b.file} (${b.abi})`).join(', ')}; deploy with --build to rebuild them`, {
+        details: { expected: abi, modules: bad.slice(0, 50) },
+      });
+    }
+    return false;
+  }
   const pkg = JSON.parse(await readFile(path.join(o.appDir, 'package.json'), 'utf8')) as { scripts?: Record<string, unknown> };
   const { pm, lockfile } = await packageManagerOf(o.appDir);
   const npmDir = await ensureTool('npm', o.log);
