@@ -103,7 +103,13 @@ export async function buildNodeApp(o: NodeBuildOpts): Promise<boolean> {
     }
     return false;
   }
-  const pkg = JSON.parse(await readFile(path.join(o.appDir, 'package.json'), 'utf8')) as { scripts?: Record<string, unknown> };
+  const pkg = JSON.parse(await readFile(path.join(o.appDir, 'package.json'), 'utf8')) as { scripts?: Record<string, unknown> } & Record<string, unknown>;
+  const deps = ['dependencies', 'devDependencies', 'optionalDependencies'].some((k) => Object.keys((pkg[k] as object | undefined) ?? {}).length > 0);
+  const scripted = ['build', 'preinstall', 'install', 'postinstall', 'prepare'].some((k) => typeof pkg.scripts?.[k] === 'string');
+  if (install && !o.force && !deps && !scripted) {
+    o.log('no dependencies and no build script: nothing to build');
+    return false;
+  }
   const { pm, lockfile } = await packageManagerOf(o.appDir);
   const npmDir = await ensureTool('npm', o.log);
   const ro: Record<string, string> = {
