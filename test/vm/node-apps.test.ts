@@ -32,7 +32,9 @@ http.createServer((req, res) => {
     hits: db.prepare('select count(*) as c from hits').get().c,
     event: process.env.npm_lifecycle_event,
     pkg: process.env.npm_package_name,
-    ppidIsInit: process.ppid === 1,
+    npmRunning: require('fs').readdirSync('/proc').filter((d) => /^\\d+$/.test(d)).some((d) => {
+      try { return require('fs').readFileSync('/proc/' + d + '/cmdline', 'latin1').includes('npm-cli'); } catch { return false; }
+    }),
   }));
 }).listen(process.env.PORT, '0.0.0.0');
 `;
@@ -102,7 +104,7 @@ describe('Node apps as users install them', { concurrency: false }, () => {
     assert.match(String(c.sqlite), /^3\./);
     assert.equal(c.event, 'serve', "npm's environment, from the followed `npm run serve`");
     assert.equal(c.pkg, 'sqlite-app');
-    assert.equal(c.ppidIsInit, true, 'the app is its own process under the agent, not a child of npm');
+    assert.equal(c.npmRunning, false, 'the app runs as its own process: no npm process in the guest');
     await waitState('sqlite', 'asleep');
     const warm = await get('sqlite.localhost');
     assert.equal(warm.status, 200, warm.text);
@@ -118,16 +120,26 @@ describe('Node apps as users install them', { concurrency: false }, () => {
     const dir = path.join(src, 'broken');
     await mkdir(dir);
     await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'broken', scripts: { start: 'node x.js', build: 'echo broken-build-marker >&2; exit 3' } }));
+    // Traffic all along the failing deploy: every answer comes from the running VM.
+    let deploying = true;
+    const during: { status: number; boot: unknown }[] = [];
+    const traffic = (async () => {
+      while (deploying) {
+        const r = await get('sqlite.localhost');
+        during.push({ status: r.status, boot: r.boot });
+        await sleep(500);
+      }
+    })();
     await assert.rejects(api.deploy('sqlite', await packAppStream(dir)), (e: Error & { code?: string }) => {
       assert.equal(e.code, 'BUILD_FAILED', e.message);
       assert.match(e.message, /broken-build-marker/);
       return true;
-    });
+    }).finally(() => (deploying = false));
+    await traffic;
+    assert.ok(during.length > 0);
+    assert.deepEqual(during.filter((r) => r.status !== 200 || r.boot !== undefined), [], 'served by the running VM throughout, no wake');
     const after = await api.getApp('sqlite');
     assert.equal(after.state, 'running', 'the running VM was not stopped');
     assert.equal(after.deploy_id, before.deploy_id);
-    const still = await get('sqlite.localhost');
-    assert.equal(still.status, 200);
-    assert.equal(still.boot, undefined, 'served by the same VM, no wake');
   });
 });
