@@ -16,6 +16,8 @@ bash scripts/apt-install.sh setup skopeo umoci
 # Per-VM networks: namespaces, veth and TAP (iproute2), policy (nftables), nsenter/setpriv (util-linux), sysctl (procps);
 # TLS between control plane and nodes (certificates via openssl).
 bash scripts/apt-install.sh setup iproute2 nftables util-linux procps openssl
+# Node builds: the build sandbox (bubblewrap) and what node-gyp compiles native modules with.
+bash scripts/apt-install.sh setup bubblewrap python3 make g++
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages"

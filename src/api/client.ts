@@ -37,6 +37,8 @@ export interface DeployOpts {
   wakeTimeoutS?: number;
   /** What the app's VMs may reach (`--egress`, `--egress-allow`). */
   egress?: Egress;
+  /** Run the build step even when node_modules is shipped (`x-thaw-build: 1`). */
+  build?: boolean;
   /** When set, the server streams progress lines (`?progress=1`). */
   onProgress?: (line: string) => void;
 }
@@ -150,6 +152,7 @@ export class ApiClient implements ThawApi {
     if (opts.idleTimeoutS !== undefined) headers['x-thaw-idle-timeout'] = String(opts.idleTimeoutS);
     if (opts.wakeTimeoutS !== undefined) headers['x-thaw-wake-timeout'] = String(opts.wakeTimeoutS);
     if (opts.egress) headers['x-thaw-egress'] = egressHeader(opts.egress);
+    if (opts.build) headers['x-thaw-build'] = '1';
     const path = `/v1/apps/${enc(name)}/deploys${opts.onProgress ? '?progress=1' : ''}`;
     const res = await this.#send('POST', path, isImage ? { json: source, headers } : { body: source as Buffer | Readable, headers });
     if (!opts.onProgress || res.statusCode !== 200) return parseResponse(DeployResultWire, res, path);

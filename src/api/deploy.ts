@@ -2,7 +2,8 @@
 // or a Node folder: the request body is the raw tarball, streamed
 // straight into ControlService.deploy() (never buffered), capped at
 // maxTarballBytes. Env goes in the `x-thaw-env` header (base64 of a JSON
-// object), the idle timeout in `x-thaw-idle-timeout`. With `?progress=1` the
+// object), the idle timeout in `x-thaw-idle-timeout`, `x-thaw-build: 1` builds
+// even when node_modules is shipped (`thaw deploy --build`). With `?progress=1` the
 // response is NDJSON: `{"progress":"..."}` lines, then `{"result":{...}}` or
 // `{"error":{...}}`.
 import { parseOrThrow } from '../http/parse.ts';
@@ -16,7 +17,9 @@ import { DeployQuery, EnvVars, IdleTimeoutHeader, ImageDeployBody, WakeTimeoutHe
 export const TARBALL_TYPES = ['application/gzip', 'application/x-gzip', 'application/x-tar', 'application/octet-stream'];
 
 const tooLarge = (max: number, seen?: number) =>
-  new ThawError('TARBALL_TOO_LARGE', `the tarball exceeds ${max} bytes`, { details: { maxBytes: max, ...(seen !== undefined ? { bytes: seen } : {}) } });
+  new ThawError('TARBALL_TOO_LARGE', `the upload exceeds the ${max} byte limit; raise it with thaw up --max-upload-mib, or leave files out with .thawignore`, {
+    details: { maxBytes: max, option: '--max-upload-mib', ...(seen !== undefined ? { bytes: seen } : {}) },
+  });
 
 /** Decode the `x-thaw-env` header: base64 of a JSON object of string values. */
 export function decodeEnvHeader(h: string | string[] | undefined): Record<string, string> | undefined {
@@ -71,11 +74,13 @@ export function registerDeploy(app: FastifyInstance, service: ControlService, ma
       const wakeTimeoutS = wakeHdr === undefined ? undefined : parseOrThrow(WakeTimeoutHeader, wakeHdr, 'x-thaw-wake-timeout header');
       const egressHdr = req.headers['x-thaw-egress'];
       const egress = typeof egressHdr === 'string' ? parseEgressHeader(egressHdr) : undefined;
+      const build = req.headers['x-thaw-build'] === '1';
       const deployOpts = (onProgress?: (line: string) => void) => ({
         ...(env ? { env } : {}),
         ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}),
         ...(wakeTimeoutS !== undefined ? { wakeTimeoutS } : {}),
         ...(egress ? { egress } : {}),
+        ...(build ? { build } : {}),
         ...(onProgress ? { onProgress } : {}),
       });
       let run: (onProgress?: (line: string) => void) => ReturnType<ControlService['deploy']>;

@@ -41,7 +41,7 @@ export interface ApiServerOptions {
   tls?: ServerTls;
 }
 
-export const DEFAULT_MAX_TARBALL_BYTES = 256 * 1024 * 1024;
+export const DEFAULT_MAX_TARBALL_BYTES = 4096 * 1024 * 1024;
 const PUBLIC_ROUTES = new Set(['/healthz', '/metrics']);
 /** The dashboard's paths: a browser session, not the bearer token, guards them (ui.ts). */
 const isUiPath = (url: string) => {

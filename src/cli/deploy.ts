@@ -1,11 +1,12 @@
 // `thaw deploy DIR --name NAME [--env K=V]... [--idle-timeout S]`, or
 // `thaw deploy --image REF --name NAME [--port P] [--env K=V]... [-- CMD ARG...]`.
 import { parseOrThrow } from '../http/parse.ts';
+import type { Readable } from 'node:stream';
 import { Command, Option } from 'commander';
 import { ImageDeployBody } from '../api/schemas.ts';
 import { ThawError } from '../errors.ts';
 import { parseEgress } from '../network/egress.ts';
-import { packAppDir } from '../image/tarball.ts';
+import { packAppStream } from '../image/pack.ts';
 import { validateAppDir, validateAppName } from '../image/validate.ts';
 import type { Ctx } from './context.ts';
 import { bytes, ms } from './format.ts';
@@ -62,7 +63,8 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
     .addOption(new Option('--wake-timeout <seconds>', "hold a request this long for the app's wake before 503 + Retry-After (default: thaw up's --wake-timeout)").argParser(intArg))
     .addOption(new Option('--egress <mode>', 'what the app may reach: internet (public addresses, the default) or none').choices(['internet', 'none']))
     .addOption(new Option('--egress-allow <cidr[:port]>', 'also open this IPv4 address or network (optionally one port), even a private one; repeatable').argParser(collect).default([]))
-    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; wakeTimeout?: number; image?: string; port?: number; registryAuth?: string; egress?: string; egressAllow: string[] }, cmd: Command) => {
+    .option('--build', 'run the build step (install, build, prune) even though the folder ships node_modules')
+    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; wakeTimeout?: number; image?: string; port?: number; registryAuth?: string; egress?: string; egressAllow: string[]; build?: boolean }, cmd: Command) => {
       validateAppName(opts.name);
       const egress = opts.egress !== undefined || opts.egressAllow.length ? parseEgress(opts.egress, opts.egressAllow) : undefined;
       const env = parseEnvArgs(opts.env);
@@ -74,10 +76,10 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
       const source = await deploySource(args, opts);
       const { json } = ctx.globals(cmd);
       await ctx.withApi(cmd, async (api, instance) => {
-        let body: Buffer | ImageDeployBody;
+        let body: Readable | ImageDeployBody;
         if (typeof source === 'string') {
-          body = await packAppDir(source);
-          if (!json) ctx.info(`uploading ${bytes(body.length)} to ${opts.name}`);
+          body = await packAppStream(source);
+          if (!json) ctx.info(`uploading ${source} to ${opts.name} (streamed)`);
         } else {
           body = source;
           if (!json) ctx.info(`deploying image ${source.image} to ${opts.name}`);
@@ -87,6 +89,7 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
           ...(opts.idleTimeout !== undefined ? { idleTimeoutS: opts.idleTimeout } : {}),
           ...(opts.wakeTimeout !== undefined ? { wakeTimeoutS: opts.wakeTimeout } : {}),
           ...(egress ? { egress } : {}),
+          ...(opts.build ? { build: true } : {}),
           onProgress: (line) => {
             if (!json) ctx.info(`  ${line}`);
           },

@@ -41,6 +41,8 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .option('--no-local-node', 'control plane and router only; VMs run on `thaw node` processes')
     .addOption(new Option('--driver <name>', 'hypervisor driver of this node: qemu, or firecracker (KVM only)').choices(['qemu', 'firecracker']).env('THAW_DRIVER').default('qemu'))
     .addOption(new Option('--node-timeout <ms>', 'mark a `thaw node` down after this long without a heartbeat').argParser(intArg).default(5000))
+    .addOption(new Option('--max-upload-mib <n>', 'largest app upload, compressed and uncompressed each').env('THAW_MAX_UPLOAD_MIB').argParser(intArg).default(4096))
+    .addOption(new Option('--max-disk-mib <n>', 'largest disk image (images are sized from their content plus headroom)').env('THAW_DISK_MIB').argParser(intArg).default(8192))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const runUp = await load<(opts: UpOpts) => Promise<void>>(ctx, '../control/up.ts', 'runUp');
       const str = (k: string) => (typeof o[k] === 'string' ? { [k]: o[k] as string } : {});
@@ -67,6 +69,8 @@ export function registerHost(program: Command, ctx: Ctx): void {
         nodeDownAfterMs: o.nodeTimeout as number,
         ...proxyOptions(o),
         driver: o.driver as 'qemu' | 'firecracker',
+        maxUploadMiB: o.maxUploadMib as number,
+        maxDiskMiB: o.maxDiskMib as number,
       };
       await runUp(opts);
     });

@@ -89,7 +89,9 @@ test('deploy packs the folder, shows progress and prints the URL', async (t) => 
   let seen: { name: string; size: number; opts: unknown } | undefined;
   const r = await cli(['deploy', dir, '--name', 'web', '--env', 'A=b=c', '--env', 'B=2', '--idle-timeout', '60'], {
     deploy: async (name, tarball, opts) => {
-      seen = { name, size: (tarball as Buffer).length, opts: { env: opts?.env, idleTimeoutS: opts?.idleTimeoutS } };
+      let size = 0;
+      for await (const c of tarball as AsyncIterable<Buffer>) size += c.length; // the upload streams
+      seen = { name, size, opts: { env: opts?.env, idleTimeoutS: opts?.idleTimeoutS } };
       opts?.onProgress?.('building image');
       return { app: name, deploy: { id: 'd1', app: name, image_path: '/i', image_bytes: 1024, created_at: 'now' }, purged_seed: null, build_ms: 1500 };
     },
@@ -134,7 +136,7 @@ test('up loads runUp with the parsed flags', async (t) => {
   assert.deepEqual(got!.opts, {
     data: dir, port: 9000, apiPort: 7070, host: '127.0.0.1', domain: 'localhost', idleTimeout: 300, database: 'postgres://x@127.0.0.1/db', localNode: true, nodeDownAfterMs: 5000,
     routerTimeouts: { keepAliveMs: 75_000, headersMs: 60_000, requestMs: 600_000, upstreamHeadersMs: 300_000, upstreamBodyMs: 0 },
-    wakeTimeoutMs: 60_000, drainMs: 30_000, stopGraceMs: 3000, driver: 'qemu',
+    wakeTimeoutMs: 60_000, drainMs: 30_000, stopGraceMs: 3000, driver: 'qemu', maxUploadMiB: 4096, maxDiskMiB: 8192,
   });
   const fc = await cli(['--data', dir, 'up', '--driver', 'firecracker'], {}, { importModule });
   assert.equal(fc.code, 0, fc.stderr);
@@ -143,7 +145,7 @@ test('up loads runUp with the parsed flags', async (t) => {
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /--driver.*xen|xen.*--driver|Allowed choices/i);
   await cli(['--data', dir, 'up', '--host', '0.0.0.0', '--api-host', '10.0.0.1', '--tls', '--node-ca', '/ca.crt'], {}, { importModule });
-  assert.deepEqual(got!.opts, { data: dir, port: 8080, apiPort: 7070, host: '0.0.0.0', apiHost: '10.0.0.1', tls: true, nodeCa: '/ca.crt', domain: 'localhost', idleTimeout: 300, localNode: true, nodeDownAfterMs: 5000, routerTimeouts: { keepAliveMs: 75_000, headersMs: 60_000, requestMs: 0, upstreamHeadersMs: 300_000, upstreamBodyMs: 0 }, wakeTimeoutMs: 60_000, drainMs: 30_000, stopGraceMs: 10_000, driver: 'qemu' });
+  assert.deepEqual(got!.opts, { data: dir, port: 8080, apiPort: 7070, host: '0.0.0.0', apiHost: '10.0.0.1', tls: true, nodeCa: '/ca.crt', domain: 'localhost', idleTimeout: 300, localNode: true, nodeDownAfterMs: 5000, routerTimeouts: { keepAliveMs: 75_000, headersMs: 60_000, requestMs: 0, upstreamHeadersMs: 300_000, upstreamBodyMs: 0 }, wakeTimeoutMs: 60_000, drainMs: 30_000, stopGraceMs: 10_000, driver: 'qemu', maxUploadMiB: 4096, maxDiskMiB: 8192 });
   const none = await cli(['up'], {}, { importModule: async () => ({}) });
   assert.equal(none.code, 2);
 });

@@ -48,7 +48,7 @@ export async function buildImageDeploy(o: BuildLimits, app: string, src: ImageSo
   }
 }
 
-export async function buildDeploy(o: BuildLimits, app: string, tarball: Readable, progress: (line: string) => void): Promise<{ deployId: string; image: string; bytesAllocated: number; run: RunConfig }> {
+export async function buildDeploy(o: BuildLimits, app: string, tarball: Readable, progress: (line: string) => void, build?: boolean): Promise<{ deployId: string; image: string; bytesAllocated: number; run: RunConfig }> {
   const deployId = `d-${Date.now().toString(36)}-${randomUUID().slice(0, 6)}`;
   const root = appRoot(o.dataDir, app);
   const src = path.join(root, `src-${deployId}`);
@@ -58,7 +58,7 @@ export async function buildDeploy(o: BuildLimits, app: string, tarball: Readable
     progress('receiving app tarball');
     const x = await extractAppTarball(tarball, src, { maxBytes: o.maxTarballBytes });
     progress(`unpacked ${x.files} files (${x.bytes} bytes); building disk image`);
-    const built = await buildAppImage({ appDir: src, baseRootfs: o.baseRootfs, out: image, diskMiB: o.diskMiB, maxAppBytes: o.maxAppBytes, log: progress });
+    const built = await buildAppImage({ appDir: src, baseRootfs: o.baseRootfs, out: image, diskMiB: o.diskMiB, maxAppBytes: o.maxAppBytes, log: progress, ...(build ? { build: true } : {}) });
     await chmod(image, 0o444);
     return { deployId, image, bytesAllocated: built.bytesAllocated, run: built.run };
   } catch (err) {

@@ -7,7 +7,6 @@ import { rm } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { ThawError, asThawError } from '../errors.ts';
-import type { Egress } from '../network/egress.ts';
 import type { BaseRootfsFor } from '../image/build.ts';
 import { validateAppName } from '../image/validate.ts';
 import type { AppDirectory, RequestGate, WakeResult } from '../router/types.ts';
@@ -19,7 +18,7 @@ import { Runs } from './runs.ts';
 import { Placements } from './placements.ts';
 import type { Cluster } from './cluster.ts';
 import { streamImage } from './images.ts';
-import { isImageSource, type AppView, type ControlService, type DeployResult, type ImageSource } from './types.ts';
+import { isImageSource, type AppView, type ControlService, type DeployOptions, type DeployResult, type ImageSource } from './types.ts';
 import { Metrics } from './metrics.ts';
 import type { Replication } from './replication.ts';
 
@@ -172,7 +171,7 @@ export class Service implements ControlService, AppDirectory {
     await this.o.store.deleteApp(app.name);
   }
 
-  async deploy(name: string, source: Readable | ImageSource, opts: { env?: Record<string, string>; idleTimeoutS?: number; wakeTimeoutS?: number; egress?: Egress; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
+  async deploy(name: string, source: Readable | ImageSource, opts: DeployOptions = {}): Promise<DeployResult> {
     validateAppName(name);
     const progress = opts.onProgress ?? (() => {});
     return this.lock(name, async () => {
@@ -182,6 +181,13 @@ export class Service implements ControlService, AppDirectory {
       else if (opts.idleTimeoutS !== undefined) app = await this.o.store.updateApp(name, { idleTimeoutS: opts.idleTimeoutS });
       if (opts.wakeTimeoutS !== undefined) app = await this.o.store.updateApp(name, { wakeTimeoutS: opts.wakeTimeoutS });
       if (opts.env && Object.keys(opts.env).length) await this.o.store.setEnv(name, opts.env);
+      const build = () => (isImageSource(source) ? buildImageDeploy(this.o, name, source, progress) : buildDeploy(this.o, name, source, progress, opts.build));
+      let built: Awaited<ReturnType<typeof build>> | null = null;
+      if (app.state === 'running') {
+        // Build while the running deploy serves: a failed build leaves it untouched.
+        built = await build();
+        app = await this.o.store.getApp(name);
+      }
       if (app.state === 'running') {
         progress('draining requests and stopping the running app');
         await this.runs.sleep(name, 'redeploy');
@@ -196,7 +202,7 @@ export class Service implements ControlService, AppDirectory {
       await this.o.store.transition(name, ['created', 'asleep', 'failed'], 'building', { error: null });
       this.route(await this.o.store.getApp(name));
       try {
-        const built = isImageSource(source) ? await buildImageDeploy(this.o, name, source, progress) : await buildDeploy(this.o, name, source, progress);
+        built ??= await build();
         const deploy = await this.o.store.addDeploy({ id: built.deployId, app: name, imagePath: built.image, imageBytes: built.bytesAllocated, runConfig: opts.egress ? { ...built.run, egress: opts.egress } : built.run });
         // A seed froze the old code: it is worthless now.
         const old = await this.o.store.getSeed(name);

@@ -31,6 +31,21 @@ export function isImageSource(s: unknown): s is ImageSource {
   return typeof s === 'object' && s !== null && typeof (s as { image?: unknown }).image === 'string';
 }
 
+/** What a deploy may set besides its source (API headers `x-thaw-*`, `thaw deploy` flags). */
+export interface DeployOptions {
+  env?: Record<string, string>;
+  /** Seconds without a request before the app sleeps. */
+  idleTimeoutS?: number;
+  /** Seconds a request is held for the app's wake before 503 + Retry-After. */
+  wakeTimeoutS?: number;
+  /** What the app's VMs may reach (src/network/egress.ts). */
+  egress?: Egress;
+  /** Run the Node build step even when node_modules is shipped. */
+  build?: boolean;
+  /** Progress lines (upload, build log, image). */
+  onProgress?: (line: string) => void;
+}
+
 export interface ControlService {
   createApp(name: string, opts?: { idleTimeoutS?: number }): Promise<AppView>;
   listApps(): Promise<AppView[]>;
@@ -39,7 +54,7 @@ export interface ControlService {
   deleteApp(name: string): Promise<void>;
   /** Creates the app when it does not exist. `tarball`: gzip or plain tar of the app folder. */
   /** Deploy a Node folder (its tarball) or an OCI image (pulled by the control plane). */
-  deploy(name: string, source: Readable | ImageSource, opts?: { env?: Record<string, string>; idleTimeoutS?: number; wakeTimeoutS?: number; egress?: Egress; onProgress?: (line: string) => void }): Promise<DeployResult>;
+  deploy(name: string, source: Readable | ImageSource, opts?: DeployOptions): Promise<DeployResult>;
   setEnv(name: string, vars: Record<string, string>): Promise<void>;
   unsetEnv(name: string, keys: string[]): Promise<void>;
   listEnv(name: string): Promise<{ key: string; updatedAt: string }[]>;

@@ -21,6 +21,9 @@ import { controlTls, joinCommand, localUrl, networkHost, readNodeCa, type Contro
 import { Replication } from './replication.ts';
 import { Service } from './service.ts';
 
+export const DEFAULT_MAX_UPLOAD_MIB = 4096;
+export const DEFAULT_MAX_DISK_MIB = 8192;
+
 export interface UpOptions extends ControlTlsOptions {
   data: string;
   port: number;
@@ -47,6 +50,10 @@ export interface UpOptions extends ControlTlsOptions {
   localNode?: boolean;
   /** A `thaw node` silent this long is marked down (default 5000 ms). */
   nodeDownAfterMs?: number;
+  /** Largest upload, uncompressed and compressed each (MiB, default 4096): `thaw up --max-upload-mib`. */
+  maxUploadMiB?: number;
+  /** Largest disk image (MiB, default 8192; images are sized from their content): `thaw up --max-disk-mib`. */
+  maxDiskMiB?: number;
   /** Seed upload retry / TTL period (default 15000 ms). */
   maintenanceMs?: number;
   /** Router proxy timeouts (src/router/types.ts RouterTimeouts); unset: its defaults. */
@@ -127,9 +134,9 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
     domain: o.domain,
     routerPort: o.port,
     idleTimeoutS: o.idleTimeout,
-    diskMiB: Number(process.env.THAW_DISK_MIB ?? 1024),
-    maxAppBytes: 512 * 1024 * 1024,
-    maxTarballBytes: 256 * 1024 * 1024,
+    diskMiB: o.maxDiskMiB ?? DEFAULT_MAX_DISK_MIB,
+    maxAppBytes: (o.maxDiskMiB ?? DEFAULT_MAX_DISK_MIB) * 1024 * 1024,
+    maxTarballBytes: (o.maxUploadMiB ?? DEFAULT_MAX_UPLOAD_MIB) * 1024 * 1024,
     replication,
     ...(o.drainMs !== undefined ? { drainMs: o.drainMs } : {}),
     ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),

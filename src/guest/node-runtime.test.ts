@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { isThawError } from '../errors.ts';
 import { DEFAULT_NODE_LINE, ensureNodeRuntime, NODE_LINES, NODE_RUNTIMES, nodeLineFor } from './node-runtime.ts';
 
 test('engines.node picks the newest pinned line that satisfies it', () => {
@@ -21,10 +22,16 @@ test('engines.node picks the newest pinned line that satisfies it', () => {
   assert.equal(nodeLineFor('<25'), 24);
 });
 
-test('no engines.node, an invalid range or a line Thaw does not ship gets the default line (26)', () => {
+test('no engines.node or an invalid range gets the default line (26)', () => {
   assert.equal(DEFAULT_NODE_LINE, 26);
-  for (const r of [undefined, null, 22, {}, '', '  ', 'latest', 'not a range', '20.x', '^18', '>=27', '23.x']) {
+  for (const r of [undefined, null, 22, {}, '', '  ', 'latest', 'not a range']) {
     assert.equal(nodeLineFor(r), DEFAULT_NODE_LINE, String(r));
+  }
+});
+
+test('a range no pinned line satisfies is NODE_VERSION_UNSATISFIABLE naming the versions', () => {
+  for (const r of ['20.x', '^18', '>=27', '23.x']) {
+    assert.throws(() => nodeLineFor(r), (e) => isThawError(e, 'NODE_VERSION_UNSATISFIABLE') && e.message.includes(NODE_RUNTIMES[22].version) && e.message.includes(NODE_RUNTIMES[26].version), r);
   }
 });
 
@@ -50,6 +57,8 @@ test('a cached runtime whose bin/node does not match the pinned SHA-256 is refus
   const dir = path.join(cache, 'node', pin.version);
   await mkdir(path.join(dir, 'bin'), { recursive: true });
   await writeFile(path.join(dir, 'bin', 'node'), '#!/bin/sh\necho tampered\n', { mode: 0o755 });
+  await mkdir(path.join(dir, 'include', 'node'), { recursive: true });
+  await writeFile(path.join(dir, 'include', 'node', 'node_version.h'), '');
   await writeFile(path.join(dir, 'ready.json'), JSON.stringify({ version: pin.version, integrity: pin.integrity, sha256: pin.sha256 }));
   await assert.rejects(ensureNodeRuntime(22), (e: Error & { code?: string }) => e.code === 'ASSETS_BUILD_FAILED' && /does not match its pinned SHA-256/.test(e.message));
 });

@@ -54,14 +54,22 @@ export const NODE_RUNTIMES: Readonly<Record<NodeLine, PinnedNode>> = {
 /**
  * The line for a package.json `engines.node` range: the newest pinned line the
  * range allows some version of (">=22 <23", "22.x", "~22.1" -> 22; "^24" ->
- * 24; ">=18" -> 26; the line's pinned version is what runs), else
- * DEFAULT_NODE_LINE (no range, an invalid one, or one that allows no pinned
- * line, such as "20.x").
+ * 24; ">=18" -> 26; the line's pinned version is what runs), or
+ * DEFAULT_NODE_LINE when there is no range or it is not a semver range.
+ * NODE_VERSION_UNSATISFIABLE, naming the pinned versions, when the range
+ * allows no pinned line (such as "20.x" or ">=27").
  */
 export function nodeLineFor(range: unknown): NodeLine {
   if (typeof range !== 'string' || !range.trim() || semver.validRange(range) === null) return DEFAULT_NODE_LINE;
   const lines = [...NODE_LINES].sort((a, b) => b - a);
-  return lines.find((l) => semver.intersects(range, `${l}.x`)) ?? DEFAULT_NODE_LINE;
+  const line = lines.find((l) => semver.intersects(range, `${l}.x`));
+  if (line === undefined) {
+    const available = NODE_LINES.map((l) => NODE_RUNTIMES[l].version);
+    throw new ThawError('NODE_VERSION_UNSATISFIABLE', `engines.node ${JSON.stringify(range)} allows none of the Node versions Thaw runs: ${available.join(', ')}`, {
+      details: { range, available },
+    });
+  }
+  return line;
 }
 
 export interface NodeRuntime {
@@ -71,6 +79,8 @@ export interface NodeRuntime {
   bin: string;
   /** Node's LICENSE file from the package. */
   license: string;
+  /** The runtime's folder: bin/node and include/node (the headers node-gyp builds native modules against, as --nodedir). */
+  dir: string;
   sha256: string;
   /** Absolute paths of the host's shared libraries it loads (ldd), copied into the guest root beside it. */
   libs: string[];
@@ -125,7 +135,11 @@ export function ensureNodeRuntime(line: NodeLine, log: (l: string) => void = () 
 async function loadNodeRuntime(line: NodeLine, cache: string, log: (l: string) => void): Promise<NodeRuntime> {
   const pin = NODE_RUNTIMES[line];
   const dir = nodeRuntimeDir(cache, pin.version);
-  if (!existsSync(path.join(dir, 'ready.json'))) await fetchNodeRuntime(pin, dir, log);
+  if (!existsSync(path.join(dir, 'include', 'node', 'node_version.h'))) {
+    // Not fetched yet, or cached before the headers were kept: fetch again.
+    await rm(dir, { recursive: true, force: true });
+    await fetchNodeRuntime(pin, dir, log);
+  }
   const bin = path.join(dir, 'bin', 'node');
   const ready = JSON.parse(await readFile(path.join(dir, 'ready.json'), 'utf8')) as { version?: string; sha256?: string };
   const sha256 = await sha256File(bin).catch(() => '');
@@ -134,7 +148,7 @@ async function loadNodeRuntime(line: NodeLine, cache: string, log: (l: string) =
       details: { dir, expected: pin.sha256, actual: sha256 },
     });
   }
-  return { line, version: pin.version, bin, license: path.join(dir, 'LICENSE'), sha256, libs: await sharedLibs(bin) };
+  return { line, version: pin.version, bin, dir, license: path.join(dir, 'LICENSE'), sha256, libs: await sharedLibs(bin) };
 }
 
 async function fetchNodeRuntime(pin: PinnedNode, dir: string, log: (l: string) => void): Promise<void> {
@@ -156,7 +170,7 @@ async function fetchNodeRuntime(pin: PinnedNode, dir: string, log: (l: string) =
     if (packed[0]?.integrity !== pin.integrity || integrity !== pin.integrity) {
       throw new ThawError('ASSETS_BUILD_FAILED', `${spec}: tarball integrity ${integrity || 'missing'} is not the pinned ${pin.integrity}`);
     }
-    await execFile('tar', ['-xzf', tgz, '-C', tmp, '--no-same-owner', 'package/bin/node', 'package/LICENSE']);
+    await execFile('tar', ['-xzf', tgz, '-C', tmp, '--no-same-owner', 'package/bin/node', 'package/LICENSE', 'package/include']);
     await rm(tgz, { force: true });
     const sha256 = await sha256File(path.join(tmp, 'package', 'bin', 'node'));
     if (sha256 !== pin.sha256) throw new ThawError('ASSETS_BUILD_FAILED', `${spec}: bin/node has SHA-256 ${sha256}, not the pinned ${pin.sha256}`);

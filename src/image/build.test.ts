@@ -1,4 +1,4 @@
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -38,10 +38,12 @@ test('a good app folder builds an ext4 image with the base and the app at /app',
   await writeFile(path.join(app, 'node_modules/dep/index.js'), 'module.exports = 1\n');
   await symlink('node_modules/dep/index.js', path.join(app, 'dep.js'));
   const lines: string[] = [];
-  const res = await buildAppImage({ appDir: app, baseRootfs: base, out, diskMiB: 32, maxAppBytes: 1 << 20, log: (l) => lines.push(l) });
+  const res = await buildAppImage({ appDir: app, baseRootfs: base, out, diskMiB: 1024, build: false, maxAppBytes: 1 << 20, log: (l) => lines.push(l) });
 
   assert.equal(res.out, out);
-  assert.equal(res.bytesApparent, 32 * 1024 * 1024);
+  // sized from the content plus headroom, not the limit
+  assert.equal(res.bytesApparent, res.diskMiB * 1024 * 1024);
+  assert.ok(res.diskMiB % 64 === 0 && res.diskMiB >= 256 + 64 && res.diskMiB < 1024, String(res.diskMiB));
   assert.equal((await stat(out)).size, res.bytesApparent);
   assert.ok(res.bytesAllocated > 0 && res.bytesAllocated <= res.bytesApparent);
   assert.ok(res.appBytes >= JSON.stringify(PKG).length + 15);
@@ -63,7 +65,7 @@ test('a good app folder builds an ext4 image with the base and the app at /app',
 
 test('bad app folders give their codes and leave nothing behind', async (t) => {
   const { d, base, app, out } = await setup(t);
-  const build = (appDir: string, maxAppBytes = 1 << 20) => buildAppImage({ appDir, baseRootfs: base, out, diskMiB: 32, maxAppBytes });
+  const build = (appDir: string, maxAppBytes = 1 << 20) => buildAppImage({ appDir, baseRootfs: base, out, diskMiB: 1024, build: false, maxAppBytes });
   const mk = async (name: string, pkg: string | null): Promise<string> => {
     const dir = path.join(d, name);
     await mkdir(dir);
@@ -86,43 +88,12 @@ test('bad app folders give their codes and leave nothing behind', async (t) => {
   assert.deepEqual(await readdir(path.dirname(out)), [], 'no staging folder or temp image left');
 });
 
-test('content larger than the disk is APP_TOO_LARGE from mkfs', async (t) => {
+test('content that needs a disk over the limit is APP_TOO_LARGE naming the option', async (t) => {
   const { base, app, out } = await setup(t);
   await writeFile(path.join(app, 'blob.bin'), randomBytes(40 * 1024 * 1024));
   await assert.rejects(
-    buildAppImage({ appDir: app, baseRootfs: base, out, diskMiB: 32, maxAppBytes: 100 << 20 }),
-    (e) => isThawError(e, 'APP_TOO_LARGE'),
-  );
-  assert.deepEqual(await readdir(path.dirname(out)), []);
-});
-
-/** npm reads npm_config_* from the environment: keep it offline, its cache and logs in `d`, for this test only. */
-function offlineNpm(t: TestContext, d: string): void {
-  const saved = { offline: process.env.npm_config_offline, cache: process.env.npm_config_cache };
-  process.env.npm_config_offline = 'true';
-  process.env.npm_config_cache = path.join(d, 'npm-cache');
-  t.after(() => {
-    for (const [k, v] of [['npm_config_offline', saved.offline], ['npm_config_cache', saved.cache]] as const) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  });
-}
-
-test('package-lock.json without node_modules runs npm ci in the staging copy (offline)', async (t) => {
-  const { d, base, app, out } = await setup(t);
-  offlineNpm(t, d);
-  await writeFile(path.join(app, 'package-lock.json'), JSON.stringify({ name: 'demo', lockfileVersion: 3, requires: true, packages: { '': { name: 'demo' } } }));
-  const res = await buildAppImage({ appDir: app, baseRootfs: base, out, diskMiB: 32, maxAppBytes: 1 << 20 });
-  assert.match(debugfs(res.out, 'cat /app/package-lock.json'), /lockfileVersion/);
-  assert.deepEqual((await readdir(app)).sort(), ['package-lock.json', 'package.json'], 'user folder untouched');
-
-  // a dependency that is not in the (offline) cache: npm ci fails with its stderr in the error
-  await rm(out);
-  await writeFile(path.join(app, 'package.json'), JSON.stringify({ ...PKG, dependencies: { 'left-pad': '1.3.0' } }));
-  await assert.rejects(
-    buildAppImage({ appDir: app, baseRootfs: base, out, diskMiB: 32, maxAppBytes: 1 << 20 }),
-    (e) => isThawError(e, 'APP_DEPS_INSTALL_FAILED') && /npm ci failed/.test(e.message),
+    buildAppImage({ appDir: app, baseRootfs: base, out, diskMiB: 280, build: false, maxAppBytes: 100 << 20 }),
+    (e) => isThawError(e, 'APP_TOO_LARGE') && /thaw up --max-disk-mib/.test(e.message) && e.details?.maxDiskMiB === 280,
   );
   assert.deepEqual(await readdir(path.dirname(out)), []);
 });
@@ -138,28 +109,13 @@ test('the base root is the one of the Node line package.json engines.node picks 
     await writeFile(path.join(dir, 'etc', 'node-line'), `${line}\n`);
     return dir;
   };
-  for (const [engines, line] of [[undefined, 26], ['>=22 <23', 22], ['^24', 24], ['20.x', 26]] as const) {
+  for (const [engines, line] of [[undefined, 26], ['>=22 <23', 22], ['^24', 24], ['>=18', 26]] as const) {
     await writeFile(path.join(app, 'package.json'), JSON.stringify({ ...PKG, ...(engines ? { engines: { node: engines } } : {}) }));
     await rm(out, { force: true });
-    const res = await buildAppImage({ appDir: app, baseRootfs: rootFor, out, diskMiB: 32, maxAppBytes: 1 << 20 });
+    const res = await buildAppImage({ appDir: app, baseRootfs: rootFor, out, diskMiB: 1024, build: false, maxAppBytes: 1 << 20 });
     assert.equal(res.nodeLine, line, String(engines));
     assert.equal(debugfs(out, 'cat /etc/node-line').trim(), String(line));
     assert.deepEqual(res.run.argv, ['/bin/sh', '-c', 'exec node server.js'], 'the run config does not depend on the line');
   }
   assert.deepEqual(asked, [26, 22, 24, 26]);
-});
-
-test("npm ci runs under the base root's Node, first on PATH for install scripts", async (t) => {
-  const { d, base, app, out } = await setup(t);
-  offlineNpm(t, d);
-  // The base's "guest Node": the host's node behind a wrapper that marks its children.
-  await mkdir(path.join(base, 'usr/local/bin'), { recursive: true });
-  await writeFile(path.join(base, 'usr/local/bin/node'), `#!/bin/sh\nexport THAW_FAKE_GUEST_NODE=yes\nexec '${process.execPath}' "$@"\n`, { mode: 0o755 });
-  const scripts = { ...PKG.scripts, postinstall: "node -e \"require('fs').writeFileSync('ran-under', process.env.THAW_FAKE_GUEST_NODE ?? 'host')\"" };
-  await writeFile(path.join(app, 'package.json'), JSON.stringify({ ...PKG, scripts }));
-  await writeFile(path.join(app, 'package-lock.json'), JSON.stringify({ name: 'demo', lockfileVersion: 3, requires: true, packages: { '': { name: 'demo' } } }));
-  const lines: string[] = [];
-  await buildAppImage({ appDir: app, baseRootfs: base, out, diskMiB: 32, maxAppBytes: 1 << 20, log: (l) => lines.push(l) });
-  assert.ok(lines.some((l) => /npm ci --omit=dev under the guest's Node/.test(l)), lines.join('\n'));
-  assert.equal(debugfs(out, 'cat /app/ran-under'), 'yes');
 });

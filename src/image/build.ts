@@ -4,15 +4,16 @@
 // into place atomically; the staging folder is always removed.
 
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, realpath, rename, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ThawError } from '../errors.ts';
-import { NODE_RUNTIMES, nodeLineFor, type NodeLine } from '../guest/node-runtime.ts';
+import { ensureNodeRuntime, NODE_RUNTIMES, nodeLineFor, type NodeLine } from '../guest/node-runtime.ts';
 import { UndoStack } from '../undo.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { nodeRunConfig } from './runconfig.ts';
 import { run, tail, treeBytes } from './exec.ts';
 import { makeExt4 } from './ext4.ts';
+import { buildNodeApp } from './node.ts';
 import { validateAppDir } from './validate.ts';
 
 /** The base root folder of a Node line (src/guest/assets.ts `nodeRootfs`). */
@@ -27,18 +28,28 @@ export interface BuildAppImageOpts {
    */
   baseRootfs: string | BaseRootfsFor;
   out: string;
+  /** The largest disk image (MiB); the image is sized from its content plus headroom up to this. */
   diskMiB: number;
   maxAppBytes: number;
+  /**
+   * The build step (src/image/node.ts): undefined builds only when the app
+   * ships no node_modules; true always builds (`thaw deploy --build`); false
+   * never builds (tests of the image path alone).
+   */
+  build?: boolean;
+  buildLimits?: { timeoutMs?: number; memoryBytes?: number };
   log?: (line: string) => void;
 }
 
 export interface BuildAppImageResult {
   out: string;
+  /** The disk size chosen from the content (src/image/ext4.ts diskMiBFor). */
+  diskMiB: number;
   bytesApparent: number;
   bytesAllocated: number;
   appBytes: number;
   ms: number;
-  /** How the app starts in the guest (scripts.start under /bin/sh in /app). */
+  /** How the app starts in the guest (`npm start` semantics, src/image/npm-start.ts). */
   run: RunConfig;
   /** The Node line the app's `engines.node` picked (the base root is that line's when baseRootfs is a function). */
   nodeLine: NodeLine;
@@ -55,21 +66,6 @@ async function exists(p: string): Promise<boolean> {
 async function chownRoot(dir: string): Promise<void> {
   const r = await run('chown', ['-R', '-h', '0:0', dir]);
   if (r.code !== 0) throw new ThawError('IMAGE_BUILD_FAILED', `chown of staged app failed: ${tail(r.stderr)}`);
-}
-
-/**
- * The host's npm run by the base root's own Node (/usr/local/bin/node, which
- * runs on the host: its libraries are the host's), with that Node first on
- * PATH, so install scripts and prebuilt binaries target the guest's Node
- * version and ABI, not the host's. Plain `npm` when the base has no Node or
- * npm is not a script.
- */
-async function npmUnder(base: string): Promise<{ cmd: string; args: string[]; pathPrefix?: string }> {
-  const node = path.join(base, 'usr', 'local', 'bin', 'node');
-  const which = await run('sh', ['-c', 'command -v npm']);
-  const npm = which.code === 0 ? await realpath(which.stdout.trim()).catch(() => '') : '';
-  if (!npm.endsWith('.js') || !(await stat(node).then((s) => s.isFile() && (s.mode & 0o111) !== 0, () => false))) return { cmd: 'npm', args: [] };
-  return { cmd: node, args: [npm], pathPrefix: path.dirname(node) };
 }
 
 export async function buildAppImage(opts: BuildAppImageOpts): Promise<BuildAppImageResult> {
@@ -118,35 +114,29 @@ export async function buildAppImage(opts: BuildAppImageOpts): Promise<BuildAppIm
       r = await run('cp', ['-a', `${appDir}/.`, `${stagedApp}/`]);
       if (r.code !== 0) throw new ThawError('IMAGE_BUILD_FAILED', `copying the app failed: ${tail(r.stderr)}`);
 
-      // 3. Dependencies.
-      if ((await exists(path.join(stagedApp, 'package-lock.json'))) && !(await exists(path.join(stagedApp, 'node_modules')))) {
-        const npmCmd = await npmUnder(base);
-        log(`running npm ci --omit=dev${npmCmd.pathPrefix ? ' under the guest\'s Node' : ''}`);
-        const npm = await run(npmCmd.cmd, [...npmCmd.args, 'ci', '--omit=dev', '--no-audit', '--no-fund'], { cwd: stagedApp, ...(npmCmd.pathPrefix ? { pathPrefix: npmCmd.pathPrefix } : {}) });
-        if (npm.code !== 0) {
-          throw new ThawError('APP_DEPS_INSTALL_FAILED', `npm ci failed (exit ${npm.code}): ${tail(npm.stderr, 10)}`, {
-            details: { stderr: tail(npm.stderr, 40) },
-          });
-        }
+      // 3. Dependencies and the build step, in the build sandbox, on the Node the app will run on.
+      if (opts.build !== false && (opts.build === true || !(await exists(path.join(stagedApp, 'node_modules'))))) {
+        const node = await ensureNodeRuntime(nodeLine, log);
+        await buildNodeApp({ appDir: stagedApp, nodeDir: node.dir, nodeVersion: node.version, force: opts.build === true, log, ...(opts.buildLimits ?? {}) });
       }
 
       // 4. Size check before mkfs.
       const appBytes = await treeBytes(stagedApp);
       if (appBytes > opts.maxAppBytes) {
-        throw new ThawError('APP_TOO_LARGE', `app is ${appBytes} bytes, over the ${opts.maxAppBytes} byte limit`, {
-          details: { appBytes, maxAppBytes: opts.maxAppBytes },
+        throw new ThawError('APP_TOO_LARGE', `app is ${appBytes} bytes, over the ${opts.maxAppBytes} byte limit; raise it with thaw up --max-disk-mib`, {
+          details: { appBytes, maxAppBytes: opts.maxAppBytes, option: '--max-disk-mib' },
         });
       }
       if (process.getuid?.() === 0) await chownRoot(stagedApp);
       else log('not root: files in the image keep their host owners');
 
       // 5. The image.
-      await makeExt4(staging, tmpImg, opts.diskMiB, log);
+      const { diskMiB } = await makeExt4(staging, tmpImg, opts.diskMiB, log);
       await rename(tmpImg, out);
       const st = await stat(out);
       const ms = Math.round(performance.now() - t0);
       log(`image ${out}: ${st.size} bytes apparent, ${st.blocks * 512} allocated, app ${appBytes} bytes, ${ms} ms`);
-      return { out, bytesApparent: st.size, bytesAllocated: st.blocks * 512, appBytes, ms, run: nodeRunConfig(pkg.start), nodeLine };
+      return { out, diskMiB, bytesApparent: st.size, bytesAllocated: st.blocks * 512, appBytes, ms, run: nodeRunConfig(pkg), nodeLine };
     });
   } finally {
     await rm(staging, { recursive: true, force: true });

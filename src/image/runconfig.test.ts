@@ -10,6 +10,7 @@ import { nodeRunConfig, runConfigFromImage, startScript } from './runconfig.ts';
 test('a Node folder starts scripts.start under /bin/sh in /app, node_modules/.bin first', () => {
   const r = nodeRunConfig('node server.js --port $PORT');
   assert.deepEqual(r.argv, ['/bin/sh', '-c', 'exec node server.js --port $PORT']);
+  assert.equal(r.env.npm_lifecycle_event, 'start');
   assert.equal(r.cwd, '/app');
   assert.match(r.env.PATH!, /^\/app\/node_modules\/\.bin:/);
 });
@@ -38,4 +39,19 @@ test('a deploy made before run configs gets its run config from the package.json
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('npm start semantics: prestart first, `npm run X` followed to X with its hook, npm env, compound scripts under sh', () => {
+  const pkg = { name: 'web', version: '2.0.0', scripts: { prestart: 'node migrate.js', start: 'npm run serve', preserve: 'echo pre', serve: 'node server.js' } };
+  const r = nodeRunConfig(pkg);
+  assert.equal(r.argv[2], '{ node migrate.js\n} || exit $?\n{ echo pre\n} || exit $?\nexec node server.js');
+  assert.equal(r.env.npm_lifecycle_event, 'serve');
+  assert.equal(r.env.npm_lifecycle_script, 'node server.js');
+  assert.equal(r.env.npm_package_name, 'web');
+  assert.equal(r.env.npm_package_version, '2.0.0');
+  assert.equal(r.env.npm_package_json, '/app/package.json');
+  assert.equal(nodeRunConfig({ scripts: { start: 'yarn run web', web: 'next start -p $PORT' } }).argv[2], 'exec next start -p $PORT');
+  assert.equal(nodeRunConfig({ scripts: { start: 'npm run build && node x.js' } }).argv[2], 'npm run build && node x.js', 'compound: no exec');
+  assert.equal(nodeRunConfig({ scripts: { start: 'npm run missing' } }).argv[2], 'exec npm run missing', 'unknown target: npm runs it (npm is on the guest PATH)');
+  assert.equal(nodeRunConfig({ scripts: { start: 'npm run a', a: 'npm run b', b: 'npm start' } }).argv[2]!.startsWith('exec '), true, 'loops end');
 });

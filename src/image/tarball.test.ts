@@ -8,7 +8,8 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { isThawError } from '../errors.ts';
-import { extractAppTarball, packAppDir } from './tarball.ts';
+import { extractAppTarball } from './tarball.ts';
+import { packAppDir } from './pack.ts';
 
 async function tmp(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
   const d = await mkdtemp(path.join(os.tmpdir(), 'thaw-tar-'));
@@ -57,6 +58,25 @@ test('good tarballs extract: tgz from packAppDir, gnu/pax/ustar formats, plain t
   assert.deepEqual((await readdir(path.join(d, 'out'))).filter((n) => n.startsWith('.')), [], 'no temp folders left');
 });
 
+/** A tar holding one hard link entry `x` -> `target` (a crafted ustar header). */
+function hardLinkEntry(target: string): Buffer {
+  const h = Buffer.alloc(512);
+  h.write('x', 0);
+  h.write('0000644\0', 100);
+  for (const off of [108, 116]) h.write('0000000\0', off);
+  h.write('00000000000\0', 124);
+  h.write('00000000000\0', 136);
+  h.write('1', 156);
+  h.write(target, 157);
+  h.write('ustar\0', 257);
+  h.write('00', 263);
+  h.fill(0x20, 148, 156);
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148);
+  return Buffer.concat([h, Buffer.alloc(1024)]);
+}
+
 /** Expect `code`, no `dest`, and no temp folder next to it. */
 async function refused(input: Buffer | NodeJS.ReadableStream, dest: string, code: string, opts: { maxBytes: number; maxEntries?: number } = { maxBytes: 1 << 20 }, entry?: string) {
   await assert.rejects(extractAppTarball(input, dest, opts), (e) => {
@@ -93,7 +113,10 @@ test('unsafe entries are refused with TARBALL_UNSAFE_ENTRY and nothing is left',
   const cases: [string, Buffer, string][] = [
     ['absolute', tar(['czPf', '-', path.join(w, 'sub/a')]), path.join(w, 'sub/a')],
     ['dotdot', tar(['cPf', '-', '-C', path.join(w, 'sub/in'), '../a']), '../a'],
-    ['hardlink', tar(['czf', '-', '-C', w, 'sub/a', 'sub/hard']), 'sub/hard'],
+    ['hardlink-out', hardLinkEntry('../etc/passwd'), 'x'],
+    ['hardlink-abs', hardLinkEntry('/etc/passwd'), 'x'],
+    ['hardlink-missing', hardLinkEntry('nothing-here'), 'x'],
+    ['hardlink-to-link', Buffer.concat([tar(['cf', '-', '-C', w, 'abs-link']).subarray(0, 1024), hardLinkEntry('abs-link')]), 'abs-link'],
     ['fifo', tar(['czf', '-', '-C', w, 'fifo']), 'fifo'],
     ['chardev', tar(['cf', '-', '-C', '/', 'dev/null']), 'dev/null'],
     ['symlink-up', tar(['czf', '-', '-C', w, 'sub/up']), 'sub/up'],
@@ -148,4 +171,68 @@ test('size limits: a gzip bomb, a large compressed input and too many entries ar
   await refused(many, await parent('entries'), 'TARBALL_TOO_LARGE', { maxBytes: 1 << 20, maxEntries: 10 });
   const ok = await extractAppTarball(many, path.join(d, 'ok'), { maxBytes: 1 << 20, maxEntries: 100 });
   assert.equal(ok.files, 31);
+});
+
+test('what package managers write comes through: hard links inside the folder, modes, long and non-ASCII names', async (t) => {
+  const d = await tmp(t);
+  const src = path.join(d, 'src');
+  const rel = 'node_modules/better-sqlite3/build/Release';
+  await mkdir(path.join(src, rel), { recursive: true });
+  await writeFile(path.join(src, 'package.json'), '{"scripts":{"start":"node s.js"}}');
+  await writeFile(path.join(src, rel, 'obj.target.node'), 'ELF', { mode: 0o755 });
+  await link(path.join(src, rel, 'obj.target.node'), path.join(src, rel, 'test_extension.node'));
+  await link(path.join(src, rel, 'obj.target.node'), path.join(src, 'node_modules', 'third-link.node'));
+  const names = ['héllo wörld.txt', '日本語/ファイル.js', `${'ü'.repeat(120)}.json`, `${'long/'.repeat(40)}leaf.txt`];
+  for (const n of names) {
+    await mkdir(path.join(src, path.dirname(n)), { recursive: true });
+    await writeFile(path.join(src, n), n);
+  }
+  await writeFile(path.join(src, 'secret.pem'), 'k', { mode: 0o600 });
+  await writeFile(path.join(src, 'run.sh'), '#!/bin/sh', { mode: 0o700 });
+  for (const [label, input] of [['packAppDir', await packAppDir(src)], ['pax', tar(['cf', '-', '--format=pax', '-C', src, '.'])]] as const) {
+    const dest = path.join(d, 'out', label);
+    await extractAppTarball(input, dest, { maxBytes: 1 << 20 });
+    const a = await stat(path.join(dest, rel, 'obj.target.node'));
+    const b = await stat(path.join(dest, rel, 'test_extension.node'));
+    const c = await stat(path.join(dest, 'node_modules', 'third-link.node'));
+    assert.equal(a.ino, b.ino, `${label}: the hard link is kept as a link`);
+    assert.equal(a.ino, c.ino, label);
+    assert.equal(a.nlink, 3, label);
+    assert.equal(a.mode & 0o777, 0o755, label);
+    assert.equal(await readFile(path.join(dest, rel, 'test_extension.node'), 'utf8'), 'ELF');
+    for (const n of names) assert.equal(await readFile(path.join(dest, n), 'utf8'), n, `${label}: ${n}`);
+    assert.equal((await stat(path.join(dest, 'secret.pem'))).mode & 0o777, 0o600, label);
+    assert.equal((await stat(path.join(dest, 'run.sh'))).mode & 0o777, 0o700, label);
+  }
+});
+
+test('.thawignore (dockerignore syntax) keeps files out of the upload; .dockerignore is used when there is none', async (t) => {
+  const d = await tmp(t);
+  const src = path.join(d, 'src');
+  await mkdir(path.join(src, 'logs/keep'), { recursive: true });
+  await mkdir(path.join(src, '.git'));
+  await writeFile(path.join(src, 'package.json'), '{}');
+  await writeFile(path.join(src, '.git/HEAD'), 'ref');
+  await writeFile(path.join(src, 'a.log'), 'x');
+  await writeFile(path.join(src, 'logs/b.log'), 'x');
+  await writeFile(path.join(src, 'logs/keep/important.log'), 'x');
+  await writeFile(path.join(src, '.env'), 'SECRET=1');
+  const listOf = async (label: string) => {
+    const dest = path.join(d, 'out', label);
+    await extractAppTarball(await packAppDir(src), dest, { maxBytes: 1 << 20 });
+    const found: string[] = [];
+    const walk = async (rel: string): Promise<void> => {
+      for (const e of await readdir(path.join(dest, rel), { withFileTypes: true })) {
+        const r = rel ? `${rel}/${e.name}` : e.name;
+        if (e.isDirectory()) await walk(r);
+        else found.push(r);
+      }
+    };
+    await walk('');
+    return found.sort();
+  };
+  await writeFile(path.join(src, '.dockerignore'), '.git\n**/*.log\n!logs/keep/*.log\n');
+  assert.deepEqual(await listOf('docker'), ['.dockerignore', '.env', 'logs/keep/important.log', 'package.json']);
+  await writeFile(path.join(src, '.thawignore'), '# comment\n.env\n.git\n');
+  assert.deepEqual(await listOf('thaw'), ['.dockerignore', '.thawignore', 'a.log', 'logs/b.log', 'logs/keep/important.log', 'package.json']);
 });

@@ -2,11 +2,12 @@
 // (POSIX ustar, GNU long names 'L'/'K', pax 'x' path/linkpath/size) that
 // extracts into a temp folder next to `dest` and renames it into place only
 // when everything passed. Limits are enforced while streaming. Only regular
-// files, folders and symlinks that stay inside the root are accepted; nothing
-// is ever written through a symlink.
+// files, folders, symlinks that stay inside the root and hard links to a
+// regular file already extracted from the same archive are accepted (what
+// npm, pnpm, yarn and node-gyp write); nothing is ever written through a
+// symlink.
 
-import { spawn } from 'node:child_process';
-import { chmod, lstat, mkdir, mkdtemp, open, readdir, rename, rm, symlink } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, mkdtemp, open, readdir, rename, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
@@ -21,7 +22,8 @@ const META_MAX = 1024 * 1024; // long names and pax headers
 const invalid = (msg: string, details?: Record<string, unknown>): ThawError => new ThawError('TARBALL_INVALID', msg, details ? { details } : {});
 const unsafe = (entry: string, reason: string): ThawError =>
   new ThawError('TARBALL_UNSAFE_ENTRY', `unsafe tar entry ${JSON.stringify(entry)}: ${reason}`, { details: { entry, reason } });
-const tooLarge = (msg: string, maxBytes: number): ThawError => new ThawError('TARBALL_TOO_LARGE', msg, { details: { maxBytes } });
+const tooLarge = (msg: string, maxBytes: number): ThawError =>
+  new ThawError('TARBALL_TOO_LARGE', `${msg}; raise it with thaw up --max-upload-mib, or leave files out with .thawignore`, { details: { maxBytes, option: '--max-upload-mib' } });
 
 /** Exact-size reads over an async iterator of chunks. */
 class ByteReader {
@@ -231,9 +233,8 @@ async function extractTar(reader: ByteReader, root: string, maxBytes: number, ma
     const padded = Math.ceil(size / 512) * 512;
 
     const rel = safeRel(name);
-    if (type === '1') throw unsafe(name, 'hard links are not allowed');
     if (type === '3' || type === '4' || type === '6') throw unsafe(name, 'device and fifo entries are not allowed');
-    if (!['0', '7', '5', '2'].includes(type)) throw unsafe(name, `unsupported entry type '${type}'`);
+    if (!['0', '7', '5', '2', '1'].includes(type)) throw unsafe(name, `unsupported entry type '${type}'`);
     if (rel === '') {
       if (type !== '5') throw unsafe(name, 'root entry is not a folder');
       await reader.need(padded);
@@ -249,6 +250,19 @@ async function extractTar(reader: ByteReader, root: string, maxBytes: number, ma
       if (existing !== 'dir') await mkdir(full, { mode: 0o755 });
       kinds.set(rel, 'dir');
       dirModes.set(rel, mode);
+      await reader.need(padded);
+    } else if (type === '1') {
+      // A hard link: its target must be a regular file this archive already wrote (so it is inside the root and not a symlink).
+      let target: string | null = null;
+      try {
+        target = safeRel(linkname);
+      } catch {
+        target = null; // absolute, '..', NUL
+      }
+      if (target === null || kinds.get(target) !== 'file') throw unsafe(name, `hard link target ${linkname} is not a file earlier in the archive`);
+      await link(path.join(root, target), full);
+      kinds.set(rel, 'file');
+      files++;
       await reader.need(padded);
     } else if (type === '2') {
       if (linkname === '') throw invalid(`symlink ${name} has no target`, { entry: name });
@@ -322,21 +336,5 @@ export async function extractAppTarball(
   }
 }
 
-/** `tar czf - -C dir .` into memory (the CLI's upload body). */
-export async function packAppDir(dir: string): Promise<Buffer> {
-  const root = path.resolve(dir);
-  const st = await lstat(root).catch(() => null);
-  if (!st?.isDirectory()) throw new ThawError('APP_DIR_MISSING', `app folder ${root} is missing or not a folder`, { details: { dir: root } });
-  return new Promise((resolve, reject) => {
-    const child = spawn('tar', ['czf', '-', '-C', root, '.'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => out.push(d));
-    child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-8192)));
-    child.on('error', (err) => reject(new ThawError('HOST_MISSING_TOOL', `tar could not run: ${err.message}`, { cause: err })));
-    child.on('close', (code) => {
-      if (code === 0) resolve(Buffer.concat(out));
-      else reject(new ThawError('INTERNAL', `tar failed (exit ${code}): ${stderr.trim()}`, { details: { stderr } }));
-    });
-  });
-}
+/** Kept here for callers of the old home. */
+export { packAppDir } from './pack.ts';

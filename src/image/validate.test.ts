@@ -31,7 +31,7 @@ test('a good app folder validates, with inner symlinks and node_modules', async 
   await symlink('node_modules', path.join(d, 'nm')); // symlinked folder: not followed
   await symlink('missing-but-inside', path.join(d, 'dangling'));
   const { pkg } = await validateAppDir(d);
-  assert.deepEqual(pkg, { name: 'demo', start: 'node server.js' });
+  assert.deepEqual(pkg, { name: 'demo', start: 'node server.js', scripts: { start: 'node server.js' } });
 });
 
 test('each bad folder gives its code', async (t) => {

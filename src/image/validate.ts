@@ -1,18 +1,17 @@
 // The app contract, checked before anything is built or uploaded.
 //
 // An app is a folder with a `package.json` at its root whose `scripts.start`
-// runs the server (`npm start` is what the guest runs, inside /app). The
-// server must listen on `$PORT`, bound to 0.0.0.0 (not 127.0.0.1).
+// runs the server, started with `npm start` semantics inside /app
+// (npm-start.ts). The server must listen on `$PORT`, bound to 0.0.0.0.
 //
 // Node version: the guest runs a pinned Node LTS binary (src/guest/node-runtime.ts),
 // not the host's. `engines.node` picks the line (22, 24 or 26: the newest one
 // the range allows, e.g. "22.x", ">=22 <23", "^24"); anything else gets 26.
 //
-// Dependencies: a `node_modules` folder is shipped exactly as it is (build
-// native modules for linux/x64 glibc yourself). If there is a
-// `package-lock.json` and no `node_modules`, Thaw runs
-// `npm ci --omit=dev --no-audit --no-fund` on the host, in its staging copy of
-// the app (never in your folder).
+// Dependencies: a `node_modules` folder is shipped exactly as it is (unless
+// the deploy asks for --build). Without one, Thaw's build step (node.ts)
+// installs with the lockfile's package manager, runs `build` and prunes
+// devDependencies, in a sandbox, on its staging copy (never your folder).
 //
 // Symlinks are allowed only if they resolve inside the app folder: absolute
 // targets and targets that climb out (via `..` or through other symlinks) are
@@ -36,7 +35,10 @@ export function validateAppName(name: string): void {
 
 export interface AppPackage {
   name?: string;
+  version?: string;
   start: string;
+  /** All of package.json `scripts` (the build step and npm start semantics read them). */
+  scripts: Record<string, unknown>;
   /** `engines.node`, when it is a string: picks the guest's Node line (src/guest/node-runtime.ts). */
   nodeRange?: string;
 }
@@ -66,7 +68,7 @@ export async function validateAppDir(dir: string): Promise<{ pkg: AppPackage }> 
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new ThawError('APP_NO_PACKAGE_JSON', `package.json in ${root} is not a JSON object`, { details: { dir: root } });
   }
-  const obj = json as { name?: unknown; scripts?: unknown; engines?: unknown };
+  const obj = json as { name?: unknown; version?: unknown; scripts?: unknown; engines?: unknown };
   const scripts = obj.scripts as Record<string, unknown> | undefined;
   const start = scripts && typeof scripts === 'object' ? scripts.start : undefined;
   if (typeof start !== 'string' || start.trim() === '') {
@@ -76,7 +78,7 @@ export async function validateAppDir(dir: string): Promise<{ pkg: AppPackage }> 
   await checkSymlinks(root);
   const engines = obj.engines && typeof obj.engines === 'object' ? (obj.engines as Record<string, unknown>) : {};
   return {
-    pkg: { ...(typeof obj.name === 'string' ? { name: obj.name } : {}), start, ...(typeof engines.node === 'string' ? { nodeRange: engines.node } : {}) },
+    pkg: { ...(typeof obj.name === 'string' ? { name: obj.name } : {}), ...(typeof obj.version === 'string' ? { version: obj.version } : {}), start, scripts: scripts!, ...(typeof engines.node === 'string' ? { nodeRange: engines.node } : {}) },
   };
 }
 
