@@ -103,6 +103,9 @@ export const WakeWire = z.object({
   node: z.string().nullable(),
   seed_source: z.enum(['local', 'pulled', 'none']),
   placement: z.string().nullable().optional(),
+  queued_ms: z.number().optional(),
+  seed_outcome: z.string().nullable().optional(),
+  outcome: z.enum(['ok', 'deadline', 'cancelled', 'failed']).optional(),
   stages: z.record(z.string(), z.number()),
 });
 export const DeployResultWire = z.object({ app: z.string(), deploy: DeployWire, purged_seed: z.string().nullable(), build_ms: z.number() });
@@ -197,6 +200,9 @@ export function toWakeWire(w: WakeRow): WakeWire {
     node: w.node,
     seed_source: w.seedSource,
     placement: w.placement ?? null,
+    queued_ms: w.queuedMs ?? 0,
+    seed_outcome: w.seedOutcome ?? null,
+    outcome: w.outcome ?? 'ok',
     stages: w.stages,
   };
 }

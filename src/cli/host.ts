@@ -16,6 +16,13 @@ async function load<F>(ctx: Ctx, rel: string, fn: string): Promise<F> {
   return mod[fn] as F;
 }
 
+function wakeOpts(o: Record<string, unknown>): { maxConcurrentWakes?: number; wakeDeadlineMs?: number } {
+  return {
+    ...(typeof o.maxConcurrentWakes === 'number' ? { maxConcurrentWakes: o.maxConcurrentWakes } : {}),
+    ...(typeof o.wakeDeadline === 'number' ? { wakeDeadlineMs: o.wakeDeadline } : {}),
+  };
+}
+
 export function registerHost(program: Command, ctx: Ctx): void {
   program
     .command('up')
@@ -33,6 +40,8 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .addOption(new Option('--seed-ttl <seconds>', 'delete seeds of apps not woken for this long').argParser(intArg))
     .option('--no-local-node', 'control plane and router only; VMs run on `thaw node` processes')
     .addOption(new Option('--node-timeout <ms>', 'mark a `thaw node` down after this long without a heartbeat').argParser(intArg).default(5000))
+    .addOption(new Option('--max-concurrent-wakes <n>', 'most wakes (thaws, cold boots) this node runs at once; more wait in a FIFO queue (default: one per CPU)').argParser(intArg))
+    .addOption(new Option('--wake-deadline <ms>', 'overall deadline of one wake from its start; past it the VM is deleted, the seed kept, requests get 503').argParser(intArg))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const runUp = await load<(opts: UpOpts) => Promise<void>>(ctx, '../control/up.ts', 'runUp');
       const str = (k: string) => (typeof o[k] === 'string' ? { [k]: o[k] as string } : {});
@@ -51,6 +60,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
         ...(typeof o.seedTtl === 'number' ? { seedTtl: o.seedTtl } : {}),
         localNode: o.localNode !== false,
         nodeDownAfterMs: o.nodeTimeout as number,
+        ...wakeOpts(o),
       };
       await runUp(opts);
     });
@@ -70,6 +80,8 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .option('--s3-region <region>', 'bucket region (default us-east-1)')
     .addOption(new Option('--seed-cache-bytes <n>', 'byte cap of this node\'s seed cache (LRU)').argParser(intArg))
     .addOption(new Option('--capacity <n>', 'most VMs at once (default: what 80% of memory holds)').argParser(intArg))
+    .addOption(new Option('--max-concurrent-wakes <n>', 'most wakes (thaws, cold boots) this node runs at once; more wait in a FIFO queue (default: one per CPU)').argParser(intArg))
+    .addOption(new Option('--wake-deadline <ms>', 'overall deadline of one wake from its start; past it the VM is deleted, the seed kept, requests get 503').argParser(intArg))
     .addOption(new Option('--node-timeout <ms>', "the control plane's node timeout (match `thaw up`); VMs stop after 60% of it without the control plane").argParser(intArg).default(5000))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const mod = (await ctx.deps.importModule(new URL('../node/run.ts', import.meta.url).href)) as typeof import('../node/run.ts');
@@ -89,6 +101,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
         ...(typeof o.seedCacheBytes === 'number' ? { seedCacheBytes: o.seedCacheBytes } : {}),
         ...(typeof o.capacity === 'number' ? { capacity: o.capacity } : {}),
         nodeTimeoutMs: o.nodeTimeout as number,
+        ...wakeOpts(o),
       });
     });
 

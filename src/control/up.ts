@@ -9,7 +9,7 @@ import { createApiServer } from '../api/server.ts';
 import { removeInstance, writeInstance } from '../cli/instance.ts';
 import { ensureAssets, nodeRootfs } from '../guest/assets.ts';
 import { sharedImages, type NodeAgent } from '../node/agent.ts';
-import { createNodeAgent, nodeDir } from '../node/bootstrap.ts';
+import { createNodeAgent, nodeDir, wakeLimits } from '../node/bootstrap.ts';
 import { createRouter } from '../router/router.ts';
 import { s3FromFlags } from '../seed/s3.ts';
 import { untilSignal } from '../signals.ts';
@@ -44,6 +44,10 @@ export interface UpOptions {
   nodeDownAfterMs?: number;
   /** Seed upload retry / TTL period (default 15000 ms). */
   maintenanceMs?: number;
+  /** The local node's most concurrent wakes (default: one per CPU). */
+  maxConcurrentWakes?: number;
+  /** Overall deadline of one wake on the local node, ms (default 180000). */
+  wakeDeadlineMs?: number;
 }
 
 export interface Running {
@@ -78,7 +82,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   const cluster = new Cluster({ store, token, log, downAfterMs: o.nodeDownAfterMs ?? 5000 });
   let agent: NodeAgent | null = null;
   if (o.localNode !== false) {
-    agent = await createNodeAgent({ dir: nodeDir(data), name: 'local', s3, capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3, images: () => sharedImages, log });
+    agent = await createNodeAgent({ dir: nodeDir(data), name: 'local', s3, capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3, images: () => sharedImages, log, ...wakeLimits(o) });
     cluster.addLocal(agent);
   }
   const host = o.host ?? '127.0.0.1';

@@ -13,6 +13,7 @@ import { appEnvironment, type RunConfig } from '../wire/run.ts';
 import { sealEnv } from '../wire/seal.ts';
 import { setClock, syncClock } from './clock.ts';
 import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+import { checkDeadline, vmProgress } from './deadline.ts';
 
 export interface ColdBootParams {
   app: string;
@@ -21,6 +22,8 @@ export interface ColdBootParams {
   baseDisk: string;
   env: Record<string, string>;
   run: RunConfig;
+  /** The overall wake deadline: aborting deletes the VM (WAKE_DEADLINE). */
+  signal?: AbortSignal;
 }
 
 export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: string | null, guestPort = ctx.guestPort): VmSpec {
@@ -89,9 +92,10 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
     await createOverlay(p.baseDisk, spec.disk);
     sw.lap('prepare_ms');
+    checkDeadline(p.signal);
     const vm = await ctx.hv.boot(spec);
     undo.push('destroy vm', () => ctx.hv.destroy(vm));
-    const agent = new AgentClient(await ctx.hv.openAgentChannel(vm), vm.exited);
+    const agent = new AgentClient(await ctx.hv.openAgentChannel(vm), vm.exited, { progress: vmProgress(vm.pid), ...(p.signal ? { signal: p.signal } : {}) });
     undo.push('close agent', () => agent.close());
     sw.lap('vmm_start_ms');
     const hello = await withConsole(vm.consoleLog, agent.ready(ctx.bootTimeoutMs));

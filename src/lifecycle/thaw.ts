@@ -12,6 +12,7 @@ import type { GateResult } from '../wire/agent.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { checkAgentVersion, refreshGuest, startApp, vmSpec, withConsole } from './boot.ts';
 import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+import { checkDeadline, vmProgress } from './deadline.ts';
 
 export interface ThawParams {
   app: string;
@@ -25,6 +26,8 @@ export interface ThawParams {
    * own (reproduces the incident: memory and disk that are not a pair).
    */
   unsafeDiskOverride?: string;
+  /** The overall wake deadline: aborting deletes the VM (WAKE_DEADLINE). */
+  signal?: AbortSignal;
 }
 
 export interface ThawOutcome {
@@ -42,9 +45,13 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     await createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk);
     sw.lap('prepare_ms');
 
-    const vm = await ctx.hv.restore(spec, { state: path.join(p.seedDir, 'state.bin'), mem });
+    checkDeadline(p.signal);
+    const vm = await ctx.hv.restore(spec, { state: path.join(p.seedDir, 'state.bin'), mem }).catch((err: unknown) => {
+      throw restoreError(err);
+    });
     undo.push('destroy vm', () => ctx.hv.destroy(vm));
-    const agent = new AgentClient(await ctx.hv.openAgentChannel(vm), vm.exited);
+    checkDeadline(p.signal);
+    const agent = new AgentClient(await ctx.hv.openAgentChannel(vm), vm.exited, { progress: vmProgress(vm.pid), ...(p.signal ? { signal: p.signal } : {}) });
     undo.push('close agent', () => agent.close());
     sw.lap('restore_ms');
     await ctx.hv.resume(vm);
@@ -80,9 +87,16 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     const appPid = await appP;
     sw.lap('parallel_ms');
     ctx.log.info({ app: p.app, vm: id, appPid, stages: sw.stages }, 'thawed');
+    sw.stages.progress_renewals = agent.renewals;
     return {
       run: { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'snapshot', seedId: p.manifest.seed_id, startedAt: Date.now() },
       gate,
     };
   });
+}
+
+/** The VMM could not load the seed's state: the guest cannot run this seed (details.restore marks it for the seed policy). */
+function restoreError(err: unknown): ThawError {
+  const e = err instanceof ThawError ? err : new ThawError('VM_START_FAILED', String((err as Error)?.message ?? err), { cause: err });
+  return new ThawError(e.code, `restore failed: ${e.message}`, { cause: e, details: { ...e.details, restore: true } });
 }

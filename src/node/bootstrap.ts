@@ -23,6 +23,15 @@ export interface NodeSetup {
   log: Logger;
   /** Address the app port forwards bind to (default 127.0.0.1). */
   bindHost?: string;
+  /** Most wakes at once (default: one per CPU). */
+  maxConcurrentWakes?: number;
+  /** Overall deadline of one wake (ms). */
+  wakeDeadlineMs?: number;
+}
+
+/** The admission options a node agent takes, from `thaw up`/`thaw node` options. */
+export function wakeLimits(o: { maxConcurrentWakes?: number; wakeDeadlineMs?: number }): { maxConcurrentWakes?: number; wakeDeadlineMs?: number } {
+  return { ...(o.maxConcurrentWakes !== undefined ? { maxConcurrentWakes: o.maxConcurrentWakes } : {}), ...(o.wakeDeadlineMs !== undefined ? { wakeDeadlineMs: o.wakeDeadlineMs } : {}) };
 }
 
 export async function createNodeAgent(o: NodeSetup): Promise<NodeAgent> {
@@ -53,6 +62,7 @@ export async function createNodeAgent(o: NodeSetup): Promise<NodeAgent> {
     capacity,
     images: o.images(assets),
     log: o.log,
+    ...wakeLimits(o),
   });
   await agent.start();
   return agent;

@@ -14,7 +14,7 @@ import { s3FromFlags } from '../seed/s3.ts';
 import { untilSignal } from '../signals.ts';
 import { HeartbeatResponse, NodeName } from '../wire/node.ts';
 import type { NodeAgent } from './agent.ts';
-import { createNodeAgent, nodeDir } from './bootstrap.ts';
+import { createNodeAgent, nodeDir, wakeLimits } from './bootstrap.ts';
 import { ImageFetcher } from './images.ts';
 import { createNodeServer } from './server.ts';
 
@@ -36,6 +36,10 @@ export interface NodeOptions {
   s3Region?: string;
   seedCacheBytes?: number;
   capacity?: number;
+  /** Most wakes at once (default: one per CPU). */
+  maxConcurrentWakes?: number;
+  /** Overall deadline of one wake (ms). */
+  wakeDeadlineMs?: number;
   heartbeatMs?: number;
   /** The control plane's node timeout (default 5000; match `thaw up --node-timeout`). The node stops its VMs after 60% of it without the control plane, before it can be marked down. */
   nodeTimeoutMs?: number;
@@ -72,6 +76,7 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
     images: () => fetcher,
     log: log.child({ node: o.name }),
     bindHost: o.vmHost ?? host,
+    ...wakeLimits(o),
   });
   const server = await createNodeServer(agent, o.token);
   await server.listen({ host, port: o.port ?? 0 });

@@ -11,6 +11,8 @@ export class AppState {
   inflight = 0;
   readonly held = new Set<AppExchange>();
   waking: Promise<void> | null = null;
+  /** Aborted when no held request waits for the running wake any more. */
+  wakeAbort: AbortController | null = null;
   sleeping: Promise<void> | null = null;
   /** We believe a VM is serving this app (we proxied to it or woke it). */
   awake = false;
@@ -130,13 +132,19 @@ export class AppTable {
       ex.timer = null;
     }
     if (ex.app.held.delete(ex)) this.held--;
+    // Nobody waits for the wake any more: a wake still queued on its node is dropped (seed kept).
+    if (ex.app.held.size === 0) ex.app.wakeAbort?.abort();
   }
 
   timeout(ex: AppExchange): void {
     ex.timer = null;
+    const name = ex.app.name;
+    const busy = this.dir.wakeQueued?.(name) === true;
     this.unhold(ex);
-    const msg = `app "${ex.app.name}" did not wake within ${this.opts.wakeTimeoutMs} ms; it is still waking`;
-    this.sink.reject(ex, 503, new ThawError('WAKE_TIMEOUT', msg, { details: { app: ex.app.name } }), WAKE_RETRY_AFTER_S);
+    const err = busy
+      ? new ThawError('NODE_BUSY', `app "${name}" is still queued for a wake slot after ${this.opts.wakeTimeoutMs} ms; its node is busy`, { details: { app: name } })
+      : new ThawError('WAKE_TIMEOUT', `app "${name}" did not wake within ${this.opts.wakeTimeoutMs} ms; it is still waking`, { details: { app: name } });
+    this.sink.reject(ex, 503, err, WAKE_RETRY_AFTER_S);
   }
 
   private async runWake(app: AppState): Promise<void> {
@@ -148,11 +156,13 @@ export class AppTable {
       if (this.closing) return;
       app.wakes++;
       this.wakes++;
-      result = await this.dir.wake(app.name);
+      app.wakeAbort = new AbortController();
+      result = await this.dir.wake(app.name, { signal: app.wakeAbort.signal });
     } catch (err) {
       failure = asThawError(err, 'WAKE_FAILED');
     } finally {
       app.waking = null;
+      app.wakeAbort = null;
     }
     if (result !== null) {
       this.markAwake(app, result.address);
@@ -164,9 +174,11 @@ export class AppTable {
     } else if (failure !== null) {
       this.wakeFailures++;
       this.opts.log.warn({ app: app.name, code: failure.code, err: failure.message, held: app.held.size }, 'wake failed');
+      // Overload (deadline, busy node, dropped wake) is 503 + Retry-After; anything else 502.
+      const overload = failure.status === 503;
       for (const ex of app.held) {
         this.unhold(ex);
-        this.sink.reject(ex, 502, failure);
+        this.sink.reject(ex, overload ? 503 : 502, failure, overload ? WAKE_RETRY_AFTER_S : undefined);
       }
     }
     if (app.inflight === 0) {

@@ -111,6 +111,12 @@ export const MIGRATIONS: readonly Migration[] = [
     // JSON of src/wire/run.ts RunConfig; NULL for deploys made before it (derived from the image).
     up: [`ALTER TABLE deploys ADD COLUMN run_config TEXT`],
   },
+  {
+    version: 4,
+    name: 'wake admission and seed outcome',
+    // queued_ms: wait for an admission slot; seed_outcome: used|none|kept:CASE|dropped:CASE; outcome: ok|deadline|cancelled|failed.
+    up: [`ALTER TABLE wakes ADD COLUMN queued_ms INTEGER`, `ALTER TABLE wakes ADD COLUMN seed_outcome TEXT`, `ALTER TABLE wakes ADD COLUMN outcome TEXT`],
+  },
 ];
 
 export const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -215,6 +221,9 @@ export function toWake(r: Raw): WakeRow {
     node: strOrNull(r.node),
     seedSource: str(r.seed_source) as WakeRow['seedSource'],
     placement: strOrNull(r.placement),
+    queuedMs: num(r.queued_ms ?? 0),
+    seedOutcome: strOrNull(r.seed_outcome),
+    outcome: (strOrNull(r.outcome) ?? 'ok') as NonNullable<WakeRow['outcome']>,
     stages: JSON.parse(str(r.stages)) as Record<string, number>,
   };
 }

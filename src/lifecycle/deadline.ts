@@ -1,0 +1,59 @@
+// Deadlines of a wake that do not punish contention. Two kinds:
+// - per call, a *progress window* (src/guest/channel.ts): a call fails only
+//   when the guest showed no progress for a whole window: no message from the
+//   agent and less CPU time for the VM's process than an idle guest uses. Under
+//   load a guest gets less CPU per second but still gets some, so it is slow,
+//   not dead, and is waited for;
+// - per wake, one overall deadline (an AbortSignal whose reason is
+//   WAKE_DEADLINE): the VM is deleted and the seed kept.
+import { readFileSync } from 'node:fs';
+import { ThawError } from '../errors.ts';
+import type { Progress } from '../guest/channel.ts';
+
+/** Clock ticks per second of /proc/PID/stat times (USER_HZ, 100 on Linux). */
+const USER_HZ = 100;
+
+/**
+ * Share of one core that counts as progress in a window. An idle restored
+ * guest under TCG (agent waiting in poll(), tickless kernel) was measured at
+ * about 1% of a core; a guest working on a request under a 6-way burst on 2
+ * cores still gets about 30% (docs/ARCHITECTURE.md, "Admission and deadlines").
+ */
+export const PROGRESS_CPU_SHARE = 0.05;
+
+/** User + system CPU time of a process in ms (all its threads), or null when it is gone or unknown. */
+export function processCpuMs(pid: number): number | null {
+  if (!(pid > 0)) return null;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const utime = Number(f[11]);
+    const stime = Number(f[12]);
+    if (!Number.isFinite(utime) || !Number.isFinite(stime)) return null;
+    return ((utime + stime) * 1000) / USER_HZ;
+  } catch {
+    return null;
+  }
+}
+
+/** Progress of a VM: its VMM process's CPU time. */
+export function vmProgress(pid: number, share = PROGRESS_CPU_SHARE): Progress {
+  return { cpuMs: () => processCpuMs(pid), minCpuMsPerWindow: (windowMs) => windowMs * share };
+}
+
+/** Default overall wake deadline (ms), from admission to a listening app. */
+export const WAKE_DEADLINE_MS = 180_000;
+
+/** An AbortSignal that aborts after `ms` with a WAKE_DEADLINE error; `clear()` when the wake is done. */
+export function wakeDeadline(ms: number, app: string): { signal: AbortSignal; clear(): void } {
+  const ac = new AbortController();
+  const t = setTimeout(() => ac.abort(new ThawError('WAKE_DEADLINE', `the wake of ${app} ran past its overall deadline of ${ms} ms`, { details: { app, deadline_ms: ms } })), ms);
+  t.unref();
+  return { signal: ac.signal, clear: () => clearTimeout(t) };
+}
+
+/** Throw the signal's reason when it has aborted (between lifecycle steps). */
+export function checkDeadline(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw signal.reason instanceof ThawError ? signal.reason : new ThawError('WAKE_DEADLINE', 'the wake was aborted');
+}
