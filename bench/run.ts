@@ -1,9 +1,10 @@
 // `npm run bench`: the lifecycle benchmark (cold wake, bake, thaws of a real VM),
 // the router benchmark (proxy overhead, no VM) and the cluster benchmark (seed
-// bytes, pack/upload/pull/unpack, local vs cross-node thaw vs cold). Each writes its own
+// bytes, pack/upload/pull/unpack, local vs cross-node thaw vs cold) and the burst
+// benchmark (N apps woken at once through admission control). Each writes its own
 // bench/results/NAME-*.json and NAME-latest.md; this writes the combined
 // bench/results/latest.md from the -latest.md files.
-//   node --import tsx bench/run.ts [--only lifecycle|router|cluster] [--thaws 5]
+//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|burst] [--thaws 5]
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -12,8 +13,9 @@ import { ThawError } from '../src/errors.ts';
 import { RESULTS_DIR } from './lib.ts';
 import { benchRouter } from './router.ts';
 import { benchCluster } from './cluster.ts';
+import { benchBurst } from './burst.ts';
 
-const NAMES = ['lifecycle', 'router', 'cluster'] as const;
+const NAMES = ['lifecycle', 'router', 'cluster', 'burst'] as const;
 type Name = (typeof NAMES)[number];
 
 async function main(): Promise<void> {
@@ -31,6 +33,9 @@ async function main(): Promise<void> {
       } else if (name === 'cluster') {
         const r = await benchCluster({ thaws: Math.min(3, Number(values.thaws)) });
         console.log(`\ncluster: cold ${r.median_ms.cold} ms, local thaw ${r.median_ms.local_thaw} ms, cross-node thaw ${r.median_ms.cross_node_thaw} ms; seed ${r.seed.ratio_apparent_to_compressed?.toFixed(1)}x smaller as an object\n`);
+      } else if (name === 'burst') {
+        const r = await benchBurst();
+        console.log(`\nburst (K=${r.k_default}, one thaw ${r.single_thaw_ms} ms):\n${r.bursts.map((b) => `N=${b.n}: total ${b.total_ms} ms, p50 ${b.p50_wall_ms} ms, max ${b.max_wall_ms} ms, fallbacks ${b.fallbacks}`).join('\n')}\n`);
       } else {
         const r = await benchRouter();
         console.log(`\nrouter: adds p50 ${r.addedLatencyMs.p50} ms, p99 ${r.addedLatencyMs.p99} ms; router/nginx throughput ${r.routerNginxThroughputRatio ?? 'n/a'}x\n`);

@@ -6,12 +6,9 @@
 //   not dead, and is waited for;
 // - per wake, one overall deadline (an AbortSignal whose reason is
 //   WAKE_DEADLINE): the VM is deleted and the seed kept.
-import { readFileSync } from 'node:fs';
 import { ThawError } from '../errors.ts';
+import { processCpuMs } from '../hypervisor/cpu.ts';
 import type { Progress } from '../guest/channel.ts';
-
-/** Clock ticks per second of /proc/PID/stat times (USER_HZ, 100 on Linux). */
-const USER_HZ = 100;
 
 /**
  * Share of one core that counts as progress in a window. An idle restored
@@ -21,21 +18,7 @@ const USER_HZ = 100;
  */
 export const PROGRESS_CPU_SHARE = 0.05;
 
-/** User + system CPU time of a process in ms (all its threads), or null when it is gone or unknown. */
-export function processCpuMs(pid: number): number | null {
-  if (!(pid > 0)) return null;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const utime = Number(f[11]);
-    const stime = Number(f[12]);
-    if (!Number.isFinite(utime) || !Number.isFinite(stime)) return null;
-    return ((utime + stime) * 1000) / USER_HZ;
-  } catch {
-    return null;
-  }
-}
+export { processCpuMs };
 
 /** Progress of a VM: its VMM process's CPU time. */
 export function vmProgress(pid: number, share = PROGRESS_CPU_SHARE): Progress {

@@ -95,8 +95,13 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
   });
 }
 
-/** The VMM could not load the seed's state: the guest cannot run this seed (details.restore marks it for the seed policy). */
+/**
+ * The VMM refused the seed's state (QMP error, failed migration, exit while
+ * loading it): the guest cannot run this seed, and details.restore marks that
+ * for the seed policy. A timeout is not proof (a loaded host) and is not marked.
+ */
 function restoreError(err: unknown): ThawError {
   const e = err instanceof ThawError ? err : new ThawError('VM_START_FAILED', String((err as Error)?.message ?? err), { cause: err });
-  return new ThawError(e.code, `restore failed: ${e.message}`, { cause: e, details: { ...e.details, restore: true } });
+  const proof = e.code === 'VM_START_FAILED' || e.code === 'QMP_ERROR';
+  return new ThawError(e.code, `restore failed: ${e.message}`, { cause: e, details: { ...e.details, ...(proof ? { restore: true } : {}) } });
 }
