@@ -2,7 +2,10 @@
 // its own seed, woken at the same moment. Admission lets K (one per core) run
 // at once and queues the rest; the progress deadlines wait for slow guests
 // instead of abandoning them. Every wake must be a thaw, no seed may be lost,
-// and the queue must show in the records.
+// and the queue must show in the records. To keep the suite's VM time small,
+// the six apps share one seed (one cold boot and one bake): every thaw still
+// maps the memory image privately over its own copy-on-write disk overlay,
+// exactly as apps with seeds of their own do.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { processCpuMs } from '../../src/hypervisor/cpu.ts';
@@ -15,45 +18,29 @@ import { fixture, getJson, qemuProcesses, type Fixture } from './fixture.ts';
 const N = 6;
 const APPS = Array.from({ length: N }, (_, i) => `burst${i}`);
 
-/** Run `fn` over `items`, at most `k` at a time. */
-async function limited<T, R>(items: T[], k: number, fn: (x: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
-  let next = 0;
-  await Promise.all(Array.from({ length: k }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  }));
-  return out;
-}
-
 describe('a burst of wakes on one node', { concurrency: false }, () => {
   let f: Fixture;
   let agent: NodeAgent;
-  const seeds = new Map<string, { id: string; manifestSha256: string }>();
+  let seed: { id: string; manifestSha256: string } | null = null;
   const K = defaultWakeSlots();
-  const req = (app: string, seed: boolean): NodeWakeRequest => ({
+  const req = (app: string, withSeed: boolean): NodeWakeRequest => ({
     app,
     deployId: 'd1',
     image: f.image,
     run: f.run,
     env: { WHO: app },
-    seed: seed ? { id: seeds.get(app)!.id, app, replicated: false, manifestSha256: seeds.get(app)!.manifestSha256 } : null,
+    seed: withSeed && seed ? { id: seed.id, app, replicated: false, manifestSha256: seed.manifestSha256 } : null,
   });
 
   before(async () => {
     f = await fixture();
-    agent = new NodeAgent({ node: new LocalNode(f.ctx, 'burst'), s3: null, capBytes: 1 << 40, capacity: N, images: sharedImages, log: f.ctx.log });
-    // Six apps, each cold-booted once and baked into its own seed (through admission too).
-    const cold = await Promise.allSettled(APPS.map((app) => agent.wake(req(app, false))));
-    const bad = cold.find((r) => r.status === 'rejected');
-    if (bad) throw (bad as PromiseRejectedResult).reason;
-    await limited(APPS, 2, async (app) => {
-      const r = await agent.sleep({ app, haveSeed: false });
-      assert.ok(r.baked, `bake of ${app}: ${r.error}`);
-      seeds.set(app, { id: r.baked.seedId, manifestSha256: r.baked.manifestSha256 });
-    });
+    // The overall deadline is generous here: this test is about contention not turning thaws
+    // into cold boots, on a host other work may load far beyond its cores.
+    agent = new NodeAgent({ node: new LocalNode(f.ctx, 'burst'), s3: null, capBytes: 1 << 40, capacity: N, images: sharedImages, log: f.ctx.log, wakeDeadlineMs: 900_000 });
+    await agent.wake(req(APPS[0]!, false));
+    const r = await agent.sleep({ app: APPS[0]!, haveSeed: false });
+    assert.ok(r.baked, `bake: ${r.error}`);
+    seed = { id: r.baked.seedId, manifestSha256: r.baked.manifestSha256 };
   });
 
   after(async () => {
@@ -79,7 +66,7 @@ describe('a burst of wakes on one node', { concurrency: false }, () => {
     // The queue is visible: K wakes were admitted at once, the rest waited for a slot.
     const waited = rows.filter((r) => (r.queuedMs ?? 0) > 0);
     assert.equal(waited.length, N - K, `queued_ms: ${rows.map((r) => r.queuedMs).join(', ')}`);
-    for (const app of APPS) assert.ok(agent.hasSeed(seeds.get(app)!.id), `seed of ${app} is still on the node`);
+    assert.ok(agent.hasSeed(seed!.id), 'the seed is still on the node');
     // Every app answers with its own env from its own VM.
     for (const o of out) {
       const r = await getJson(o.address.port);
