@@ -4,7 +4,7 @@
 // benchmark (N apps woken at once through admission control). Each writes its own
 // bench/results/NAME-*.json and NAME-latest.md; this writes the combined
 // bench/results/latest.md from the -latest.md files.
-//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|burst] [--thaws 5]
+//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|burst] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -19,7 +19,8 @@ const NAMES = ['lifecycle', 'router', 'cluster', 'burst'] as const;
 type Name = (typeof NAMES)[number];
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { only: { type: 'string' }, thaws: { type: 'string', default: '5' } } });
+  const { values } = parseArgs({ options: { only: { type: 'string' }, thaws: { type: 'string', default: '5' }, sizes: { type: 'string' }, ks: { type: 'string' } } });
+  const list = (v: string | undefined) => (v === undefined ? undefined : v.split(',').map((x) => Number(x.trim())).filter((x) => Number.isInteger(x) && x > 0));
   if (values.only !== undefined && !NAMES.includes(values.only as Name)) {
     throw new ThawError('INVALID_REQUEST', `--only must be one of ${NAMES.join(', ')}, got "${values.only}"`);
   }
@@ -34,7 +35,9 @@ async function main(): Promise<void> {
         const r = await benchCluster({ thaws: Math.min(3, Number(values.thaws)) });
         console.log(`\ncluster: cold ${r.median_ms.cold} ms, local thaw ${r.median_ms.local_thaw} ms, cross-node thaw ${r.median_ms.cross_node_thaw} ms; seed ${r.seed.ratio_apparent_to_compressed?.toFixed(1)}x smaller as an object\n`);
       } else if (name === 'burst') {
-        const r = await benchBurst();
+        const sizes = list(values.sizes);
+        const ks = list(values.ks);
+        const r = await benchBurst({ ...(sizes ? { sizes } : {}), ...(ks ? { ks } : {}) });
         console.log(`\nburst (K=${r.k_default}, one thaw ${r.single_thaw_ms} ms):\n${r.bursts.map((b) => `N=${b.n}: total ${b.total_ms} ms, p50 ${b.p50_wall_ms} ms, max ${b.max_wall_ms} ms, fallbacks ${b.fallbacks}`).join('\n')}\n`);
       } else {
         const r = await benchRouter();
