@@ -3,7 +3,7 @@
 // (slow), while a hung or idle one gets next to none (dead). Used for the
 // progress deadlines of VMM start-up (qemu.ts) and of agent calls
 // (src/lifecycle/deadline.ts, src/guest/channel.ts).
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 /** Clock ticks per second of /proc/PID/stat times (USER_HZ, 100 on Linux). */
 const USER_HZ = 100;
@@ -25,15 +25,36 @@ export function processCpuMs(pid: number): number | null {
 }
 
 /**
- * Call `dead` once process `pid` has used less than `minCpuMs` of CPU in a
+ * Time (ms) the process's threads have run on a CPU *or waited for one* in
+ * the run queue (/proc/PID/task/TID/schedstat), or null when unknown. A guest
+ * starved by a loaded host still accumulates run-queue wait: it wants to run
+ * (slow), where a dead or idle one neither runs nor waits. Falls back to CPU
+ * time where schedstat is missing.
+ */
+export function processProgressMs(pid: number): number | null {
+  if (!(pid > 0)) return null;
+  try {
+    let ns = 0;
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const [run, wait] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ').map(Number);
+      if (Number.isFinite(run) && Number.isFinite(wait)) ns += run! + wait!;
+    }
+    return ns / 1e6;
+  } catch {
+    return processCpuMs(pid);
+  }
+}
+
+/**
+ * Call `dead` once process `pid` has run or waited to run less than `minCpuMs` in a
  * whole `windowMs` (a process whose CPU time is unknown gets one window).
  * Every window with progress is renewed. Returns a function that stops it.
  */
 export function progressTimer(pid: number, windowMs: number, minCpuMs: number, dead: (usedMs: number | null) => void): () => void {
-  let last = processCpuMs(pid);
+  let last = processProgressMs(pid);
   let timer: NodeJS.Timeout;
   const check = () => {
-    const now = processCpuMs(pid);
+    const now = processProgressMs(pid);
     const used = last !== null && now !== null ? now - last : null;
     if (used !== null && used >= minCpuMs) {
       last = now;

@@ -7,22 +7,22 @@
 // - per wake, one overall deadline (an AbortSignal whose reason is
 //   WAKE_DEADLINE): the VM is deleted and the seed kept.
 import { ThawError } from '../errors.ts';
-import { processCpuMs } from '../hypervisor/cpu.ts';
+import { processCpuMs, processProgressMs } from '../hypervisor/cpu.ts';
 import type { Progress } from '../guest/channel.ts';
 
 /**
- * Share of one core that counts as progress in a window. An idle restored
- * guest under TCG (agent waiting in poll(), tickless kernel) was measured at
- * about 1% of a core; a guest working on a request under a 6-way burst on 2
- * cores still gets about 30% (docs/ARCHITECTURE.md, "Admission and deadlines").
+ * Share of one core (run + run-queue wait) that counts as progress in a
+ * window. An idle guest (agent in poll(), tickless kernel) stays far below it
+ * (the burst VM test logs what idle thawed guests use); a guest working on a
+ * request runs or waits to run nearly all the time, however loaded the host.
  */
 export const PROGRESS_CPU_SHARE = 0.05;
 
 export { processCpuMs };
 
-/** Progress of a VM: its VMM process's CPU time. */
+/** Progress of a VM: time its VMM process ran or waited in the run queue (a starved guest is slow, not dead). */
 export function vmProgress(pid: number, share = PROGRESS_CPU_SHARE): Progress {
-  return { cpuMs: () => processCpuMs(pid), minCpuMsPerWindow: (windowMs) => windowMs * share };
+  return { cpuMs: () => processProgressMs(pid), minCpuMsPerWindow: (windowMs) => windowMs * share };
 }
 
 /** Default overall wake deadline (ms), from admission to a listening app. */

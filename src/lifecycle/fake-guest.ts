@@ -67,9 +67,9 @@ export class FakeHypervisor implements Hypervisor {
   }
 
   private start(spec: VmSpec): VmHandle {
-    // A stand-in for QEMU: 'busy' runs 100 ms of every 300 ms (a guest that gets a third of a core), 'idle' sleeps.
-    const code = this.script.cpu === 'busy' ? 'setInterval(()=>{const t=Date.now();while(Date.now()-t<100){}},300)' : 'setInterval(()=>{},1e6)';
-    const p = spawn(process.execPath, ['-e', code], { stdio: 'ignore' });
+    // A stand-in for QEMU: 'busy' runs 100 ms of every 300 ms (a guest that gets a third of a core), 'idle' sleeps (and starts in no time).
+    const busy = 'setInterval(()=>{const t=Date.now();while(Date.now()-t<100){}},300)';
+    const p = this.script.cpu === 'busy' ? spawn(process.execPath, ['-e', busy], { stdio: 'ignore' }) : spawn('sleep', ['600'], { stdio: 'ignore' });
     this.procs.push(p);
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => p.once('exit', (c, s) => r({ code: c, signal: s })));
     return { id: spec.id, spec, pid: p.pid!, consoleLog: `${spec.dir}/console.log`, exited, appAddress: { host: '127.0.0.1', port: spec.hostPort } };
