@@ -1,10 +1,11 @@
 // `npm run bench`: the lifecycle benchmark (cold wake, bake, thaws of a real VM),
 // the router benchmark (proxy overhead, no VM; `vmnet`: router -> a real VM over
-// the per-VM TAP vs user-mode hostfwd) and the cluster benchmark (seed
-// bytes, pack/upload/pull/unpack, local vs cross-node thaw vs cold). Each writes its own
+// the per-VM TAP vs user-mode hostfwd), the cluster benchmark (seed
+// bytes, pack/upload/pull/unpack, local vs cross-node thaw vs cold) and the burst
+// benchmark (N apps woken at once through admission control). Each writes its own
 // bench/results/NAME-*.json and NAME-latest.md; this writes the combined
 // bench/results/latest.md from the -latest.md files.
-//   node --import tsx bench/run.ts [--only lifecycle|router|cluster] [--thaws 5]
+//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|burst] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -14,12 +15,14 @@ import { RESULTS_DIR } from './lib.ts';
 import { benchRouter } from './router.ts';
 import { benchCluster } from './cluster.ts';
 import { benchVmNet } from './vmnet.ts';
+import { benchBurst } from './burst.ts';
 
-const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet'] as const;
+const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet', 'burst'] as const;
 type Name = (typeof NAMES)[number];
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { only: { type: 'string' }, thaws: { type: 'string', default: '5' } } });
+  const { values } = parseArgs({ options: { only: { type: 'string' }, thaws: { type: 'string', default: '5' }, sizes: { type: 'string' }, ks: { type: 'string' } } });
+  const list = (v: string | undefined) => (v === undefined ? undefined : v.split(',').map((x) => Number(x.trim())).filter((x) => Number.isInteger(x) && x > 0));
   if (values.only !== undefined && !NAMES.includes(values.only as Name)) {
     throw new ThawError('INVALID_REQUEST', `--only must be one of ${NAMES.join(', ')}, got "${values.only}"`);
   }
@@ -36,6 +39,11 @@ async function main(): Promise<void> {
       } else if (name === 'vmnet') {
         const r = await benchVmNet({ thaws: Math.min(3, Number(values.thaws)), durationS: 6 });
         console.log(`\nvmnet: router->app p50/p99 tap ${r.routerToApp.tap.p50.toFixed(2)}/${r.routerToApp.tap.p99.toFixed(2)} ms, hostfwd ${r.routerToApp.hostfwd.p50.toFixed(2)}/${r.routerToApp.hostfwd.p99.toFixed(2)} ms\n`);
+      } else if (name === 'burst') {
+        const sizes = list(values.sizes);
+        const ks = list(values.ks);
+        const r = await benchBurst({ ...(sizes ? { sizes } : {}), ...(ks ? { ks } : {}) });
+        console.log(`\nburst (K=${r.k_default}, one thaw ${r.single_thaw_ms} ms):\n${r.bursts.map((b) => `N=${b.n}: total ${b.total_ms} ms, p50 ${b.p50_wall_ms} ms, max ${b.max_wall_ms} ms, fallbacks ${b.fallbacks}`).join('\n')}\n`);
       } else {
         const r = await benchRouter();
         console.log(`\nrouter: adds p50 ${r.addedLatencyMs.p50} ms, p99 ${r.addedLatencyMs.p99} ms; router/nginx throughput ${r.routerNginxThroughputRatio ?? 'n/a'}x\n`);

@@ -107,6 +107,9 @@ export const WakeWire = z.object({
   placement: z.string().nullable().optional(),
   /** From the wake's start (as the router saw it) to the first byte of the app's answer; null when no request waited. */
   first_byte_ms: z.number().nullable().optional(),
+  queued_ms: z.number().optional(),
+  seed_outcome: z.string().nullable().optional(),
+  outcome: z.enum(['ok', 'deadline', 'cancelled', 'failed']).optional(),
   stages: z.record(z.string(), z.number()),
 });
 export const SleepWire = z.object({
@@ -231,6 +234,9 @@ export function toWakeWire(w: WakeRow): WakeWire {
     seed_source: w.seedSource,
     placement: w.placement ?? null,
     first_byte_ms: w.firstByteMs ?? null,
+    queued_ms: w.queuedMs ?? 0,
+    seed_outcome: w.seedOutcome ?? null,
+    outcome: w.outcome ?? 'ok',
     stages: w.stages,
   };
 }

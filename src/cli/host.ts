@@ -17,6 +17,13 @@ async function load<F>(ctx: Ctx, rel: string, fn: string): Promise<F> {
   return mod[fn] as F;
 }
 
+function wakeOpts(o: Record<string, unknown>): { maxConcurrentWakes?: number; wakeDeadlineMs?: number } {
+  return {
+    ...(typeof o.maxConcurrentWakes === 'number' ? { maxConcurrentWakes: o.maxConcurrentWakes } : {}),
+    ...(typeof o.wakeDeadline === 'number' ? { wakeDeadlineMs: o.wakeDeadline } : {}),
+  };
+}
+
 export function registerHost(program: Command, ctx: Ctx): void {
   addProxyOptions(program
     .command('up'))
@@ -43,6 +50,8 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .addOption(new Option('--node-timeout <ms>', 'mark a `thaw node` down after this long without a heartbeat').argParser(intArg).default(5000))
     .addOption(new Option('--max-upload-mib <n>', 'largest app upload, compressed and uncompressed each').env('THAW_MAX_UPLOAD_MIB').argParser(intArg).default(4096))
     .addOption(new Option('--max-disk-mib <n>', 'largest disk image (images are sized from their content plus headroom)').env('THAW_DISK_MIB').argParser(intArg).default(8192))
+    .addOption(new Option('--max-concurrent-wakes <n>', 'most wakes (thaws, cold boots) this node runs at once; more wait in a FIFO queue (default: one per CPU)').argParser(intArg))
+    .addOption(new Option('--wake-deadline <ms>', 'overall deadline of one wake from its start; past it the VM is deleted, the seed kept, requests get 503').argParser(intArg))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const runUp = await load<(opts: UpOpts) => Promise<void>>(ctx, '../control/up.ts', 'runUp');
       const str = (k: string) => (typeof o[k] === 'string' ? { [k]: o[k] as string } : {});
@@ -71,6 +80,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
         driver: o.driver as 'qemu' | 'firecracker',
         maxUploadMiB: o.maxUploadMib as number,
         maxDiskMiB: o.maxDiskMib as number,
+        ...wakeOpts(o),
       };
       await runUp(opts);
     });
@@ -95,6 +105,8 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .addOption(new Option('--seed-cache-bytes <n>', 'byte cap of this node\'s seed cache (LRU)').argParser(intArg))
     .addOption(new Option('--capacity <n>', 'most VMs at once (default: what 80% of memory holds)').argParser(intArg))
     .addOption(new Option('--driver <name>', 'hypervisor driver of this node: qemu, or firecracker (KVM only)').choices(['qemu', 'firecracker']).env('THAW_DRIVER').default('qemu'))
+    .addOption(new Option('--max-concurrent-wakes <n>', 'most wakes (thaws, cold boots) this node runs at once; more wait in a FIFO queue (default: one per CPU)').argParser(intArg))
+    .addOption(new Option('--wake-deadline <ms>', 'overall deadline of one wake from its start; past it the VM is deleted, the seed kept, requests get 503').argParser(intArg))
     .addOption(new Option('--node-timeout <ms>', "the control plane's node timeout (match `thaw up`); VMs stop after 60% of it without the control plane").argParser(intArg).default(5000))
     .action(async (o: Record<string, unknown>, cmd: Command) => {
       const mod = (await ctx.deps.importModule(new URL('../node/run.ts', import.meta.url).href)) as typeof import('../node/run.ts');
@@ -119,6 +131,7 @@ export function registerHost(program: Command, ctx: Ctx): void {
         ...(typeof o.capacity === 'number' ? { capacity: o.capacity } : {}),
         nodeTimeoutMs: o.nodeTimeout as number,
         driver: o.driver as 'qemu' | 'firecracker',
+        ...wakeOpts(o),
       });
     });
 

@@ -66,8 +66,8 @@ export function registerLifecycle(program: Command, ctx: Ctx): void {
         ws.length === 0
           ? `${name} has not woken yet`
           : table(
-              ['AT', 'MODE', 'WALL', 'BOOT', 'GATE', 'APP START', 'NODE', 'SEED', 'FALLBACK'],
-              ws.map((w) => [w.at, w.boot_mode, ms(w.wall_ms), ms(w.boot_ms), ms(w.gate_ms), ms(w.app_start_ms), w.node, w.seed_source, w.fallback_reason]),
+              ['AT', 'MODE', 'OUTCOME', 'WALL', 'QUEUED', 'BOOT', 'GATE', 'APP START', 'NODE', 'SEED', 'SEED OUTCOME', 'FALLBACK'],
+              ws.map((w) => [w.at, w.boot_mode, w.outcome ?? 'ok', ms(w.wall_ms), ms(w.queued_ms ?? 0), ms(w.boot_ms), ms(w.gate_ms), ms(w.app_start_ms), w.node, w.seed_source, w.seed_outcome ?? null, w.fallback_reason]),
             ),
       );
     });

@@ -108,3 +108,28 @@ test('join: a node the control plane cannot reach at its URL, or another node an
   await assert.rejects(c.heartbeat(hb('a', { url })), (e: unknown) => refused(e) && /node zz answers there/.test((e as Error).message));
   assert.deepEqual(c.list(), []);
 });
+
+test('the scheduler counts queued wakes: a busy holder sends a replicated seed\'s wake to a free node; otherwise it queues there', async (t) => {
+  const { c } = cluster();
+  t.after(() => c.close());
+  const wakes = (n: number, apps: string[] = []) => ({ wakes: { limit: n, running: 0, queued: 0, queuedApps: apps } });
+  await c.heartbeat(hb('a', { capacity: 8, seeds: ['s1'], ...wakes(2, ['q1']) }));
+  await c.heartbeat(hb('b', { capacity: 8, ...wakes(2) }));
+  const a = c.get('a')!;
+  assert.equal(a.wakeSlots(), 2);
+  assert.equal(a.queued('q1'), true, 'queued apps come with the heartbeat');
+  assert.equal(c.pick('s1', new Set(), { canPull: true })!.member.name, 'a', 'a free holder wins');
+  a.wakesInFlight = 3; // two running, one queued
+  assert.equal(a.busy(), true);
+  assert.equal(a.load(), 3, 'wakes in flight count as load');
+  const moved = c.pick('s1', new Set(), { canPull: true })!;
+  assert.equal(moved.member.name, 'b');
+  assert.match(moved.reason, /busy.*b has a free wake slot and pulls it/);
+  const queued = c.pick('s1', new Set(), { canPull: false })!;
+  assert.equal(queued.member.name, 'a', 'an unreplicated seed: wait in the holder\'s queue');
+  assert.match(queued.reason, /busy, the wake queues there/);
+  c.get('b')!.wakesInFlight = 2;
+  assert.equal(c.pick('s1', new Set(), { canPull: true })!.member.name, 'a', 'every node busy: the holder');
+  assert.equal(c.pick(null)!.member.name, 'b', 'no seed: the node with fewer wakes queued and less load');
+  assert.equal(c.pick('s1', new Set(), { canPull: true, pinned: 'b' })!.member.name, 'b', 'a pinned app waits in its node\'s queue');
+});

@@ -20,6 +20,12 @@ export class Member {
   /** app -> vmId, as last reported (remote) and as changed by the control plane since. */
   readonly running = new Map<string, string>();
   readonly seeds = new Set<string>();
+  /** Wakes the control plane has sent to this node and not seen finish (running or queued there). */
+  wakesInFlight = 0;
+  /** Most wakes the node runs at once, as last reported (remote nodes). */
+  reportedWakeSlots: number | null = null;
+  /** Apps whose wakes wait in the node's queue, as last reported (remote nodes). */
+  reportedQueued = new Set<string>();
 
   constructor(
     readonly name: string,
@@ -39,8 +45,24 @@ export class Member {
     return this.agent ? this.agent.hasSeed(seedId) : this.seeds.has(seedId);
   }
 
+  /** VMs it runs plus wakes on their way (each becomes a VM). */
   load(): number {
-    return this.agent ? this.agent.runningCount() : this.running.size;
+    return (this.agent ? this.agent.runningCount() : this.running.size) + this.wakesInFlight;
+  }
+
+  /** Most wakes at once (admission control); Infinity when the node does not say. */
+  wakeSlots(): number {
+    return this.agent?.wakeSlots?.() ?? this.reportedWakeSlots ?? Infinity;
+  }
+
+  /** A further wake would wait in this node's queue. */
+  busy(): boolean {
+    return this.wakesInFlight >= this.wakeSlots();
+  }
+
+  /** The app's wake waits in this node's admission queue (not started yet). */
+  queued(app: string): boolean {
+    return this.agent?.wakeState ? this.agent.wakeState(app) === 'queued' : this.reportedQueued.has(app);
   }
 
   seedCount(): number {
@@ -110,6 +132,8 @@ export class Cluster {
     for (const r of st.running) m.running.set(r.app, r.vmId);
     m.seeds.clear();
     for (const s of st.seeds) m.seeds.add(s);
+    m.reportedWakeSlots = st.wakes?.limit ?? null;
+    m.reportedQueued = new Set(st.wakes?.queuedApps ?? []);
     for (const e of st.events) this.onEvent(st.name, e);
     if (st.leaving) await this.markDown(st.name, 'node shut down');
     await this.o.store.upsertNode({ name: st.name, url: st.url, capacity: st.capacity, running: st.running.length, seeds: st.seeds, heartbeatAt: new Date().toISOString() });
@@ -155,18 +179,33 @@ export class Cluster {
   }
 
   /**
-   * Where a wake goes: a live node with room, preferring one that holds the
-   * seed; among equals the least loaded, then by name (deterministic).
+   * Where a wake goes: a live node with room (running VMs + wakes in flight,
+   * queued ones included, under its capacity), preferring one that holds the
+   * seed and has a free wake slot; when every holder is busy (its wakes
+   * queue), a node with a free slot that can pull the seed (`canPull`: it is
+   * replicated); else the holder with the fewest wakes queued. `pinned` (an
+   * app that must stay on a node) waits in that node's queue. Among equals the
+   * least loaded, then by name (deterministic).
    */
-  pick(seedId: string | null, exclude: ReadonlySet<string> = new Set()): Placement | null {
-    const open = this.live().filter((m) => !exclude.has(m.name) && m.load() < m.capacity);
+  pick(seedId: string | null, exclude: ReadonlySet<string> = new Set(), opts: { canPull?: boolean; pinned?: string } = {}): Placement | null {
+    const open = this.live().filter((m) => !exclude.has(m.name) && m.load() < m.capacity && (!opts.pinned || m.name === opts.pinned));
     if (!open.length) return null;
     const byLoad = (a: Member, b: Member) => a.load() - b.load() || a.name.localeCompare(b.name);
-    const holders = seedId ? open.filter((m) => m.hasSeed(seedId)).sort(byLoad) : [];
-    if (holders.length) return { member: holders[0]!, reason: `${holders[0]!.name} holds seed ${seedId}` };
-    const m = open.sort(byLoad)[0]!;
+    const byQueue = (a: Member, b: Member) => a.wakesInFlight - a.wakeSlots() - (b.wakesInFlight - b.wakeSlots()) || byLoad(a, b);
+    const holders = seedId ? open.filter((m) => m.hasSeed(seedId)) : [];
+    const free = holders.filter((m) => !m.busy()).sort(byLoad);
+    if (free.length) return { member: free[0]!, reason: `${free[0]!.name} holds seed ${seedId}` };
+    if (holders.length && opts.canPull) {
+      const puller = open.filter((m) => !m.busy() && !m.hasSeed(seedId)).sort(byLoad)[0];
+      if (puller) return { member: puller, reason: `every holder of seed ${seedId} is busy (wakes queue); ${puller.name} has a free wake slot and pulls it` };
+    }
+    if (holders.length) {
+      const h = holders.sort(byQueue)[0]!;
+      return { member: h, reason: `${h.name} holds seed ${seedId}; busy, the wake queues there` };
+    }
+    const m = [...open].sort((a, b) => Number(a.busy()) - Number(b.busy()) || byLoad(a, b))[0]!;
     const why = seedId ? `no live node with room holds seed ${seedId}; ${m.name} pulls it` : `no seed; ${m.name} is the least loaded`;
-    return { member: m, reason: why };
+    return { member: m, reason: m.busy() ? `${why} (busy: the wake queues there)` : why };
   }
 
   /** Mark nodes down whose heartbeats stopped. */
@@ -197,7 +236,7 @@ export class Cluster {
       state: m.state,
       local: m.local,
       capacity: m.capacity,
-      running: m.load(),
+      running: m.agent ? m.agent.runningCount() : m.running.size,
       seeds: m.seedCount(),
       last_heartbeat_at: m.local ? null : new Date(m.lastSeen).toISOString(),
     }));

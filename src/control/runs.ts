@@ -1,7 +1,8 @@
 // Waking and sleeping one app across the cluster: schedule the wake (the next
-// node when one breaks off), record it, drop a seed that was not used; on
-// sleep (any trigger): stop routing and drain requests, have the node stop the
-// app (SIGTERM, grace) and bake (first idle after a deploy) or delete the VM,
+// node when one breaks off), record it (a failed one too), drop a seed only
+// when the node proved it bad (record.seedOutcome 'dropped:…'); on sleep (any
+// trigger): stop routing and drain requests, have the node stop the app
+// (SIGTERM, grace) and bake (first idle after a deploy) or delete the VM,
 // publish the seed and leave a sleep record.
 // Callers hold the app's lock (src/control/service.ts).
 import { randomUUID } from 'node:crypto';
@@ -35,6 +36,15 @@ const NO_GATE: RequestGate = { quiesce: async () => ({ drainMs: 0, cut: 0 }), re
 /** Triggers that may bake a seed (the first one after a deploy); the others only delete the VM. */
 const BAKES: ReadonlySet<SleepTrigger> = new Set(['idle', 'manual']);
 
+/** Codes that end a wake without making the app failed: it stays asleep with its seed. */
+const ENDED = new Set(['WAKE_DEADLINE', 'WAKE_CANCELLED', 'NODE_BUSY', 'SHUTTING_DOWN']);
+
+/** The node proved the seed bad. A node that does not say (older) dropped it on every cold boot. */
+function seedProvenBad(r: WakeRow): boolean {
+  if (r.seedOutcome === undefined || r.seedOutcome === null) return r.bootMode === 'cold';
+  return r.seedOutcome.startsWith('dropped:');
+}
+
 export class Runs {
   /** Seeds dropped while a VM may still use their disk; purged once the app's VM is gone. */
   private readonly stale = new Map<string, SeedRow>();
@@ -50,8 +60,11 @@ export class Runs {
 
   constructor(private readonly o: RunsOptions) {}
 
-  /** Wake `name` (the caller holds its app lock). */
-  async wake(name: string): Promise<WakeRow & WakeResult> {
+  /**
+   * Wake `name` (the caller holds its app lock). Aborting `signal` (nobody waits
+   * any more) drops the wake while it is still queued on its node.
+   */
+  async wake(name: string, signal?: AbortSignal): Promise<WakeRow & WakeResult> {
     const app = await this.o.store.getApp(name);
     const here = this.o.placements.get(name);
     if (app.state === 'running' && here) {
@@ -74,33 +87,30 @@ export class Runs {
       // Schedule; when a node breaks off (killed mid-pull or mid-thaw) the next one tries.
       const tried: string[] = [];
       while (!out) {
-        const p = this.o.cluster.pick(app.seedId, new Set(tried));
+        const p = this.o.cluster.pick(app.seedId, new Set(tried), { canPull: !!seed?.replicated });
         if (!p) throw new ThawError('NO_NODE', tried.length ? `no node could wake ${name} (tried ${tried.join(', ')})` : `no live node with capacity to wake ${name}`);
         const placement = tried.length ? `${p.reason} (after ${tried.join(', ')} broke off)` : p.reason;
         tried.push(p.member.name);
+        p.member.wakesInFlight++;
         try {
-          out = await p.member.api.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, run, seed: seed ? seedRef(seed) : null, env, placement });
+          out = await p.member.api.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, run, seed: seed ? seedRef(seed) : null, env, placement }, signal ? { signal } : {});
           member = p.member;
         } catch (err) {
+          await this.recordFailed(name, app.seedId, err);
           // Skipped for this wake only: a node that is really gone is marked down by its missing
           // heartbeats, and one that is alive is told to stop a VM it may have started.
           if (!isThawError(err, 'NODE_UNREACHABLE')) throw err;
           this.o.log.warn({ app: name, node: p.member.name, err: err.message }, 'node broke off the wake; trying another node');
+        } finally {
+          p.member.wakesInFlight--;
         }
       }
       const m = member!;
       const record: WakeRow = { ...out.record, placement: out.record.placement ?? null };
       await this.o.store.addWake(record);
       let seedPatch = {};
-      if (record.bootMode === 'cold' && app.seedId) {
-        // The seed was not used (refused, failed its gate, unreachable): forget it, so
-        // the next idle bakes a fresh one. Its files may back this VM's disk: they are
-        // deleted once the VM is gone.
-        const old = await this.o.store.getSeed(name);
-        if (old) {
-          this.stale.set(old.id, old);
-          await this.o.store.deleteSeed(old.id);
-        }
+      if (app.seedId && seedProvenBad(record)) {
+        await this.dropSeed(name);
         seedPatch = { seedId: null };
       }
       if (record.seedSource === 'pulled' && app.seedId) m.seeds.add(app.seedId);
@@ -122,9 +132,35 @@ export class Runs {
         this.o.placements.set(name, { node: member.name, vmId: out.vmId, address: out.address });
         await this.o.placements.stop(name);
       }
-      const row = await this.o.store.transition(name, 'waking', 'failed', { error: e.message.slice(0, 2000) }).catch(() => null);
+      // Ended, not failed (deadline, dropped from the queue, shutdown): the app is asleep and keeps its seed.
+      const to = ENDED.has(e.code) ? 'asleep' : 'failed';
+      const row = await this.o.store.transition(name, 'waking', to, { error: e.message.slice(0, 2000) }).catch(() => null);
       this.o.placements.route(row);
       throw e;
+    }
+  }
+
+  /** A wake that ended without a VM still leaves its record (details.record); a seed it proved bad is dropped. */
+  private async recordFailed(name: string, seedId: string | null, err: unknown): Promise<void> {
+    const rec = isThawError(err) ? (err.details?.record as WakeRow | undefined) : undefined;
+    if (!rec || rec.app !== name) return;
+    await this.o.store.addWake(rec).catch((e) => this.o.log.warn({ app: name, err: asThawError(e).message }, 'could not record a failed wake'));
+    if (seedId && seedProvenBad(rec)) {
+      await this.dropSeed(name);
+      await this.o.store.updateApp(name, { seedId: null });
+    }
+  }
+
+  /**
+   * Forget the app's seed, so the next idle bakes a fresh one. Its files may
+   * back the VM's disk (a cold boot from the seed's disk copy): they are
+   * deleted once the VM is gone.
+   */
+  private async dropSeed(name: string): Promise<void> {
+    const old = await this.o.store.getSeed(name);
+    if (old) {
+      this.stale.set(old.id, old);
+      await this.o.store.deleteSeed(old.id);
     }
   }
 

@@ -245,3 +245,40 @@ test('every sleep drains through the router first, leaves a record, and bakes on
   assert.equal((await store.getApp('x')).state, 'asleep');
   assert.equal((await service.sleep('x')).record, null, 'an asleep app leaves no record');
 });
+
+test('a wake that ends without a VM leaves its record and keeps the seed; only a seed proven bad is dropped', async (t) => {
+  const store = await openStore(await sqliteOpts(t));
+  t.after(() => store.close());
+  const a = new FakeNode('a');
+  const { service } = controlPlane(t, store, [a]);
+  await deployed(store, 'x');
+  await service.wake('x');
+  const seed = (await service.sleep('x')).seed!;
+  // The node dropped the queued wake (nobody waited): its record says so, the app is asleep with its seed.
+  const record = {
+    id: 'wc', app: 'x', at: new Date().toISOString(), wallMs: 900, bootMode: 'snapshot', bootMs: 0, gateMs: null, appStartMs: 0, pid: null, fsErrors: 0,
+    fallbackReason: 'WAKE_CANCELLED: dropped', node: 'a', seedSource: 'local', queuedMs: 900, seedOutcome: 'kept:cancelled', outcome: 'cancelled', stages: {},
+  };
+  a.failNext = new ThawError('WAKE_CANCELLED', 'dropped', { details: { record } });
+  await assert.rejects(service.wake('x'), (e: ThawError) => e.code === 'WAKE_CANCELLED');
+  let app = await store.getApp('x');
+  assert.equal(app.state, 'asleep');
+  assert.equal(app.seedId, seed.id);
+  const [last] = await service.wakes('x', 1);
+  assert.equal(last!.outcome, 'cancelled');
+  assert.equal(last!.queuedMs, 900);
+  // A cold boot whose thaw failed for a reason that proves nothing (say the app crashed) keeps the seed.
+  a.seeds.delete(seed.id);
+  a.coldSeedOutcome = 'kept:app-crashed';
+  assert.equal((await service.wake('x')).bootMode, 'cold');
+  assert.equal((await store.getApp('x')).seedId, seed.id);
+  assert.ok(await store.getSeed('x'));
+  a.seeds.add(seed.id);
+  await service.sleep('x');
+  // A seed proven bad (the gate failed) is dropped.
+  a.coldSeedOutcome = 'dropped:gate-failed';
+  a.seeds.delete(seed.id);
+  await service.wake('x');
+  app = await store.getApp('x');
+  assert.equal(app.seedId, null);
+});

@@ -111,8 +111,14 @@ export class Service implements ControlService, AppDirectory {
     return this.placed.lookup(name);
   }
 
-  async wake(name: string): Promise<WakeRow & WakeResult> {
-    return this.lock(name, () => this.runs.wake(name));
+  /** Wake `name`. Aborting `opts.signal` (the router has nobody waiting any more) drops a wake still queued on its node. */
+  async wake(name: string, opts: { signal?: AbortSignal } = {}): Promise<WakeRow & WakeResult> {
+    return this.lock(name, () => this.runs.wake(name, opts.signal));
+  }
+
+  /** The app's wake waits in its node's admission queue (it has not started). */
+  wakeQueued(name: string): boolean {
+    return this.o.cluster.live().some((m) => m.queued(name));
   }
 
   /** `thaw sleep` ('manual') or the router's idle timer ('idle'). */

@@ -20,6 +20,12 @@ export class FakeNode implements InProcessNode {
   lastSleep: NodeSleepRequest | null = null;
   /** What the app's SIGTERM handler exits with on the next sleeps. */
   exitCode = 0;
+  /** Wake slots reported to the scheduler (admission control); null: not reported. */
+  slots: number | null = null;
+  /** The next wake fails with this error (its details may carry a record). */
+  failNext: ThawError | null = null;
+  /** seedOutcome of a cold wake's record (what the node proved about the seed). */
+  coldSeedOutcome = 'dropped:gate-failed';
 
   constructor(readonly name: string) {}
   hasSeed(id: string | null) { return !!id && this.seeds.has(id); }
@@ -27,12 +33,16 @@ export class FakeNode implements InProcessNode {
   seedCount() { return this.seeds.size; }
   seedIds() { return [...this.seeds]; }
   async renderMetrics() { return ''; }
+  wakeSlots() { return this.slots ?? Infinity; }
 
   async wake(req: NodeWakeRequest): Promise<NodeWakeResponse> {
     this.calls.push(`wake ${req.app}`);
     this.lastWake = req;
     if (this.unreachable) throw new ThawError('NODE_UNREACHABLE', `node ${this.name} is gone`);
     await new Promise((r) => setTimeout(r, this.wakeDelayMs));
+    const fail = this.failNext;
+    this.failNext = null;
+    if (fail) throw fail;
     const vmId = `${this.name}-vm${++vmSeq}`;
     this.running.set(req.app, vmId);
     const had = !!req.seed && this.seeds.has(req.seed.id);
@@ -46,6 +56,7 @@ export class FakeNode implements InProcessNode {
         id: `w${vmSeq}`, app: req.app, at: new Date().toISOString(), wallMs: 10, bootMode: snapshot ? 'snapshot' : 'cold', bootMs: 5, gateMs: snapshot ? 1 : null,
         appStartMs: 3, pid: 100 + vmSeq, fsErrors: 0, fallbackReason: req.seed && !snapshot ? 'seed-unavailable: test' : null, node: this.name,
         seedSource: pulled ? 'pulled' : snapshot ? 'local' : 'none', placement: req.placement ?? null, stages: {},
+        seedOutcome: snapshot ? 'used' : req.seed ? this.coldSeedOutcome : 'none',
       },
     };
   }

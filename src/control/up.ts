@@ -9,7 +9,7 @@ import { createApiServer } from '../api/server.ts';
 import { removeInstance, writeInstance } from '../cli/instance.ts';
 import { ensureAssets, nodeRootfs } from '../guest/assets.ts';
 import { sharedImages, type NodeAgent } from '../node/agent.ts';
-import { createNodeAgent, nodeDir } from '../node/bootstrap.ts';
+import { createNodeAgent, nodeDir, wakeLimits } from '../node/bootstrap.ts';
 import { createRouter, type RouterTimeouts } from '../router/router.ts';
 import { s3FromFlags } from '../seed/s3.ts';
 import { untilSignal } from '../signals.ts';
@@ -66,6 +66,10 @@ export interface UpOptions extends ControlTlsOptions {
   stopGraceMs?: number;
   /** Hypervisor driver of the local node (default qemu). */
   driver?: import('../hypervisor/types.ts').DriverName;
+  /** The local node's most concurrent wakes (default: one per CPU). */
+  maxConcurrentWakes?: number;
+  /** Overall deadline of one wake on the local node, ms (default 180000). */
+  wakeDeadlineMs?: number;
 }
 
 export interface Running {
@@ -112,7 +116,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   const cluster = new Cluster({ store, token, log, downAfterMs: o.nodeDownAfterMs ?? 5000, ...(nodeCa ? { nodeCa } : {}) });
   let agent: NodeAgent | null = null;
   if (o.localNode !== false) {
-    agent = await createNodeAgent({ dir: nodeDir(data), name: 'local', s3, capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3, images: () => sharedImages, log, ...(o.driver ? { driver: o.driver } : {}) });
+    agent = await createNodeAgent({ dir: nodeDir(data), name: 'local', s3, capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3, images: () => sharedImages, log, ...(o.driver ? { driver: o.driver } : {}), ...wakeLimits(o) });
     cluster.addLocal(agent);
   }
   let service: Service | null = null;

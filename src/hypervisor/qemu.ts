@@ -12,6 +12,7 @@ import type { Duplex } from 'node:stream';
 import { ThawError } from '../errors.ts';
 import { handOver, SANDBOX, STATE_FD, STATE_SOCK, stateSink, vmmCommand, type HandedFiles } from './jail.ts';
 import { probeAccel } from './kvm-probe.ts';
+import { progressTimer } from './cpu.ts';
 import { Qmp } from './qmp.ts';
 import type { Accel, Hypervisor, SnapshotFiles, VmHandle, VmSpec } from './types.ts';
 
@@ -122,8 +123,9 @@ export class QemuDriver implements Hypervisor {
       child.once('error', () => resolve({ code: -1, signal: null }));
     });
     const ac = new AbortController();
+    // A progress window, not a wall-clock limit: renewed while QEMU uses CPU (a loaded host starts it slowly).
     const timeoutMs = this.opts.startTimeoutMs ?? 10_000;
-    let timer: NodeJS.Timeout | undefined;
+    let stopTimer = () => {};
     let qmp: Qmp;
     try {
       qmp = await Promise.race([
@@ -138,17 +140,17 @@ export class QemuDriver implements Hypervisor {
           throw new ThawError('VM_START_FAILED', `QEMU exited during start: ${text.trim().slice(-600) || 'no output'}`, { details: { log: logPath } });
         }),
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new ThawError('VM_TIMEOUT', `QEMU did not open QMP within ${timeoutMs} ms`, { details: { log: logPath } })), timeoutMs);
+          stopTimer = progressTimer(child.pid ?? -1, timeoutMs, timeoutMs * 0.05, () => reject(new ThawError('VM_TIMEOUT', `QEMU did not open QMP and made no progress for ${timeoutMs} ms`, { details: { log: logPath } })));
         }),
       ]);
     } catch (err) {
-      clearTimeout(timer);
+      stopTimer();
       ac.abort();
       child.kill('SIGKILL');
       await exited;
       throw err;
     }
-    clearTimeout(timer);
+    stopTimer();
     ac.abort();
     return {
       id: spec.id,

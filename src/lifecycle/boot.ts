@@ -12,8 +12,9 @@ import { PROTOCOL_VERSION, type Hello } from '../wire/agent.ts';
 import { appEnvironment, type RunConfig } from '../wire/run.ts';
 import { sealEnv } from '../wire/seal.ts';
 import { setClock, syncClock } from './clock.ts';
-import { createOverlay, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
 import { attachNetwork } from './network.ts';
+import { checkDeadline, vmProgress } from './deadline.ts';
 
 export interface ColdBootParams {
   app: string;
@@ -22,6 +23,8 @@ export interface ColdBootParams {
   baseDisk: string;
   env: Record<string, string>;
   run: RunConfig;
+  /** The overall wake deadline: aborting deletes the VM (WAKE_DEADLINE). */
+  signal?: AbortSignal;
 }
 
 export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: string | null, guestPort = ctx.guestPort): VmSpec {
@@ -93,9 +96,10 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
     await createOverlay(p.baseDisk, spec.disk, spec.diskFormat);
     await net.ready;
     sw.lap('prepare_ms');
+    checkDeadline(p.signal);
     const vm = await ctx.hv.boot(spec);
     undo.push('destroy vm', () => ctx.hv.destroy(vm));
-    const agent = new AgentClient(await ctx.hv.openAgentChannel(vm), vm.exited);
+    const agent = new AgentClient(await ctx.hv.openAgentChannel(vm), vm.exited, { progress: vmProgress(vm.pid), ...(p.signal ? { signal: p.signal } : {}) });
     undo.push('close agent', () => agent.close());
     sw.lap('vmm_start_ms');
     const hello = await withConsole(vm.consoleLog, agent.ready(ctx.bootTimeoutMs));

@@ -12,6 +12,7 @@ import type { GateResult } from '../wire/agent.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { checkAgentVersion, refreshGuest, startApp, vmSpec, withConsole } from './boot.ts';
 import { createOverlay, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+import { checkDeadline, vmProgress } from './deadline.ts';
 import { attachNetwork } from './network.ts';
 
 export interface ThawParams {
@@ -26,6 +27,8 @@ export interface ThawParams {
    * own (reproduces the incident: memory and disk that are not a pair).
    */
   unsafeDiskOverride?: string;
+  /** The overall wake deadline: aborting deletes the VM (WAKE_DEADLINE). */
+  signal?: AbortSignal;
 }
 
 export interface ThawOutcome {
@@ -47,15 +50,19 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     await createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk, spec.diskFormat);
     sw.lap('prepare_ms');
 
-    const vm = await ctx.hv.restore(spec, { state: path.join(p.seedDir, 'state.bin'), mem });
+    checkDeadline(p.signal);
+    const vm = await ctx.hv.restore(spec, { state: path.join(p.seedDir, 'state.bin'), mem }).catch((err: unknown) => {
+      throw restoreError(err);
+    });
     undo.push('destroy vm', () => ctx.hv.destroy(vm));
     // QEMU: the channel opens while paused. Firecracker: only after resume (see agentChannelBeforeResume).
     const early = ctx.hv.agentChannelBeforeResume ? await ctx.hv.openAgentChannel(vm) : null;
     if (early) undo.push('close channel', () => early.destroy());
+    checkDeadline(p.signal);
     sw.lap('restore_ms');
     await net.ready; // the app's egress policy is in place before the guest runs
     await ctx.hv.resume(vm);
-    const agent = new AgentClient(early ?? (await ctx.hv.openAgentChannel(vm)), vm.exited);
+    const agent = new AgentClient(early ?? (await ctx.hv.openAgentChannel(vm)), vm.exited, { progress: vmProgress(vm.pid), ...(p.signal ? { signal: p.signal } : {}) });
     undo.push('close agent', () => agent.close());
     // Everything is pipelined right after resume: the agent frozen in the seed
     // already has its port open, and its public key is in the manifest. The
@@ -89,9 +96,21 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     const appPid = await appP;
     sw.lap('parallel_ms');
     ctx.log.info({ app: p.app, vm: id, appPid, stages: sw.stages }, 'thawed');
+    sw.stages.progress_renewals = agent.renewals;
     return {
       run: { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'snapshot', seedId: p.manifest.seed_id, startedAt: Date.now() },
       gate,
     };
   });
+}
+
+/**
+ * The VMM refused the seed's state (QMP error, failed migration, exit while
+ * loading it): the guest cannot run this seed, and details.restore marks that
+ * for the seed policy. A timeout is not proof (a loaded host) and is not marked.
+ */
+function restoreError(err: unknown): ThawError {
+  const e = err instanceof ThawError ? err : new ThawError('VM_START_FAILED', String((err as Error)?.message ?? err), { cause: err });
+  const proof = e.code === 'VM_START_FAILED' || e.code === 'QMP_ERROR';
+  return new ThawError(e.code, `restore failed: ${e.message}`, { cause: e, details: { ...e.details, ...(proof ? { restore: true } : {}) } });
 }

@@ -3,10 +3,16 @@
 // node`). It owns HOW: pulling a seed it lacks (streamed, verified, renamed into
 // place), thawing or cold-booting, baking, uploading its seeds, and keeping its
 // seed folder under a byte cap (LRU; seeds a VM uses are never evicted).
+// Wakes pass admission control (src/node/admission.ts) and run under one
+// overall deadline (src/lifecycle/deadline.ts).
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { ThawError, asThawError } from '../errors.ts';
 import { seedsDir } from '../lifecycle/bake.ts';
 import { writeVerified } from '../lifecycle/verify.ts';
+import { WAKE_DEADLINE_MS, wakeDeadline } from '../lifecycle/deadline.ts';
+import type { WakeRow } from '../store/types.ts';
+import { Admission, defaultWakeSlots } from './admission.ts';
 import { SeedCache } from '../seed/cache.ts';
 import { sha256File } from '../seed/files.ts';
 import type { SeedStore } from '../seed/s3.ts';
@@ -36,15 +42,28 @@ export interface NodeAgentOptions {
   capacity: number;
   images: ImageSource;
   log: Logger;
+  /** Most wakes at once (--max-concurrent-wakes); default: one per CPU. */
+  maxConcurrentWakes?: number;
+  /** Overall deadline of one wake from admission (ms, --wake-deadline). */
+  wakeDeadlineMs?: number;
+}
+
+/** Options of one wake call. */
+export interface WakeCallOptions {
+  /** Aborted when nobody waits for the wake any more: a still-queued wake is dropped (WAKE_CANCELLED). */
+  signal?: AbortSignal;
 }
 
 export class NodeAgent implements InProcessNode {
   readonly cache: SeedCache;
   readonly metrics = new NodeMetrics();
+  readonly admission: Admission;
   /** Events not yet delivered (heartbeat) or handed to onEvent (in-process). */
   private events: NodeEvent[] = [];
   private readonly uploads = new Map<string, Promise<NodeUploadResponse>>();
   private readonly pulls = new Map<string, Promise<{ ms: number; bytes: number }>>();
+  /** Wakes waiting for a slot, by app: aborting drops one from the queue. */
+  private readonly queuedWakes = new Map<string, AbortController>();
   /** app -> the seed its VM was woken with (thawed from it, or cold-booted on its disk copy). */
   private readonly seedOfApp = new Map<string, string>();
   /** Seeds to delete once no VM uses them any more. */
@@ -53,6 +72,8 @@ export class NodeAgent implements InProcessNode {
   onEvent: ((e: NodeEvent) => void) | null = null;
 
   constructor(private readonly o: NodeAgentOptions) {
+    this.admission = new Admission(o.maxConcurrentWakes ?? defaultWakeSlots());
+    this.admission.onAdmit = (ms) => this.metrics.wakeQueueSeconds.observe(ms / 1000);
     this.cache = new SeedCache({ root: seedsDir(o.node.ctx), capBytes: o.capBytes, ttlMs: Number.MAX_SAFE_INTEGER, inUse: (id) => this.inUse(id) });
     o.node.onAppExit = (app, e) => {
       const run = o.node.running.get(app);
@@ -105,6 +126,15 @@ export class NodeAgent implements InProcessNode {
     return this.o.node.running.size;
   }
 
+  wakeSlots(): number {
+    return this.admission.limit;
+  }
+
+  /** 'queued' while the app's wake waits for a slot, 'running' while it runs, else null. */
+  wakeState(app: string): 'queued' | 'running' | null {
+    return this.admission.state(app);
+  }
+
   seedCount(): number {
     return this.cache.list().length;
   }
@@ -113,7 +143,7 @@ export class NodeAgent implements InProcessNode {
     return this.cache.list().map((s) => s.seedId);
   }
 
-  async wake(req: NodeWakeRequest): Promise<NodeWakeResponse> {
+  async wake(req: NodeWakeRequest, call: WakeCallOptions = {}): Promise<NodeWakeResponse> {
     // The control plane placed this wake here, so a VM this node still runs for the app is stale
     // (left from before the node was marked down): delete it first.
     if (this.o.node.running.has(req.app)) {
@@ -127,14 +157,57 @@ export class NodeAgent implements InProcessNode {
     t = performance.now();
     if (req.seed && !this.o.node.hasSeed(req.seed.id)) extra = await this.pullForWake(req.seed);
     const pullMs = performance.now() - t;
-    const out = await this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env, run: req.run }, extra);
+    let ticket;
+    const drop = new AbortController();
+    const onAbort = () => drop.abort();
+    call.signal?.addEventListener('abort', onAbort, { once: true });
+    if (call.signal?.aborted) drop.abort();
+    this.queuedWakes.set(req.app, drop);
+    try {
+      ticket = await this.admission.acquire(req.app, drop.signal);
+    } catch (err) {
+      this.metrics.wakesDropped.inc();
+      throw this.withRecord(req, asThawError(err), { outcome: 'cancelled', queuedMs: Number(asThawError(err).details?.queued_ms ?? 0) });
+    } finally {
+      call.signal?.removeEventListener('abort', onAbort);
+      if (this.queuedWakes.get(req.app) === drop) this.queuedWakes.delete(req.app);
+    }
+    const deadline = wakeDeadline(this.o.wakeDeadlineMs ?? WAKE_DEADLINE_MS, req.app);
+    let out;
+    try {
+      out = await this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env, run: req.run, signal: deadline.signal }, extra);
+    } catch (err) {
+      const e = asThawError(err);
+      const rec = e.details?.record as WakeRow | undefined;
+      if (rec) rec.queuedMs = ticket.queuedMs;
+      if (rec) rec.placement = req.placement ?? null;
+      throw e;
+    } finally {
+      deadline.clear();
+      ticket.release();
+    }
     if (req.seed) this.seedOfApp.set(req.app, req.seed.id);
     if (out.record.bootMode === 'snapshot' && req.seed) this.cache.touch(req.seed.id);
-    // The wake's wall clock includes fetching what it needed.
-    const record = { ...out.record, placement: req.placement ?? null, wallMs: Math.round(out.record.wallMs + imageMs + pullMs), stages: { ...out.record.stages } };
+    // The wake's wall clock includes fetching what it needed and waiting for a slot.
+    const record = { ...out.record, placement: req.placement ?? null, queuedMs: ticket.queuedMs, wallMs: Math.round(out.record.wallMs + imageMs + pullMs + ticket.queuedMs), stages: { ...out.record.stages } };
     if (imageMs >= 1) record.stages.image_fetch = Math.round(imageMs);
     if (extra.seedSource === 'pulled' || extra.seedUnavailable) record.stages.seed_pull = Math.round(pullMs);
     return { record, address: out.run.vm.appAddress, vmId: out.run.vm.id };
+  }
+
+  /** Drop the app's wake if it still waits for a slot (nobody waits for it any more); a started wake goes on. */
+  cancelQueuedWake(app: string): void {
+    if (this.admission.state(app) === 'queued') this.queuedWakes.get(app)?.abort();
+  }
+
+  /** A wake that ended before it started (dropped from the queue): the error carries its record. */
+  private withRecord(req: NodeWakeRequest, e: ThawError, r: { outcome: NonNullable<WakeRow['outcome']>; queuedMs: number }): ThawError {
+    const record: WakeRow = {
+      id: randomUUID(), app: req.app, at: new Date().toISOString(), wallMs: r.queuedMs, bootMode: req.seed ? 'snapshot' : 'cold', bootMs: 0, gateMs: null,
+      appStartMs: 0, pid: null, fsErrors: 0, fallbackReason: `${e.code}: ${e.message}`.slice(0, 1000), node: this.name, seedSource: req.seed ? 'local' : 'none',
+      placement: req.placement ?? null, queuedMs: r.queuedMs, seedOutcome: req.seed ? `kept:${e.code === 'SHUTTING_DOWN' ? 'shutdown' : 'cancelled'}` : 'none', outcome: r.outcome, stages: {},
+    };
+    return new ThawError(e.code, e.message, { cause: e, details: { ...e.details, record } });
   }
 
   /** Pull a seed for a wake; a failure is not an error but the wake's fallback reason. */
@@ -196,6 +269,10 @@ export class NodeAgent implements InProcessNode {
   async renderMetrics(): Promise<string> {
     this.metrics.runningVms.set(this.o.node.running.size);
     this.metrics.cacheBytes.set(this.cache.totalBytes());
+    const w = this.admission.stats();
+    this.metrics.wakeSlots.set(w.limit);
+    this.metrics.wakesRunning.set(w.running);
+    this.metrics.wakesQueued.set(w.queued);
     return this.metrics.registry.metrics();
   }
 
@@ -281,6 +358,7 @@ export class NodeAgent implements InProcessNode {
       running: [...this.o.node.running.values()].map((r) => ({ app: r.app, vmId: r.vm.id })),
       seeds: this.seedIds(),
       events,
+      wakes: { ...this.admission.stats(), queuedApps: this.admission.queuedKeys() },
     };
   }
 
@@ -294,6 +372,7 @@ export class NodeAgent implements InProcessNode {
   }
 
   async close(): Promise<void> {
+    this.admission.close();
     await this.stopAll();
     await this.o.node.ctx.net?.shutdown(); // the pool's ready namespaces, then the host table
     this.o.s3?.destroy();

@@ -30,6 +30,15 @@ export interface NodeSetup {
   driver?: DriverName;
   /** Address the router connects to for those forwards (default bindHost). */
   appHost?: string;
+  /** Most wakes at once (default: one per CPU). */
+  maxConcurrentWakes?: number;
+  /** Overall deadline of one wake (ms). */
+  wakeDeadlineMs?: number;
+}
+
+/** The admission options a node agent takes, from `thaw up`/`thaw node` options. */
+export function wakeLimits(o: { maxConcurrentWakes?: number; wakeDeadlineMs?: number }): { maxConcurrentWakes?: number; wakeDeadlineMs?: number } {
+  return { ...(o.maxConcurrentWakes !== undefined ? { maxConcurrentWakes: o.maxConcurrentWakes } : {}), ...(o.wakeDeadlineMs !== undefined ? { wakeDeadlineMs: o.wakeDeadlineMs } : {}) };
 }
 
 export async function createNodeAgent(o: NodeSetup): Promise<NodeAgent> {
@@ -64,6 +73,7 @@ export async function createNodeAgent(o: NodeSetup): Promise<NodeAgent> {
     capacity,
     images: o.images(assets),
     log: o.log,
+    ...wakeLimits(o),
   });
   await agent.start();
   return agent;

@@ -77,9 +77,17 @@ export class RemoteNode implements NodeApi {
     return r.data;
   }
 
-  wake(req: NodeWakeRequest) {
-    // A pull, a failed thaw and a cold boot (each with its own deadlines on the node) fit well within.
-    return this.call(NodeWakeResponse, 'POST', '/v1/wake', req, 10 * 60_000);
+  async wake(req: NodeWakeRequest, opts: { signal?: AbortSignal } = {}) {
+    // Nobody waits any more: ask the node to drop the wake if it is still queued. The call
+    // itself goes on and answers WAKE_CANCELLED, or the record of a wake that had started.
+    const cancel = () => void this.call(Ok, 'POST', `/v1/apps/${req.app}/cancel-wake`, {}).catch(() => {});
+    opts.signal?.addEventListener('abort', cancel, { once: true });
+    try {
+      // A pull, a queue wait, a failed thaw and a cold boot (each with its own deadlines on the node) fit well within.
+      return await this.call(NodeWakeResponse, 'POST', '/v1/wake', req, 10 * 60_000);
+    } finally {
+      opts.signal?.removeEventListener('abort', cancel);
+    }
   }
 
   sleep(req: NodeSleepRequest) {

@@ -21,6 +21,8 @@ export interface NodeWakeRequest {
   env: Record<string, string>;
   run: RunConfig;
   unsafeDiskOverride?: string;
+  /** The overall wake deadline. */
+  signal?: AbortSignal;
 }
 
 /** How often a running guest's clock is re-synced. */
@@ -65,6 +67,7 @@ export class LocalNode {
       run: req.run,
       node: this.name,
       unsafeDiskOverride: req.unsafeDiskOverride,
+      ...(req.signal ? { signal: req.signal } : {}),
     });
     this.running.set(req.app, out.run);
     // Keep the guest clock right while the app runs: re-measured every minute, slewed when it drifts over 1 ms.

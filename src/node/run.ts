@@ -15,7 +15,7 @@ import { s3FromFlags } from '../seed/s3.ts';
 import { untilSignal } from '../signals.ts';
 import { HeartbeatResponse, NodeName, type NodeStatus } from '../wire/node.ts';
 import type { NodeAgent } from './agent.ts';
-import { createNodeAgent, nodeDir } from './bootstrap.ts';
+import { createNodeAgent, nodeDir, wakeLimits } from './bootstrap.ts';
 import { ImageFetcher } from './images.ts';
 import { createNodeServer } from './server.ts';
 import { nodeTls } from './tls.ts';
@@ -44,6 +44,10 @@ export interface NodeOptions {
   s3Region?: string;
   seedCacheBytes?: number;
   capacity?: number;
+  /** Most wakes at once (default: one per CPU). */
+  maxConcurrentWakes?: number;
+  /** Overall deadline of one wake (ms). */
+  wakeDeadlineMs?: number;
   heartbeatMs?: number;
   /** The control plane's node timeout (default 5000; match `thaw up --node-timeout`). The node stops its VMs after 60% of it without the control plane, before it can be marked down. */
   nodeTimeoutMs?: number;
@@ -96,6 +100,7 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
     ...(o.driver ? { driver: o.driver } : {}),
     // A wildcard bind is reached at the advertised address.
     ...(wildcard && advertised ? { appHost: advertised.hostname.replace(/^\[|\]$/g, '') } : {}),
+    ...wakeLimits(o),
   });
   const server = await createNodeServer(agent, o.token, tls.server ?? undefined);
   await server.listen({ host, port: o.port ?? 0 });

@@ -15,7 +15,7 @@ const SeedParams = z.object({ id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0
 const StopBody = z.object({ vmId: z.string().optional() }).default({});
 
 /** `tls`: serve HTTPS with this certificate (chain) and key. */
-export async function createNodeServer(agent: NodeApi & { renderMetrics(): Promise<string> }, token: string, tls?: ServerTls): Promise<FastifyInstance> {
+export async function createNodeServer(agent: NodeApi & { renderMetrics(): Promise<string>; cancelQueuedWake?(app: string): void }, token: string, tls?: ServerTls): Promise<FastifyInstance> {
   const check = bearerChecker(token);
   const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, forceCloseConnections: true, requestTimeout: 0, ...(tls ? { https: tls } : {}) }) as unknown as FastifyInstance;
   app.setErrorHandler((err: unknown, _req: FastifyRequest, reply: FastifyReply) => {
@@ -27,7 +27,18 @@ export async function createNodeServer(agent: NodeApi & { renderMetrics(): Promi
   });
   app.get('/healthz', async () => ({ ok: true, name: agent.name }));
   app.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4; charset=utf-8').send(await agent.renderMetrics()));
-  app.post('/v1/wake', async (req) => agent.wake(parseOrThrow(NodeWakeRequest, req.body, 'body')));
+  app.post('/v1/wake', async (req, reply) => {
+    // A control plane that went away (connection closed before the answer) waits for nothing: a queued wake is dropped.
+    const ac = new AbortController();
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableFinished) ac.abort();
+    });
+    return agent.wake(parseOrThrow(NodeWakeRequest, req.body, 'body'), { signal: ac.signal });
+  });
+  app.post('/v1/apps/:app/cancel-wake', async (req) => {
+    agent.cancelQueuedWake?.(parseOrThrow(AppParams, req.params, 'path').app);
+    return { ok: true };
+  });
   app.post('/v1/sleep', async (req) => agent.sleep(parseOrThrow(NodeSleepRequest, req.body, 'body')));
   app.post('/v1/apps/:app/stop', async (req) => {
     const { app: name } = parseOrThrow(AppParams, req.params, 'path');

@@ -5,8 +5,12 @@ import type { NodeEvent, NodeSleepRequest, NodeSleepResponse, NodeUploadResponse
 
 export interface NodeApi {
   readonly name: string;
-  /** Wake (pulling the seed first when this node lacks it); resolves with the wake record. */
-  wake(req: NodeWakeRequest): Promise<NodeWakeResponse>;
+  /**
+   * Wake (pulling the seed first when this node lacks it); resolves with the wake record.
+   * Aborting `opts.signal` while the wake is still queued drops it (WAKE_CANCELLED).
+   * A failed wake's error carries its record in `details.record` when there is one.
+   */
+  wake(req: NodeWakeRequest, opts?: { signal?: AbortSignal }): Promise<NodeWakeResponse>;
   /** Bake when asked (no seed yet) and delete the VM. */
   sleep(req: NodeSleepRequest): Promise<NodeSleepResponse>;
   /** Delete the app's VM without baking. `vmId` limits it to that VM. */
@@ -30,4 +34,8 @@ export interface InProcessNode extends NodeApi {
   /** Set by the cluster: events are delivered at once. */
   onEvent: ((e: NodeEvent) => void) | null;
   renderMetrics(): Promise<string>;
+  /** Most wakes it runs at once (admission control); absent: unlimited. */
+  wakeSlots?(): number;
+  /** Whether the app's wake waits for a slot ('queued') or runs. */
+  wakeState?(app: string): 'queued' | 'running' | null;
 }

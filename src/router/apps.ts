@@ -11,6 +11,8 @@ export class AppState {
   inflight = 0;
   readonly held = new Set<AppExchange>();
   waking: Promise<void> | null = null;
+  /** Aborted when no held request waits for the running wake any more. */
+  wakeAbort: AbortController | null = null;
   sleeping: Promise<void> | null = null;
   /** We believe a VM is serving this app (we proxied to it or woke it). */
   awake = false;
@@ -154,13 +156,20 @@ export class AppTable {
       ex.timer = null;
     }
     if (ex.app.held.delete(ex)) this.held--;
+    // Nobody waits for the wake any more: a wake still queued on its node is dropped (seed kept).
+    if (ex.app.held.size === 0) ex.app.wakeAbort?.abort();
   }
 
   timeout(ex: AppExchange): void {
     ex.timer = null;
+    const name = ex.app.name;
+    const busy = this.dir.wakeQueued?.(name) === true;
     this.unhold(ex);
-    const msg = `app "${ex.app.name}" did not wake within ${ex.app.wakeMs || this.opts.wakeTimeoutMs} ms; it is still waking`;
-    this.sink.reject(ex, 503, new ThawError('WAKE_TIMEOUT', msg, { details: { app: ex.app.name } }), WAKE_RETRY_AFTER_S);
+    const waitMs = ex.app.wakeMs || this.opts.wakeTimeoutMs;
+    const err = busy
+      ? new ThawError('NODE_BUSY', `app "${name}" is still queued for a wake slot after ${waitMs} ms; its node is busy`, { details: { app: name } })
+      : new ThawError('WAKE_TIMEOUT', `app "${name}" did not wake within ${waitMs} ms; it is still waking`, { details: { app: name } });
+    this.sink.reject(ex, 503, err, WAKE_RETRY_AFTER_S);
   }
 
   private async runWake(app: AppState): Promise<void> {
@@ -174,12 +183,14 @@ export class AppTable {
       app.wakes++;
       this.wakes++;
       const startedAt = performance.now();
-      result = { ...(await this.dir.wake(app.name)), startedAt };
+      app.wakeAbort = new AbortController();
+      result = { ...(await this.dir.wake(app.name, { signal: app.wakeAbort.signal })), startedAt };
     } catch (err) {
       thrown = err;
       failure = asThawError(err, 'WAKE_FAILED');
     } finally {
       app.waking = null;
+      app.wakeAbort = null;
     }
     if (result !== null && app.sleeping !== null) {
       // A sleep began as this wake finished (`thaw sleep` took the app's lock first): the held

@@ -22,8 +22,14 @@ export interface AppDirectory {
    * how long a request is held for this app's wake (null/absent: the router's wakeTimeoutMs).
    */
   lookup(name: string): { address: { host: string; port: number } | null; idleTimeoutS: number; wakeTimeoutS?: number | null } | null;
-  /** Wake an asleep app; resolves when it is ready to serve. Rejects with a ThawError (its toJSON goes in the 502 body; details may include the wake record). */
-  wake(name: string): Promise<WakeResult>;
+  /**
+   * Wake an asleep app; resolves when it is ready to serve. Rejects with a ThawError (its toJSON goes in the 502 body,
+   * 503 + Retry-After for a 503 code; details may include the wake record). `signal` aborts once no request waits any
+   * more: a wake still queued on its node is dropped.
+   */
+  wake(name: string, opts?: { signal?: AbortSignal }): Promise<WakeResult>;
+  /** The app's wake waits in its node's admission queue (has not started): a hold timeout is then NODE_BUSY. */
+  wakeQueued?(name: string): boolean;
   /** Called when the app had no in-flight request for its idle timeout (`trigger` 'idle'). */
   sleep(name: string, trigger?: 'idle'): Promise<unknown>;
   /** The first byte of the app's answer after a wake the router started: `ms` since the router asked for the wake. */

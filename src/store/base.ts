@@ -247,10 +247,11 @@ export class SqlStore implements Store {
     await this.insert(
       w.app,
       `wake ${w.id}`,
-      `INSERT INTO wakes (id, app, at, wall_ms, boot_mode, boot_ms, gate_ms, app_start_ms, pid, fs_errors, fallback_reason, node, seed_source, stages, placement, first_byte_ms)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO wakes (id, app, at, wall_ms, boot_mode, boot_ms, gate_ms, app_start_ms, pid, fs_errors, fallback_reason, node, seed_source, stages, placement, first_byte_ms, queued_ms, seed_outcome, outcome)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       // Milliseconds are whole numbers in the store (INTEGER columns; Postgres refuses fractions).
-      [w.id, w.app, w.at, Math.round(w.wallMs), w.bootMode, Math.round(w.bootMs), w.gateMs === null ? null : Math.round(w.gateMs), Math.round(w.appStartMs), w.pid, w.fsErrors, w.fallbackReason, w.node, w.seedSource, JSON.stringify(w.stages ?? {}), w.placement ?? null, w.firstByteMs == null ? null : Math.round(w.firstByteMs)],
+      [w.id, w.app, w.at, Math.round(w.wallMs), w.bootMode, Math.round(w.bootMs), w.gateMs === null ? null : Math.round(w.gateMs), Math.round(w.appStartMs), w.pid, w.fsErrors, w.fallbackReason, w.node, w.seedSource, JSON.stringify(w.stages ?? {}), w.placement ?? null,
+        w.firstByteMs == null ? null : Math.round(w.firstByteMs), Math.round(w.queuedMs ?? 0), w.seedOutcome ?? null, w.outcome ?? 'ok'],
     );
   }
 

@@ -143,6 +143,12 @@ export const MIGRATIONS: readonly Migration[] = [
     // Set by the router once the app's first answer after the wake starts (src/router); NULL for wakes no request waited for.
     up: [`ALTER TABLE wakes ADD COLUMN first_byte_ms INTEGER`],
   },
+  {
+    version: 6,
+    name: 'wake admission and seed outcome',
+    // queued_ms: wait for an admission slot; seed_outcome: used|none|kept:CASE|dropped:CASE; outcome: ok|deadline|cancelled|failed.
+    up: [`ALTER TABLE wakes ADD COLUMN queued_ms INTEGER`, `ALTER TABLE wakes ADD COLUMN seed_outcome TEXT`, `ALTER TABLE wakes ADD COLUMN outcome TEXT`],
+  },
 ];
 
 export const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -250,6 +256,9 @@ export function toWake(r: Raw): WakeRow {
     seedSource: str(r.seed_source) as WakeRow['seedSource'],
     placement: strOrNull(r.placement),
     firstByteMs: numOrNull(r.first_byte_ms),
+    queuedMs: num(r.queued_ms ?? 0),
+    seedOutcome: strOrNull(r.seed_outcome),
+    outcome: (strOrNull(r.outcome) ?? 'ok') as NonNullable<WakeRow['outcome']>,
     stages: JSON.parse(str(r.stages)) as Record<string, number>,
   };
 }

@@ -33,7 +33,7 @@ function seed(id: string, app: string, createdAt: string, extra: Partial<SeedRow
 function wake(id: string, app: string, at: string, stages: Record<string, number>): WakeRow {
   return {
     id, app, at, wallMs: 210, bootMode: 'snapshot', bootMs: 150, gateMs: 12, appStartMs: 0, pid: 4242, fsErrors: 0,
-    fallbackReason: null, node: 'n1', seedSource: 'local', placement: 'n1 holds seed s1', firstByteMs: null, stages,
+    fallbackReason: null, node: 'n1', seedSource: 'local', placement: 'n1 holds seed s1', firstByteMs: null, queuedMs: 0, seedOutcome: 'used', outcome: 'ok', stages,
   };
 }
 
@@ -159,11 +159,14 @@ async function suite(t: TestContext, env: Env): Promise<void> {
     const w2 = wake('w2', 'eps', '2024-05-01T10:00:02.000Z', { restore: 120.5, gate: 3 });
     const w1 = { ...wake('w1', 'eps', '2024-05-01T10:00:01.000Z', {}), bootMode: 'cold' as const, gateMs: null, pid: null, fallbackReason: 'SEED_MISSING', seedSource: 'none' as const, placement: null };
     const w3 = { ...wake('w3', 'eps', '2024-05-01T10:00:03.000Z', { pull: 900, restore: 80 }), seedSource: 'pulled' as const };
+    // A wake that ran past its deadline after waiting for a slot: queue time, outcome and seed case round-trip.
+    const w4 = { ...wake('w4', 'eps', '2024-05-01T10:00:04.000Z', {}), queuedMs: 5321, seedOutcome: 'kept:deadline', outcome: 'deadline' as const, pid: null };
     await a.addWake(w2);
     await b.addWake(w1);
     await a.addWake(w3);
-    assert.deepEqual(await b.listWakes('eps'), [w3, w2, w1]);
-    assert.deepEqual(await b.listWakes('eps', 2), [w3, w2]);
+    await b.addWake(w4);
+    assert.deepEqual(await b.listWakes('eps'), [w4, w3, w2, w1]);
+    assert.deepEqual(await b.listWakes('eps', 2), [w4, w3]);
     await assert.rejects(a.addWake(wake('w9', 'ghost', '2024-01-01T00:00:00.000Z', {})), code('APP_NOT_FOUND'));
   });
 

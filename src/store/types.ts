@@ -67,6 +67,18 @@ export interface WakeRow {
   placement?: string | null;
   /** From the wake's start (as the router saw it) to the first byte of the app's answer; null when no request waited for the wake. */
   firstByteMs?: number | null;
+  /** How long the wake waited for an admission slot on its node (ms; included in wallMs). */
+  queuedMs?: number;
+  /**
+   * What became of the app's seed: 'used' (thawed), 'none' (no seed), 'kept:CASE'
+   * (a thaw failed for a reason that does not make the seed bad: deadline,
+   * cancelled, shutdown, unavailable, …) or 'dropped:CASE' (proven bad:
+   * hash-mismatch, missing, mismatch, gate-failed, fs-errors, restore-error,
+   * dead-guest). Null for wakes recorded before it existed.
+   */
+  seedOutcome?: string | null;
+  /** 'ok' (an app serves), 'deadline' (overall wake deadline), 'cancelled' (dropped from the queue, or node shutdown), 'failed'. */
+  outcome?: 'ok' | 'deadline' | 'cancelled' | 'failed';
   stages: Record<string, number>;
 }
 

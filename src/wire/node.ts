@@ -28,6 +28,9 @@ export const WakeRecord = z.object({
   node: z.string().nullable(),
   seedSource: z.enum(['local', 'pulled', 'none']),
   placement: z.string().nullable().optional(),
+  queuedMs: z.number().optional(),
+  seedOutcome: z.string().nullable().optional(),
+  outcome: z.enum(['ok', 'deadline', 'cancelled', 'failed']).optional(),
   stages: z.record(z.string(), z.number()),
 });
 
@@ -108,6 +111,8 @@ export const NodeStatus = z.object({
   seeds: z.array(Id),
   /** Events since the last acknowledged heartbeat. */
   events: z.array(NodeEvent).max(10_000),
+  /** Wake admission: most wakes at once, running and queued now, and the apps whose wakes wait (oldest first). */
+  wakes: z.object({ limit: z.number().int().min(1), running: z.number().int().min(0), queued: z.number().int().min(0), queuedApps: z.array(Name).max(10_000) }).optional(),
   /** The node is shutting down (its VMs are already deleted): take it out of scheduling now. */
   leaving: z.boolean().optional(),
   /** An https:// node: the SHA-256 fingerprint of the certificate its API presents (pinned by the control plane at join). */
