@@ -2,7 +2,7 @@
 // differences (in DIALECT), placeholder conversion and row mappers.
 import type { State } from '../state.ts';
 import { RunConfig } from '../wire/run.ts';
-import type { AppRow, DeployRow, NodeRow, SeedRow, WakeRow } from './types.ts';
+import type { AppRow, DeployRow, NodeRow, SeedRow, VolumeRow, WakeRow } from './types.ts';
 
 export interface Migration {
   version: number;
@@ -110,6 +110,24 @@ export const MIGRATIONS: readonly Migration[] = [
     name: 'deploy run config',
     // JSON of src/wire/run.ts RunConfig; NULL for deploys made before it (derived from the image).
     up: [`ALTER TABLE deploys ADD COLUMN run_config TEXT`],
+  },
+  {
+    // Issue 12 (renumber at merge). One volume per app: its guest path, size, home node and
+    // the lease of the one VM that may mount it (holder NULL: none).
+    version: 4,
+    name: 'volumes',
+    up: [
+      `CREATE TABLE volumes (
+        app TEXT PRIMARY KEY REFERENCES apps(name),
+        path TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        node TEXT,
+        holder TEXT,
+        leased_at TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+      )`,
+    ],
   },
 ];
 
@@ -227,5 +245,18 @@ export function toNode(r: Raw): NodeRow {
     running: num(r.running),
     seeds: JSON.parse(str(r.seeds)) as string[],
     heartbeatAt: str(r.heartbeat_at),
+  };
+}
+
+export function toVolume(r: Raw): VolumeRow {
+  return {
+    app: str(r.app),
+    path: str(r.path),
+    sizeBytes: num(r.size_bytes),
+    node: strOrNull(r.node),
+    holder: strOrNull(r.holder),
+    leasedAt: strOrNull(r.leased_at),
+    createdAt: str(r.created_at),
+    updatedAt: str(r.updated_at),
   };
 }
