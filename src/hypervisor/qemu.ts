@@ -71,6 +71,7 @@ export class QemuDriver implements Hypervisor {
       // need not reach the host's disk. Firecracker's default cache_type (Unsafe) is the same.
       '-drive', `if=none,id=disk0,file=${spec.disk},format=${spec.diskFormat},cache=unsafe`,
       '-device', 'virtio-blk-pci,drive=disk0',
+      ...volumeArgs(spec),
       '-netdev', `user,id=net0,hostfwd=tcp:${this.opts.bindHost ?? '127.0.0.1'}:${spec.hostPort}-:${spec.guestPort}`,
       '-device', 'virtio-net-pci,netdev=net0,romfile=',
       '-device', 'virtio-serial-pci',
@@ -210,6 +211,17 @@ export class QemuDriver implements Hypervisor {
     }
     await rm(vm.spec.dir, { recursive: true, force: true }).catch(() => {});
   }
+}
+
+/**
+ * The app's volume as the second virtio-blk disk (/dev/vdb: its PCI slot follows the root's).
+ * Unlike the root overlay its writes must survive a crash: cache=writeback honours the guest's
+ * flushes (fsync reaches the host file). At a restore the drive of the same id simply names the
+ * current file: the migration stream holds device state, never a disk path or its contents.
+ */
+function volumeArgs(spec: VmSpec): string[] {
+  if (!spec.volume) return [];
+  return ['-drive', `if=none,id=vol0,file=${spec.volume},format=raw,cache=writeback,discard=unmap`, '-device', 'virtio-blk-pci,drive=vol0,serial=thaw-volume'];
 }
 
 function shellQuote(s: string): string {

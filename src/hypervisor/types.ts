@@ -28,6 +28,11 @@ export interface VmSpec {
   guestPort: number;
   /** Host port (127.0.0.1) forwarded to guestPort. */
   hostPort: number;
+  /**
+   * The app's volume (raw ext4), attached as the second disk (/dev/vdb), written through to the
+   * host. A restore attaches the file named here: the app's current volume, never a copy in a seed.
+   */
+  volume?: string;
 }
 
 /** A running (or paused) VM process. */

@@ -13,6 +13,7 @@ import { appEnvironment, type RunConfig } from '../wire/run.ts';
 import { sealEnv } from '../wire/seal.ts';
 import { setClock, syncClock } from './clock.ts';
 import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+import { mountVolume, prepareAttach, type VolumeParams } from './volume.ts';
 
 export interface ColdBootParams {
   app: string;
@@ -21,6 +22,8 @@ export interface ColdBootParams {
   baseDisk: string;
   env: Record<string, string>;
   run: RunConfig;
+  /** The app's volume: checked here, mounted before the app starts. */
+  volume?: VolumeParams | null;
 }
 
 export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: string | null, guestPort = ctx.guestPort): VmSpec {
@@ -87,7 +90,8 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
     const spec = vmSpec(ctx, id, await freePort(), null, p.run.port);
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
-    await createOverlay(p.baseDisk, spec.disk);
+    const [, vol] = await Promise.all([createOverlay(p.baseDisk, spec.disk), prepareAttach(ctx, p.app, p.volume, sw)]);
+    if (vol) spec.volume = vol.file;
     sw.lap('prepare_ms');
     const vm = await ctx.hv.boot(spec);
     undo.push('destroy vm', () => ctx.hv.destroy(vm));
@@ -98,9 +102,10 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
     checkAgentVersion(hello);
     sw.lap('boot_ms');
     await refreshGuest(agent);
+    await mountVolume(agent, vol, sw);
     const appPid = await startApp(ctx, agent, p.run, p.env);
     sw.lap('app_start_ms');
     ctx.log.info({ app: p.app, vm: id, pid: vm.pid, appPid }, 'cold boot ready');
-    return { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'cold', seedId: null, startedAt: Date.now() };
+    return { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'cold', seedId: null, startedAt: Date.now(), volume: vol };
   });
 }

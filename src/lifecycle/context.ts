@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { AgentClient } from '../guest/channel.ts';
 import type { GuestAssets } from '../guest/assets.ts';
 import type { Hypervisor, VmHandle } from '../hypervisor/types.ts';
+import type { AttachedVolume } from './volume.ts';
 import { ThawError } from '../errors.ts';
 
 export const execFile = promisify(execFileCb);
@@ -37,6 +38,8 @@ export interface RunningVm {
   /** Seed this VM was thawed from (null after a cold boot). */
   seedId: string | null;
   startedAt: number;
+  /** The app's volume, mounted after the gate (null: the app has none). */
+  volume?: AttachedVolume | null;
 }
 
 export type Stages = Record<string, number>;

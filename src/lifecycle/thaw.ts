@@ -12,6 +12,7 @@ import type { GateResult } from '../wire/agent.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { checkAgentVersion, refreshGuest, startApp, vmSpec, withConsole } from './boot.ts';
 import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
+import { mountVolume, prepareAttach, type VolumeParams } from './volume.ts';
 
 export interface ThawParams {
   app: string;
@@ -20,6 +21,8 @@ export interface ThawParams {
   manifest: Manifest;
   env: Record<string, string>;
   run: RunConfig;
+  /** The app's volume: its current file is attached; mounted after the gate, before the app. */
+  volume?: VolumeParams | null;
   /**
    * TEST ONLY: restore the memory image over this disk instead of the seed's
    * own (reproduces the incident: memory and disk that are not a pair).
@@ -39,7 +42,8 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     const spec = { ...vmSpec(ctx, id, await freePort(), mem, p.run.port), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
-    await createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk);
+    const [, vol] = await Promise.all([createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk), prepareAttach(ctx, p.app, p.volume, sw)]);
+    if (vol) spec.volume = vol.file;
     sw.lap('prepare_ms');
 
     const vm = await ctx.hv.restore(spec, { state: path.join(p.seedDir, 'state.bin'), mem });
@@ -70,18 +74,21 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
       if (!g.ok) throw new ThawError('GATE_FAILED', `liveness gate failed: ${g.reason ?? 'unknown'}`, { details: { gate: g } });
       return g;
     });
+    // The volume is mounted only once the gate has passed (the agent refuses it after a failed one).
+    const mountP = mountVolume(agent, vol, sw);
+    mountP.catch(() => {});
     const appP = startApp(ctx, agent, p.run, p.env, p.manifest.agent_pubkey).then((pid) => {
       sw.stages.app_start_ms = Math.round(performance.now() - t);
       return pid;
     });
     appP.catch(() => {}); // observed below; a failure elsewhere may come first
     // First failure wins (and the undo stack deletes the VM); otherwise wait for the app.
-    const [, , gate] = await Promise.all([helloP, refreshP, gateP]);
+    const [, , gate] = await Promise.all([helloP, refreshP, gateP, mountP]);
     const appPid = await appP;
     sw.lap('parallel_ms');
     ctx.log.info({ app: p.app, vm: id, appPid, stages: sw.stages }, 'thawed');
     return {
-      run: { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'snapshot', seedId: p.manifest.seed_id, startedAt: Date.now() },
+      run: { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'snapshot', seedId: p.manifest.seed_id, startedAt: Date.now(), volume: vol },
       gate,
     };
   });

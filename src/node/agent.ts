@@ -127,7 +127,7 @@ export class NodeAgent implements InProcessNode {
     t = performance.now();
     if (req.seed && !this.o.node.hasSeed(req.seed.id)) extra = await this.pullForWake(req.seed);
     const pullMs = performance.now() - t;
-    const out = await this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env, run: req.run }, extra);
+    const out = await this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env, run: req.run, volume: req.volume ?? null }, extra);
     if (req.seed) this.seedOfApp.set(req.app, req.seed.id);
     if (out.record.bootMode === 'snapshot' && req.seed) this.cache.touch(req.seed.id);
     // The wake's wall clock includes fetching what it needed.
@@ -235,6 +235,10 @@ export class NodeAgent implements InProcessNode {
     await this.stop(app);
     await this.o.node.deleteLogs(app);
     await this.o.images.remove?.(app);
+  }
+
+  deleteVolume(app: string): Promise<void> {
+    return this.o.node.deleteVolume(app);
   }
 
   /** One upload per seed at a time: a retry must not rewrite the object while the first upload completes. */

@@ -13,6 +13,8 @@ import { sleepVm } from '../lifecycle/sleep.ts';
 import { seedsDir } from '../lifecycle/bake.ts';
 import { wake, type WakeOutcome, type WakeParams } from '../lifecycle/wake.ts';
 import type { AppExitEvent } from '../guest/channel.ts';
+import { stopAppAndUnmountVolume, type VolumeParams } from '../lifecycle/volume.ts';
+import { deleteVolume, volumeFile } from '../volume/file.ts';
 
 export interface NodeWakeRequest {
   app: string;
@@ -21,6 +23,7 @@ export interface NodeWakeRequest {
   seedId: string | null;
   env: Record<string, string>;
   run: RunConfig;
+  volume?: VolumeParams | null;
   unsafeDiskOverride?: string;
 }
 
@@ -64,6 +67,7 @@ export class LocalNode {
       seedUnavailable: extra.seedUnavailable ?? (req.seedId && !seedDir ? `SEED_MISSING: seed ${req.seedId} is not on node ${this.name}` : undefined),
       env: req.env,
       run: req.run,
+      volume: req.volume ?? null,
       node: this.name,
       unsafeDiskOverride: req.unsafeDiskOverride,
     });
@@ -106,7 +110,15 @@ export class LocalNode {
     if (!run) return;
     this.running.delete(app);
     await this.saveLogs(run);
+    // A volume is unmounted cleanly when the guest still answers (else the next attach replays its journal).
+    await stopAppAndUnmountVolume(run).catch(() => {});
     await destroyVm(this.ctx, run);
+  }
+
+  /** Delete the app's volume file on this node (the app has no VM here). */
+  async deleteVolume(app: string): Promise<void> {
+    if (this.running.has(app)) throw new ThawError('VOLUME_CONFLICT', `${app} runs on node ${this.name}: its volume is mounted`);
+    await deleteVolume(volumeFile(this.ctx.dataDir, app));
   }
 
   async logs(app: string): Promise<string> {
