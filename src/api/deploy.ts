@@ -2,7 +2,8 @@
 // or a Node folder: the request body is the raw tarball, streamed
 // straight into ControlService.deploy() (never buffered), capped at
 // maxTarballBytes. Env goes in the `x-thaw-env` header (base64 of a JSON
-// object), the idle timeout in `x-thaw-idle-timeout`. With `?progress=1` the
+// object), the idle timeout in `x-thaw-idle-timeout`, the app's volume in
+// `x-thaw-volume` (/PATH[:SIZE]). With `?progress=1` the
 // response is NDJSON: `{"progress":"..."}` lines, then `{"result":{...}}` or
 // `{"error":{...}}`.
 import { parseOrThrow } from '../http/parse.ts';
@@ -10,6 +11,7 @@ import { PassThrough, Transform, type Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ThawError, asThawError } from '../errors.ts';
 import type { ControlService, ImageSource } from '../control/types.ts';
+import { volumeHeader } from './volumes.ts';
 import { DeployQuery, EnvVars, IdleTimeoutHeader, ImageDeployBody, NameParams, toDeployResultWire } from './schemas.ts';
 
 export const TARBALL_TYPES = ['application/gzip', 'application/x-gzip', 'application/x-tar', 'application/octet-stream'];
@@ -66,7 +68,8 @@ export function registerDeploy(app: FastifyInstance, service: ControlService, ma
       const env = decodeEnvHeader(req.headers['x-thaw-env']);
       const idleHdr = req.headers['x-thaw-idle-timeout'];
       const idleTimeoutS = idleHdr === undefined ? undefined : parseOrThrow(IdleTimeoutHeader, idleHdr, 'x-thaw-idle-timeout header');
-      const deployOpts = (onProgress?: (line: string) => void) => ({ ...(env ? { env } : {}), ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}), ...(onProgress ? { onProgress } : {}) });
+      const volume = volumeHeader(req.headers['x-thaw-volume']);
+      const deployOpts = (onProgress?: (line: string) => void) => ({ ...(env ? { env } : {}), ...(volume ? { volume } : {}), ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}), ...(onProgress ? { onProgress } : {}) });
       let run: (onProgress?: (line: string) => void) => ReturnType<ControlService['deploy']>;
       if (String(req.headers['content-type'] ?? '').startsWith('application/json')) {
         // An OCI image: {"image": REF, "command"?: [...], "port"?: N, "registry_auth"?: {...}}.

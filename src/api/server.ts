@@ -10,6 +10,7 @@ import type { ControlService } from '../control/types.ts';
 import { bearerChecker } from '../http/auth.ts';
 import { toApiError } from '../http/errors.ts';
 import { parseOrThrow } from '../http/parse.ts';
+import { deleteVolumeFlag, registerVolumes } from './volumes.ts';
 import { registerDeploy } from './deploy.ts';
 import { NodeStatus } from '../wire/node.ts';
 import { z } from 'zod';
@@ -81,10 +82,12 @@ export async function createApiServer(opts: ApiServerOptions): Promise<FastifyIn
   });
   app.get('/v1/apps/:name', async (req) => ({ app: toAppWire(await service.getApp(nameOf(req))) }));
   app.delete('/v1/apps/:name', async (req) => {
-    await service.deleteApp(nameOf(req));
+    const name = nameOf(req);
+    await service.deleteApp(name, deleteVolumeFlag(req.query) ? { deleteVolume: true } : {});
     return { ok: true };
   });
   registerDeploy(app, service, opts.maxTarballBytes ?? DEFAULT_MAX_TARBALL_BYTES);
+  registerVolumes(app, service);
 
   // ---- env (values are write-only) -------------------------------------------------
   app.get('/v1/apps/:name/env', async (req) => {

@@ -10,6 +10,7 @@ import type { Ctx } from './context.ts';
 import { bytes, ms } from './format.ts';
 import { appUrl } from './instance.ts';
 import { intArg } from './args.ts';
+import { parseVolumeArg } from '../volume/spec.ts';
 
 /** `K=V` -> [K, V]; the value may itself contain '='. */
 export function parseKeyValue(s: string): [string, string] {
@@ -58,8 +59,10 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
     .option('--registry-auth <user:password>', 'registry credentials (default: ~/.docker/config.json on the control plane; also THAW_REGISTRY_AUTH)')
     .addOption(new Option('--env <K=V>', 'env var for the app; repeatable').argParser(collect).default([]))
     .addOption(new Option('--idle-timeout <seconds>', 'sleep after this many idle seconds').argParser(intArg))
-    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; image?: string; port?: number; registryAuth?: string }, cmd: Command) => {
+    .option('--volume <path[:size]>', 'a volume for the app mounted at PATH (e.g. /data:1GiB; default size 1GiB): kept across sleeps, thaws and deploys')
+    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; image?: string; port?: number; registryAuth?: string; volume?: string }, cmd: Command) => {
       validateAppName(opts.name);
+      if (opts.volume !== undefined) parseVolumeArg(opts.volume); // refused before any upload
       const env = parseEnvArgs(opts.env);
       // Commander gives the operands before and after `--` alike: with --image only a command after `--` is allowed.
       const raw = (cmd.parent as (Command & { rawArgs?: string[] }) | null)?.rawArgs ?? [];
@@ -80,6 +83,7 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
         const result = await api.deploy(opts.name, body, {
           ...(Object.keys(env).length > 0 ? { env } : {}),
           ...(opts.idleTimeout !== undefined ? { idleTimeoutS: opts.idleTimeout } : {}),
+          ...(opts.volume !== undefined ? { volume: opts.volume } : {}),
           onProgress: (line) => {
             if (!json) ctx.info(`  ${line}`);
           },

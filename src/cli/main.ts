@@ -11,6 +11,7 @@ import { registerDeploy } from './deploy.ts';
 import { registerEnv } from './env.ts';
 import { registerHost } from './host.ts';
 import { registerLifecycle } from './lifecycle.ts';
+import { registerVolumes } from './volumes.ts';
 
 export const defaultDeps = (): CliDeps => ({
   stdout: (s) => void process.stdout.write(s),
@@ -40,6 +41,7 @@ export function createProgram(ctx: Ctx): Command {
   registerApps(program, ctx);
   registerEnv(program, ctx);
   registerLifecycle(program, ctx);
+  registerVolumes(program, ctx);
   return program;
 }
 

@@ -12,6 +12,7 @@ import type { Cluster, Member } from './cluster.ts';
 import type { Metrics } from './metrics.ts';
 import type { Placements } from './placements.ts';
 import { seedRef, type Replication } from './replication.ts';
+import type { VolumeControl } from './volumes.ts';
 
 export interface RunsOptions {
   store: Store;
@@ -19,6 +20,7 @@ export interface RunsOptions {
   placements: Placements;
   replication: Replication;
   metrics: Metrics;
+  volumes: VolumeControl;
   log: Logger;
 }
 
@@ -46,7 +48,12 @@ export class Runs {
     if (!app.deployId) throw new ThawError('APP_NOT_DEPLOYED', `${name} has no deploy yet`);
     const deploy = (await this.o.store.listDeploys(name)).find((d) => d.id === app.deployId);
     if (!deploy) throw new ThawError('APP_NOT_DEPLOYED', `deploy ${app.deployId} of ${name} is gone`);
-    await this.o.store.transition(name, ['asleep', 'failed'], 'waking', { error: null });
+    // One writer: the lease is taken while no VM of the app can exist, before it wakes.
+    const lease = await this.o.volumes.lease(name);
+    await this.o.store.transition(name, ['asleep', 'failed'], 'waking', { error: null }).catch(async (err) => {
+      await this.o.volumes.release(name);
+      throw err;
+    });
     const settle = this.settleUntil - Date.now();
     if (settle > 0) await new Promise((r) => setTimeout(r, settle));
     let out: NodeWakeResponse | null = null;
@@ -59,12 +66,13 @@ export class Runs {
       // Schedule; when a node breaks off (killed mid-pull or mid-thaw) the next one tries.
       const tried: string[] = [];
       while (!out) {
-        const p = this.o.cluster.pick(app.seedId, new Set(tried));
+        const p = this.o.cluster.pick(app.seedId, new Set([...tried, ...this.o.volumes.excluded(name, lease)]));
+        if (!p && lease?.row.node) throw new ThawError('VOLUME_UNAVAILABLE', `the volume of ${name} lives on node ${lease.row.node}, which cannot wake it now`, { details: { node: lease.row.node } });
         if (!p) throw new ThawError('NO_NODE', tried.length ? `no node could wake ${name} (tried ${tried.join(', ')})` : `no live node with capacity to wake ${name}`);
         const placement = tried.length ? `${p.reason} (after ${tried.join(', ')} broke off)` : p.reason;
         tried.push(p.member.name);
         try {
-          out = await p.member.api.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, run, seed: seed ? seedRef(seed) : null, env, placement });
+          out = await p.member.api.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, run, seed: seed ? seedRef(seed) : null, env, placement, volume: lease ? { path: lease.row.path, sizeBytes: lease.row.sizeBytes } : null });
           member = p.member;
         } catch (err) {
           // Skipped for this wake only: a node that is really gone is marked down by its missing
@@ -74,6 +82,7 @@ export class Runs {
         }
       }
       const m = member!;
+      await this.o.volumes.placed(lease, m.name);
       const record: WakeRow = { ...out.record, placement: out.record.placement ?? null };
       await this.o.store.addWake(record);
       let seedPatch = {};
@@ -109,6 +118,7 @@ export class Runs {
       }
       const row = await this.o.store.transition(name, 'waking', 'failed', { error: e.message.slice(0, 2000) }).catch(() => null);
       this.o.placements.route(row);
+      await this.o.volumes.release(name);
       throw e;
     }
   }
@@ -156,6 +166,7 @@ export class Runs {
       this.o.placements.delete(name);
       const row = await this.o.store.transition(name, 'sleeping', 'asleep', { vmId: null, hostPort: null, ...(seed ? { seedId: seed.id } : {}), error });
       this.o.placements.route(row);
+      await this.o.volumes.release(name);
       await this.purgeStale(name);
     }
     return { baked: !!seed, seed };
