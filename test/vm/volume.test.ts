@@ -82,7 +82,7 @@ describe('a volume across bake, thaws and a crash', { concurrency: false }, () =
 
   test('a thaw attaches the current volume: writes made after a thaw survive the next sleep', async () => {
     let expected = marker;
-    for (let i = 1; i <= 2; i++) {
+    for (let i = 1; i <= 1; i++) {
       const t = await wakeNode(seedId);
       assert.equal(t.record.bootMode, 'snapshot', t.record.fallbackReason ?? '');
       assert.equal(t.record.stages.volume_fsck_exit, 0, 'clean after an unmount');
