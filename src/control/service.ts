@@ -167,6 +167,7 @@ export class Service implements ControlService, AppDirectory {
       if (app.state === 'running') {
         progress('stopping the running VM');
         await this.stopApp(name);
+        await this.volumes.release(name);
         await this.runs.purgeStale(name);
         app = await this.o.store.transition(name, 'running', 'asleep', { vmId: null, hostPort: null });
       }
@@ -289,6 +290,7 @@ export class Service implements ControlService, AppDirectory {
         this.lock(name, async () => {
           await this.stopApp(name);
           await this.o.store.transition(name, ['running', 'sleeping', 'waking'], 'asleep', { vmId: null, hostPort: null }).catch(() => {});
+          await this.volumes.release(name);
           await this.runs.purgeStale(name);
         }),
       ),
