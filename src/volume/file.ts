@@ -85,6 +85,27 @@ export async function growVolume(file: string, sizeBytes: number): Promise<boole
   return true;
 }
 
+/**
+ * The superblock says what `e2fsck -p` would decide without a check: cleanly unmounted
+ * (s_state VALID, not ERROR) and no journal to replay (incompat RECOVER clear). Reading it
+ * saves spawning e2fsck on every wake; anything else runs e2fsck -p.
+ */
+export async function cleanlyUnmounted(file: string): Promise<boolean> {
+  const fh = await open(file, 'r');
+  try {
+    const sb = Buffer.alloc(1024);
+    const { bytesRead } = await fh.read(sb, 0, 1024, 1024);
+    if (bytesRead < 1024 || sb.readUInt16LE(0x38) !== 0xef53) return false; // s_magic
+    const state = sb.readUInt16LE(0x3a); // s_state: 1 VALID_FS, 2 ERROR_FS
+    const incompat = sb.readUInt32LE(0x60); // s_feature_incompat: 0x4 RECOVER (journal needs replay)
+    const maxMounts = sb.readInt16LE(0x36); // s_max_mnt_count (-1: never forced)
+    const interval = sb.readUInt32LE(0x44); // s_checkinterval (0: never forced)
+    return (state & 3) === 1 && (incompat & 0x4) === 0 && maxMounts <= 0 && interval === 0;
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Before an attach: make the file if missing, else check it (journal replay) and grow it to the recorded size. */
 export async function prepareVolume(file: string, sizeBytes: number): Promise<AttachCheck> {
   const t0 = performance.now();
@@ -93,7 +114,7 @@ export async function prepareVolume(file: string, sizeBytes: number): Promise<At
     await createVolume(file, sizeBytes);
     return { created: true, fsck: null, grown: false, ms: Math.round(performance.now() - t0) };
   }
-  const fsck = await checkVolume(file);
+  const fsck = (await cleanlyUnmounted(file)) ? 0 : await checkVolume(file);
   const grown = await growVolume(file, sizeBytes);
   return { created: false, fsck, grown, ms: Math.round(performance.now() - t0) };
 }
