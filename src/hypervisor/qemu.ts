@@ -101,7 +101,7 @@ export class QemuDriver implements Hypervisor {
       child.once('error', () => resolve({ code: -1, signal: null }));
     });
     const ac = new AbortController();
-    const timeoutMs = this.opts.startTimeoutMs ?? 10_000;
+    const timeoutMs = this.opts.startTimeoutMs ?? (Number(process.env.THAW_QEMU_START_TIMEOUT_MS) || 10_000);
     let timer: NodeJS.Timeout | undefined;
     let qmp: Qmp;
     try {

@@ -15,6 +15,7 @@ import { ApiClient } from '../../src/api/client.ts';
 import { startThaw, type Running } from '../../src/control/up.ts';
 import { isThawError } from '../../src/errors.ts';
 import { packAppDir } from '../../src/image/tarball.ts';
+import type { NodeAgent } from '../../src/node/agent.ts';
 import { installedApp } from '../helpers/npmapp.ts';
 import { qemuProcesses, ROOT } from './fixture.ts';
 
@@ -38,10 +39,15 @@ describe('json-server on a volume: notes survive sleeps, thaws and a redeploy', 
   const texts = async () => ((await call('GET')).json as { text: string }[]).map((n) => n.text);
 
   before(async () => {
+    process.env.THAW_QEMU_START_TIMEOUT_MS ??= '60000';
     app = await installedApp(NOTES);
     data = await mkdtemp(path.join(os.tmpdir(), 'thaw-i12-notes-'));
     ctl = await startThaw({ data, port: 0, apiPort: 0, domain: 'localhost', idleTimeout: 300 }, pino({ level: process.env.THAW_TEST_LOG ?? 'silent' }));
     routerPort = Number(new URL(ctl.routerUrl).port);
+    // json-server loads ~120 packages: on a loaded 2-core TCG host its first start can take minutes.
+    const { ctx } = (ctl.cluster.get('local')!.agent as NodeAgent).node;
+    ctx.appStartTimeoutMs = 300_000;
+    ctx.bootTimeoutMs = 300_000;
     api = new ApiClient({ url: ctl.apiUrl, token: ctl.token });
   });
 
