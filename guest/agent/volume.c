@@ -69,6 +69,7 @@ static void do_mount(struct request *r) {
 
 static void do_unmount(struct request *r) {
   int64_t t0 = now_mono_us();
+  if (CFG.guest) sync(); /* first, whatever follows: what the app wrote reaches the host file */
   if (APP.pid > 0) { reply_err(r->id, "AGENT_ERROR", "stop the app before unmounting the volume (pid %d runs)", (int)APP.pid); return; }
   int was = 0, killed = 0;
   if (CFG.guest) {

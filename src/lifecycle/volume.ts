@@ -48,7 +48,15 @@ export async function mountVolume(agent: AgentClient, vol: AttachedVolume | null
 export async function stopAppAndUnmountVolume(run: RunningVm, graceMs = 5000): Promise<number | null> {
   if (!run.volume) return null;
   const t = performance.now();
-  await run.agent.request({ op: 'stop_app', timeout_ms: graceMs }, graceMs + 5000);
-  await run.agent.request({ op: 'unmount_volume', device: run.volume.device, path: run.volume.path }, 30_000);
+  const unmount = () => run.agent.request({ op: 'unmount_volume', device: run.volume!.device, path: run.volume!.path }, 60_000);
+  try {
+    // A loaded host can be slow to answer: the deadline is generous, the VM is going away anyway.
+    await run.agent.request({ op: 'stop_app', timeout_ms: graceMs }, graceMs + 30_000);
+  } catch (err) {
+    // The agent syncs the volume before it looks at the app: what the app wrote still reaches the host.
+    await unmount().catch(() => {});
+    throw err;
+  }
+  await unmount();
   return Math.round(performance.now() - t);
 }

@@ -68,6 +68,7 @@ describe('json-server on a volume: notes survive sleeps, thaws and a redeploy', 
     assert.deepEqual([vol!.app, vol!.path, vol!.size_bytes, vol!.node], ['notes', '/data', 256 << 20, 'local']);
     assert.match(vol!.holder ?? '', /^wake-/, 'the running VM holds the lease');
     assert.equal((await api.sleep('notes')).baked, true);
+    assert.equal((await api.getApp('notes')).error, null);
     assert.equal((await api.listVolumes())[0]!.holder, null);
 
     for (let i = 1; i <= 5; i++) {
@@ -76,6 +77,7 @@ describe('json-server on a volume: notes survive sleeps, thaws and a redeploy', 
       const r = await call('POST', { text: `note-${i}` });
       assert.equal(r.status, 201, JSON.stringify(r.json));
       await api.sleep('notes');
+      assert.equal((await api.getApp('notes')).error, null, `sleep ${i}`);
     }
     const expected = ['note-0', 'note-1', 'note-2', 'note-3', 'note-4', 'note-5'];
     assert.deepEqual(await texts(), expected);
