@@ -36,6 +36,8 @@ describe('json-server on a volume: notes survive sleeps, thaws and a redeploy', 
     });
     return { status: r.statusCode, json: (await r.body.json()) as unknown };
   };
+  /** json-server answers 201 before its (async) write of db.json: give it the moment an idle app has. */
+  const idle = () => new Promise((r) => setTimeout(r, 5000));
   const texts = async () => ((await call('GET')).json as { text: string }[]).map((n) => n.text);
 
   before(async () => {
@@ -68,6 +70,7 @@ describe('json-server on a volume: notes survive sleeps, thaws and a redeploy', 
     assert.equal((await api.wake('notes')).boot_mode, 'cold');
     const first = await call('POST', { text: 'note-0' });
     assert.equal(first.status, 201, JSON.stringify(first.json));
+    await idle();
     const [vol] = await api.listVolumes();
     assert.deepEqual([vol!.app, vol!.path, vol!.size_bytes, vol!.node], ['notes', '/data', 256 << 20, 'local']);
     assert.match(vol!.holder ?? '', /^wake-/, 'the running VM holds the lease');
@@ -80,6 +83,7 @@ describe('json-server on a volume: notes survive sleeps, thaws and a redeploy', 
       assert.equal(w.boot_mode, 'snapshot', `wake ${i}: ${w.fallback_reason}`);
       const r = await call('POST', { text: `note-${i}` });
       assert.equal(r.status, 201, JSON.stringify(r.json));
+      await idle();
       await api.sleep('notes');
       assert.equal((await api.getApp('notes')).error, null, `sleep ${i}`);
     }
