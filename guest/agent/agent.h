@@ -1,8 +1,8 @@
 /* Thaw guest agent: PID 1 init + the agent that speaks src/wire/agent.ts.
  * One static binary, no dependency on the guest's root filesystem.
  * Files by duty: init.c (PID 1), loop.c (event loop, channel), protocol.c
- * (message parsing and replies), ops.c (request handlers), app.c (app
- * supervisor), gate.c (liveness gate, kernel log), seal.c (env decryption),
+ * (message parsing and replies), ops.c (request handlers), volume.c (the
+ * app's volume), app.c (app supervisor), gate.c (liveness gate, kernel log), seal.c (env decryption),
  * util.c (memory, strings, time). */
 #ifndef THAW_AGENT_H
 #define THAW_AGENT_H
@@ -35,7 +35,8 @@ const char *path_in_root(const char *p, char *buf, size_t n); /* prefix p with t
 /* ---- protocol.c ---- */
 enum op {
   OP_PING, OP_START_APP, OP_STOP_APP, OP_SCRUB, OP_RESPAWN, OP_SET_CLOCK,
-  OP_ADJUST_CLOCK, OP_RESEED, OP_GATE, OP_LOGS, OP_EXEC, OP_PS, OP__COUNT
+  OP_ADJUST_CLOCK, OP_RESEED, OP_GATE, OP_LOGS, OP_EXEC, OP_PS, OP_MOUNT_VOLUME,
+  OP_UNMOUNT_VOLUME, OP__COUNT
 };
 extern const char *const OP_NAMES[OP__COUNT];
 
@@ -53,6 +54,7 @@ struct request {
   struct sealed env;
   const char *b64;       /* scrub canary_b64, reseed entropy_b64 */
   const char *canary_sha256; /* gate: NULL when null */
+  const char *device, *path; /* mount_volume, unmount_volume */
 };
 
 /* Parse one line. 0 on success (free with request_free); else -1 with
@@ -123,6 +125,11 @@ int write_canary(const unsigned char *data, size_t n, char *err, size_t errn);
 int prepare_probe(void); /* the gate's probe block, allocated before a bake */
 extern int gate_failed;
 extern char gate_reason[512];
+
+/* ---- volume.c ---- */
+void volume_request(struct request *r); /* mount_volume, unmount_volume */
+int volume_mounted(char *out, size_t n); /* a disk other than the root is mounted (guest only) */
+void kill_user_processes(void);         /* ops.c: SIGKILL every user process but init and the agent */
 
 /* ---- seal.c ---- */
 void seal_keygen(void);

@@ -7,4 +7,4 @@ out="${1:?usage: build.sh OUT}"
 gcc -std=gnu11 -Os -static -Wall -Wextra -Werror -Wno-unused-parameter -fno-strict-aliasing \
   -ffunction-sections -fdata-sections -Wl,--gc-sections -s \
   -o "$out" "$here"/main.c "$here"/init.c "$here"/loop.c "$here"/protocol.c "$here"/ops.c \
-  "$here"/app.c "$here"/gate.c "$here"/seal.c "$here"/util.c -lsodium -ljansson -lm
+  "$here"/app.c "$here"/volume.c "$here"/gate.c "$here"/seal.c "$here"/util.c -lsodium -ljansson -lm

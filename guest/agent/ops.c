@@ -173,6 +173,10 @@ static void kill_stray(const struct proc *p, void *unused) {
   if (CFG.guest || started_sid(p->sid)) kill(p->pid, SIGKILL);
 }
 
+void kill_user_processes(void) {
+  each_process(kill_stray, NULL);
+}
+
 static void do_scrub(struct request *r) {
   int64_t t0 = now_mono_us();
   if (APP.pid > 0) { reply_err(r->id, "AGENT_ERROR", "stop the app before scrub"); return; }
@@ -182,6 +186,8 @@ static void do_scrub(struct request *r) {
     reply_err(r->id, "AGENT_PROTOCOL", "canary_b64 must decode to 1 to 65536 bytes");
     return;
   }
+  char vol[1024];
+  if (volume_mounted(vol, sizeof vol)) { reply_err(r->id, "AGENT_ERROR", "refusing to bake with a volume mounted (%s): unmount it first", vol); return; }
   ring_clear();
   each_process(kill_stray, NULL);
   char p[4096];
@@ -305,6 +311,9 @@ void handle_request(struct request *r) {
       reply_ok(r->id, json_pack("{s:o}", "processes", arr));
       return;
     }
+    case OP_MOUNT_VOLUME: case OP_UNMOUNT_VOLUME:
+      volume_request(r);
+      return;
     case OP__COUNT:
       break;
   }

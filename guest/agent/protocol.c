@@ -13,7 +13,8 @@
 
 const char *const OP_NAMES[OP__COUNT] = {
   "ping", "start_app", "stop_app", "scrub", "respawn", "set_clock",
-  "adjust_clock", "reseed", "gate", "logs", "exec", "ps",
+  "adjust_clock", "reseed", "gate", "logs", "exec", "ps", "mount_volume",
+  "unmount_volume",
 };
 
 #define FAIL(...) do { snprintf(msg, msgn, __VA_ARGS__); goto bad; } while (0)
@@ -70,6 +71,25 @@ static int is_b64(const char *s) {
 static const char *get_b64(json_t *o, const char *k) {
   const char *s = get_str(o, k, MAX_LINE_BYTES);
   return s && is_b64(s) ? s : NULL;
+}
+
+/* /dev/NAME, NAME of [a-z0-9]+ (the schema's /^\/dev\/[a-z0-9]+$/). */
+static int is_dev_name(const char *s) {
+  if (strncmp(s, "/dev/", 5) || !s[5]) return 0;
+  for (s += 5; *s; s++) if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9'))) return 0;
+  return 1;
+}
+
+/* "/a/b": one or more components, none empty, "." or ".."; no trailing slash. */
+static int is_clean_abs_path(const char *s) {
+  if (*s != '/') return 0;
+  while (*s == '/') {
+    const char *c = ++s;
+    while (*s && *s != '/') s++;
+    size_t n = (size_t)(s - c);
+    if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.')) return 0;
+  }
+  return *s == 0;
 }
 
 static int get_argv(json_t *o, struct request *r, size_t max, char *msg, size_t msgn) {
@@ -171,6 +191,13 @@ int request_parse(const char *line, size_t len, struct request *r, int64_t *id, 
       if (get_argv(root, r, SIZE_MAX, msg, msgn) < 0) goto bad; /* the schema bounds only start_app's argv */
       if (get_int(root, "timeout_ms", 1, MAX_MS, &r->timeout_ms) < 0) FAIL("timeout_ms must be a positive integer");
       break;
+    case OP_MOUNT_VOLUME: case OP_UNMOUNT_VOLUME: {
+      r->device = get_str(root, "device", 64);
+      if (!r->device || !is_dev_name(r->device)) FAIL("device must be /dev/ and a name of lowercase letters and digits");
+      r->path = get_str(root, "path", 255);
+      if (!r->path || !is_clean_abs_path(r->path)) FAIL("path must be a normalised absolute path other than /");
+      break;
+    }
     case OP__COUNT:
       FAIL("unknown op");
   }

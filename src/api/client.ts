@@ -29,6 +29,7 @@ import {
   type WakeWire,
 } from './schemas.ts';
 import { NodesResponse, type NodeInfo } from '../wire/node.ts';
+import { VolumeResponse, VolumesResponse, type VolumeWire } from './volumes.ts';
 
 export interface DeployOpts {
   env?: Record<string, string>;
@@ -39,6 +40,8 @@ export interface DeployOpts {
   egress?: Egress;
   /** Run the build step even when node_modules is shipped (`x-thaw-build: 1`). */
   build?: boolean;
+  /** The app's volume: `/PATH[:SIZE]` (x-thaw-volume). */
+  volume?: string;
   /** When set, the server streams progress lines (`?progress=1`). */
   onProgress?: (line: string) => void;
 }
@@ -50,7 +53,10 @@ export interface ThawApi {
   listApps(): Promise<AppWire[]>;
   createApp(name: string, opts?: { idleTimeoutS?: number }): Promise<AppWire>;
   getApp(name: string): Promise<AppWire>;
-  deleteApp(name: string): Promise<void>;
+  deleteApp(name: string, opts?: { deleteVolume?: boolean }): Promise<void>;
+  listVolumes(): Promise<VolumeWire[]>;
+  resizeVolume(name: string, size: string): Promise<VolumeWire>;
+  removeVolume(name: string): Promise<void>;
   /** Deploy a Node folder's tarball, or an OCI image (ImageDeployBody). */
   deploy(name: string, source: Buffer | Readable | ImageDeployBody, opts?: DeployOpts): Promise<DeployResultWire>;
   listEnv(name: string): Promise<EnvKeyWire[]>;
@@ -141,8 +147,20 @@ export class ApiClient implements ThawApi {
     return (await this.#json(AppResponse, 'GET', `/v1/apps/${enc(name)}`)).app;
   }
 
-  async deleteApp(name: string): Promise<void> {
-    await this.#json(OkResponse, 'DELETE', `/v1/apps/${enc(name)}`);
+  async deleteApp(name: string, opts: { deleteVolume?: boolean } = {}): Promise<void> {
+    await this.#json(OkResponse, 'DELETE', `/v1/apps/${enc(name)}${opts.deleteVolume ? '?delete_volume=1' : ''}`);
+  }
+
+  async listVolumes() {
+    return (await this.#json(VolumesResponse, 'GET', '/v1/volumes')).volumes;
+  }
+
+  async resizeVolume(name: string, size: string) {
+    return (await this.#json(VolumeResponse, 'POST', `/v1/apps/${enc(name)}/volume/resize`, { size })).volume;
+  }
+
+  async removeVolume(name: string): Promise<void> {
+    await this.#json(OkResponse, 'DELETE', `/v1/apps/${enc(name)}/volume`);
   }
 
   async deploy(name: string, source: Buffer | Readable | ImageDeployBody, opts: DeployOpts = {}) {
@@ -153,6 +171,7 @@ export class ApiClient implements ThawApi {
     if (opts.wakeTimeoutS !== undefined) headers['x-thaw-wake-timeout'] = String(opts.wakeTimeoutS);
     if (opts.egress) headers['x-thaw-egress'] = egressHeader(opts.egress);
     if (opts.build) headers['x-thaw-build'] = '1';
+    if (opts.volume !== undefined) headers['x-thaw-volume'] = opts.volume;
     const path = `/v1/apps/${enc(name)}/deploys${opts.onProgress ? '?progress=1' : ''}`;
     const res = await this.#send('POST', path, isImage ? { json: source, headers } : { body: source as Buffer | Readable, headers });
     if (!opts.onProgress || res.statusCode !== 200) return parseResponse(DeployResultWire, res, path);

@@ -3,7 +3,8 @@
 // straight into ControlService.deploy() (never buffered), capped at
 // maxTarballBytes. Env goes in the `x-thaw-env` header (base64 of a JSON
 // object), the idle timeout in `x-thaw-idle-timeout`, `x-thaw-build: 1` builds
-// even when node_modules is shipped (`thaw deploy --build`). With `?progress=1` the
+// even when node_modules is shipped (`thaw deploy --build`), the app's volume in
+// `x-thaw-volume` (/PATH[:SIZE]). With `?progress=1` the
 // response is NDJSON: `{"progress":"..."}` lines, then `{"result":{...}}` or
 // `{"error":{...}}`.
 import { parseOrThrow } from '../http/parse.ts';
@@ -12,6 +13,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ThawError, asThawError } from '../errors.ts';
 import { parseEgressHeader } from '../network/egress.ts';
 import type { ControlService, ImageSource } from '../control/types.ts';
+import { volumeHeader } from './volumes.ts';
 import { DeployQuery, EnvVars, IdleTimeoutHeader, ImageDeployBody, WakeTimeoutHeader, NameParams, toDeployResultWire } from './schemas.ts';
 
 export const TARBALL_TYPES = ['application/gzip', 'application/x-gzip', 'application/x-tar', 'application/octet-stream'];
@@ -75,12 +77,14 @@ export function registerDeploy(app: FastifyInstance, service: ControlService, ma
       const egressHdr = req.headers['x-thaw-egress'];
       const egress = typeof egressHdr === 'string' ? parseEgressHeader(egressHdr) : undefined;
       const build = req.headers['x-thaw-build'] === '1';
+      const volume = volumeHeader(req.headers['x-thaw-volume']);
       const deployOpts = (onProgress?: (line: string) => void) => ({
         ...(env ? { env } : {}),
         ...(idleTimeoutS !== undefined ? { idleTimeoutS } : {}),
         ...(wakeTimeoutS !== undefined ? { wakeTimeoutS } : {}),
         ...(egress ? { egress } : {}),
         ...(build ? { build } : {}),
+        ...(volume ? { volume } : {}),
         ...(onProgress ? { onProgress } : {}),
       });
       let run: (onProgress?: (line: string) => void) => ReturnType<ControlService['deploy']>;

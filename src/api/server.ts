@@ -11,6 +11,7 @@ import { bearerChecker } from '../http/auth.ts';
 import { toApiError } from '../http/errors.ts';
 import { parseOrThrow } from '../http/parse.ts';
 import type { ServerTls } from '../http/tls.ts';
+import { deleteVolumeFlag, registerVolumes } from './volumes.ts';
 import { registerDeploy } from './deploy.ts';
 import { registerUi, type UiOptions } from './ui.ts';
 import { NodeStatus } from '../wire/node.ts';
@@ -94,11 +95,13 @@ export async function createApiServer(opts: ApiServerOptions): Promise<FastifyIn
   });
   app.get('/v1/apps/:name', async (req) => ({ app: toAppWire(await service.getApp(nameOf(req))) }));
   app.delete('/v1/apps/:name', async (req) => {
-    await service.deleteApp(nameOf(req));
+    const name = nameOf(req);
+    await service.deleteApp(name, deleteVolumeFlag(req.query) ? { deleteVolume: true } : {});
     return { ok: true };
   });
   registerDeploy(app, service, opts.maxTarballBytes ?? DEFAULT_MAX_TARBALL_BYTES);
   if (opts.ui) registerUi(app, { service, ...opts.ui });
+  registerVolumes(app, service);
 
   // ---- env (values are write-only) -------------------------------------------------
   app.get('/v1/apps/:name/env', async (req) => {

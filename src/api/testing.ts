@@ -6,7 +6,8 @@ import type { FastifyInstance } from 'fastify';
 import type { AddressInfo } from 'node:net';
 import { ThawError } from '../errors.ts';
 import type { AppView, ControlService, DeployResult } from '../control/types.ts';
-import type { SeedRow, WakeRow } from '../store/types.ts';
+import type { SeedRow, VolumeRow, WakeRow } from '../store/types.ts';
+import type { VolumeSpec } from '../volume/spec.ts';
 import { createApiServer } from './server.ts';
 
 export const TEST_TOKEN = 'test-token-0123456789abcdef';
@@ -61,12 +62,26 @@ export class FakeService implements ControlService {
   }
   async listApps() { return [...this.apps.values()]; }
   async getApp(name: string) { return this.#get(name); }
-  async deleteApp(name: string) {
+  async deleteApp(name: string, opts: { deleteVolume?: boolean } = {}) {
+    this.calls.push({ method: 'deleteApp', args: [name, opts] });
     this.#get(name);
     this.apps.delete(name);
   }
-  async deploy(name: string, tarball: Readable, opts: { env?: Record<string, string>; idleTimeoutS?: number; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
-    this.calls.push({ method: 'deploy', args: [name, { env: opts.env, idleTimeoutS: opts.idleTimeoutS }] });
+  volumes: VolumeRow[] = [];
+  async listVolumes() { return this.volumes; }
+  async resizeVolume(name: string, sizeBytes: number) {
+    this.calls.push({ method: 'resizeVolume', args: [name, sizeBytes] });
+    const v = this.volumes.find((x) => x.app === name);
+    if (!v) throw new ThawError('VOLUME_NOT_FOUND', `${name} has no volume`);
+    v.sizeBytes = sizeBytes;
+    return v;
+  }
+  async removeVolume(name: string) {
+    this.calls.push({ method: 'removeVolume', args: [name] });
+    this.volumes = this.volumes.filter((x) => x.app !== name);
+  }
+  async deploy(name: string, tarball: Readable, opts: { env?: Record<string, string>; idleTimeoutS?: number; volume?: VolumeSpec; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
+    this.calls.push({ method: 'deploy', args: [name, { env: opts.env, idleTimeoutS: opts.idleTimeoutS, ...(opts.volume ? { volume: opts.volume } : {}) }] });
     const chunks: Buffer[] = [];
     for await (const c of tarball) chunks.push(c as Buffer);
     this.received = Buffer.concat(chunks);

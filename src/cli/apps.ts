@@ -35,11 +35,12 @@ export function registerApps(program: Command, ctx: Ctx): void {
 
   program
     .command('rm')
-    .description('delete an app: its VM, images, seeds, env and history')
+    .description('delete an app: its VM, images, seeds, env and history (an app with a volume needs --delete-volume)')
     .argument('<name>', 'app name')
-    .action(async (name: string, _opts, cmd: Command) => {
+    .option('--delete-volume', "also delete the app's volume and its data")
+    .action(async (name: string, opts: { deleteVolume?: boolean }, cmd: Command) => {
       validateAppName(name);
-      await ctx.withApi(cmd, (api) => api.deleteApp(name));
+      await ctx.withApi(cmd, (api) => api.deleteApp(name, opts.deleteVolume ? { deleteVolume: true } : {}));
       ctx.print(cmd, { ok: true, deleted: name }, () => `deleted ${name}`);
     });
 }

@@ -12,6 +12,7 @@ import type { Ctx } from './context.ts';
 import { bytes, ms } from './format.ts';
 import { appUrl } from './instance.ts';
 import { intArg } from './args.ts';
+import { parseVolumeArg } from '../volume/spec.ts';
 
 /** `K=V` -> [K, V]; the value may itself contain '='. */
 export function parseKeyValue(s: string): [string, string] {
@@ -64,9 +65,11 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
     .addOption(new Option('--egress <mode>', 'what the app may reach: internet (public addresses, the default) or none').choices(['internet', 'none']))
     .addOption(new Option('--egress-allow <cidr[:port]>', 'also open this IPv4 address or network (optionally one port), even a private one; repeatable').argParser(collect).default([]))
     .option('--build', 'run the build step (install, build, prune) even though the folder ships node_modules')
-    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; wakeTimeout?: number; image?: string; port?: number; registryAuth?: string; egress?: string; egressAllow: string[]; build?: boolean }, cmd: Command) => {
+    .option('--volume <path[:size]>', 'a volume for the app mounted at PATH (e.g. /data:1GiB; default size 1GiB): kept across sleeps, thaws and deploys')
+    .action(async (args: string[], opts: { name: string; env: string[]; idleTimeout?: number; wakeTimeout?: number; image?: string; port?: number; registryAuth?: string; egress?: string; egressAllow: string[]; build?: boolean; volume?: string }, cmd: Command) => {
       validateAppName(opts.name);
       const egress = opts.egress !== undefined || opts.egressAllow.length ? parseEgress(opts.egress, opts.egressAllow) : undefined;
+      if (opts.volume !== undefined) parseVolumeArg(opts.volume); // refused before any upload
       const env = parseEnvArgs(opts.env);
       // Commander gives the operands before and after `--` alike: with --image only a command after `--` is allowed.
       const raw = (cmd.parent as (Command & { rawArgs?: string[] }) | null)?.rawArgs ?? [];
@@ -90,6 +93,7 @@ export function registerDeploy(program: Command, ctx: Ctx): void {
           ...(opts.wakeTimeout !== undefined ? { wakeTimeoutS: opts.wakeTimeout } : {}),
           ...(egress ? { egress } : {}),
           ...(opts.build ? { build: true } : {}),
+          ...(opts.volume !== undefined ? { volume: opts.volume } : {}),
           onProgress: (line) => {
             if (!json) ctx.info(`  ${line}`);
           },

@@ -179,3 +179,38 @@ test('end to end: the real client against a real API server', async (t) => {
   assert.equal(c2, 1);
   assert.match(err, /^error APP_NOT_FOUND/);
 });
+
+test('volumes end to end: deploy --volume, volumes, volume resize|rm, rm --delete-volume; bad volumes get VOLUME_INVALID before any upload', async (t) => {
+  const dir = await tmpDir(t);
+  const appDir = await tmpDir(t);
+  await writeFile(path.join(appDir, 'package.json'), JSON.stringify({ name: 'x', scripts: { start: 'node server.js' } }));
+  const service = new FakeService();
+  service.apps.set('web', appView('web'));
+  service.volumes = [{ app: 'web', path: '/data', sizeBytes: 2 ** 30, node: 'local', holder: null, leasedAt: null, createdAt: 'now', updatedAt: 'now' }];
+  const { app, url } = await startServer(service);
+  t.after(() => app.close());
+  await writeInstance(dir, { api_url: url, router_url: ROUTER, pid: process.pid }, TEST_TOKEN);
+  const thaw = async (...args: string[]) => {
+    let out = '';
+    let err = '';
+    const code = await run(['node', 'thaw', '--data', dir, ...args], { stdout: (s) => void (out += s), stderr: (s) => void (err += s) });
+    return { code, out, err };
+  };
+  assert.equal((await thaw('deploy', appDir, '--name', 'web', '--volume', '/data:2GiB')).code, 0);
+  assert.deepEqual(service.calls.find((c) => c.method === 'deploy')?.args[1], { env: undefined, idleTimeoutS: undefined, volume: { path: '/data', sizeBytes: 2 ** 31 } });
+  for (const bad of ['data', '/', '/proc/x', '/var', '/data:1MiB', '/data:2TiB', '/data:lots']) {
+    const r = await thaw('deploy', appDir, '--name', 'web', '--volume', bad);
+    assert.equal(r.code, 1, bad);
+    assert.match(r.err, /^error VOLUME_INVALID/, bad);
+  }
+  assert.equal(service.calls.filter((c) => c.method === 'deploy').length, 1, 'nothing uploaded for a bad volume');
+  const list = await thaw('volumes');
+  assert.match(list.out, /web.*\/data.*1GiB.*local/);
+  assert.equal((await thaw('volume', 'resize', 'web', '4GiB')).code, 0);
+  assert.deepEqual(service.calls.find((c) => c.method === 'resizeVolume')?.args, ['web', 4 * 2 ** 30]);
+  const shrink = await thaw('volume', 'resize', 'web', '0');
+  assert.match(shrink.err, /^error VOLUME_INVALID/);
+  assert.equal((await thaw('volume', 'rm', 'web')).code, 0);
+  assert.equal((await thaw('rm', 'web', '--delete-volume')).code, 0);
+  assert.deepEqual(service.calls.find((c) => c.method === 'deleteApp')?.args, ['web', { deleteVolume: true }]);
+});

@@ -12,6 +12,7 @@ import { registerDeploy } from './deploy.ts';
 import { registerEnv } from './env.ts';
 import { registerHost } from './host.ts';
 import { registerLifecycle } from './lifecycle.ts';
+import { registerVolumes } from './volumes.ts';
 
 export const defaultDeps = (): CliDeps => ({
   stdout: (s) => void process.stdout.write(s),
@@ -43,6 +44,7 @@ export function createProgram(ctx: Ctx): Command {
   registerEnv(program, ctx);
   registerLifecycle(program, ctx);
   registerDashboard(program, ctx);
+  registerVolumes(program, ctx);
   return program;
 }
 

@@ -16,6 +16,7 @@ import type { Cluster, Member } from './cluster.ts';
 import type { Metrics } from './metrics.ts';
 import type { Placements } from './placements.ts';
 import { seedRef, type Replication } from './replication.ts';
+import type { VolumeControl } from './volumes.ts';
 
 export interface RunsOptions {
   store: Store;
@@ -23,6 +24,7 @@ export interface RunsOptions {
   placements: Placements;
   replication: Replication;
   metrics: Metrics;
+  volumes: VolumeControl;
   log: Logger;
   /** How long a sleep waits for in-flight requests (ms, default 30000). */
   drainMs?: number;
@@ -74,7 +76,12 @@ export class Runs {
     if (!app.deployId) throw new ThawError('APP_NOT_DEPLOYED', `${name} has no deploy yet`);
     const deploy = (await this.o.store.listDeploys(name)).find((d) => d.id === app.deployId);
     if (!deploy) throw new ThawError('APP_NOT_DEPLOYED', `deploy ${app.deployId} of ${name} is gone`);
-    await this.o.store.transition(name, ['asleep', 'failed'], 'waking', { error: null });
+    // One writer: the lease is taken while no VM of the app can exist, before it wakes.
+    const lease = await this.o.volumes.lease(name);
+    await this.o.store.transition(name, ['asleep', 'failed'], 'waking', { error: null }).catch(async (err) => {
+      await this.o.volumes.release(name);
+      throw err;
+    });
     const settle = this.settleUntil - Date.now();
     if (settle > 0) await new Promise((r) => setTimeout(r, settle));
     let out: NodeWakeResponse | null = null;
@@ -87,13 +94,15 @@ export class Runs {
       // Schedule; when a node breaks off (killed mid-pull or mid-thaw) the next one tries.
       const tried: string[] = [];
       while (!out) {
-        const p = this.o.cluster.pick(app.seedId, new Set(tried), { canPull: !!seed?.replicated });
+        const home = lease?.row.node ?? null;
+        const p = this.o.cluster.pick(app.seedId, new Set([...tried, ...this.o.volumes.excluded(name, lease)]), { canPull: !!seed?.replicated, ...(home ? { pinned: home } : {}) });
+        if (!p && lease?.row.node) throw new ThawError('VOLUME_UNAVAILABLE', `the volume of ${name} lives on node ${lease.row.node}, which cannot wake it now`, { details: { node: lease.row.node } });
         if (!p) throw new ThawError('NO_NODE', tried.length ? `no node could wake ${name} (tried ${tried.join(', ')})` : `no live node with capacity to wake ${name}`);
         const placement = tried.length ? `${p.reason} (after ${tried.join(', ')} broke off)` : p.reason;
         tried.push(p.member.name);
         p.member.wakesInFlight++;
         try {
-          out = await p.member.api.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, run, seed: seed ? seedRef(seed) : null, env, placement }, signal ? { signal } : {});
+          out = await p.member.api.wake({ app: name, deployId: deploy.id, image: deploy.imagePath, run, seed: seed ? seedRef(seed) : null, env, placement, volume: lease ? { path: lease.row.path, sizeBytes: lease.row.sizeBytes } : null }, signal ? { signal } : {});
           member = p.member;
         } catch (err) {
           await this.recordFailed(name, app.seedId, err);
@@ -106,6 +115,7 @@ export class Runs {
         }
       }
       const m = member!;
+      await this.o.volumes.placed(lease, m.name);
       const record: WakeRow = { ...out.record, placement: out.record.placement ?? null };
       await this.o.store.addWake(record);
       let seedPatch = {};
@@ -136,6 +146,7 @@ export class Runs {
       const to = ENDED.has(e.code) ? 'asleep' : 'failed';
       const row = await this.o.store.transition(name, 'waking', to, { error: e.message.slice(0, 2000) }).catch(() => null);
       this.o.placements.route(row);
+      await this.o.volumes.release(name);
       throw e;
     }
   }
@@ -207,6 +218,7 @@ export class Runs {
       this.o.placements.delete(name);
       const row = await this.o.store.transition(name, 'sleeping', 'asleep', { vmId: null, hostPort: null, ...(seed ? { seedId: seed.id } : {}), error }).catch(() => null);
       this.o.placements.route(row);
+      await this.o.volumes.release(name);
       this.gate.release(name);
       await this.purgeStale(name);
     }

@@ -282,3 +282,54 @@ test('a wake that ends without a VM leaves its record and keeps the seed; only a
   app = await store.getApp('x');
   assert.equal(app.seedId, null);
 });
+
+test('volumes: the lease is held from wake to sleep, the home node is kept, a down home node is VOLUME_UNAVAILABLE', async (t) => {
+  const store = await openStore(await sqliteOpts(t));
+  t.after(() => store.close());
+  const a = new FakeNode('a');
+  const b = new FakeNode('b');
+  const { service, cluster } = controlPlane(t, store, [a, b]);
+  await deployed(store, 'v');
+  await service.volumes.declare('v', { path: '/data', sizeBytes: 1 << 30 });
+  // A redeploy keeps it with or without --volume; another path is refused.
+  assert.equal((await service.volumes.declare('v', undefined))!.path, '/data');
+  await assert.rejects(service.volumes.declare('v', { path: '/other', sizeBytes: 1 << 30 }), (e: ThawError) => e.code === 'VOLUME_CONFLICT');
+  const w = await service.wake('v');
+  assert.equal(w.node, 'a');
+  assert.deepEqual(a.lastWake?.volume, { path: '/data', sizeBytes: 1 << 30 });
+  const held = (await store.getVolume('v'))!;
+  assert.equal(held.node, 'a', 'the node that made the file is its home');
+  assert.match(held.holder ?? '', /^wake-/);
+  await assert.rejects(service.removeVolume('v'), (e: ThawError) => e.code === 'VOLUME_CONFLICT', 'not while it runs');
+  await service.sleep('v');
+  assert.equal((await store.getVolume('v'))!.holder, null, 'released at sleep');
+  // b is less loaded and could hold a seed: the volume's home wins.
+  a.running.set('other', 'x1');
+  a.running.set('other2', 'x2');
+  assert.equal((await service.wake('v')).node, 'a');
+  await service.sleep('v');
+  a.unreachable = true; // breaks off the wake: no other node may take it
+  await assert.rejects(service.wake('v'), (e: ThawError) => e.code === 'VOLUME_UNAVAILABLE' && /node a, which cannot wake it/.test(e.message));
+  cluster.get('a')!.state = 'down'; // as missed heartbeats mark a remote node
+  await assert.rejects(service.wake('v'), (e: ThawError) => e.code === 'VOLUME_UNAVAILABLE' && /node a, which is down/.test(e.message));
+  assert.deepEqual(b.calls.filter((c) => c.startsWith('wake')), [], 'never woken away from its volume');
+  assert.equal((await store.getVolume('v'))!.holder, null, 'a refused wake gives the lease back');
+});
+
+test('volumes: resize only grows; rm needs the app asleep; deleting the app needs deleteVolume', async (t) => {
+  const store = await openStore(await sqliteOpts(t));
+  t.after(() => store.close());
+  const a = new FakeNode('a');
+  const { service } = controlPlane(t, store, [a]);
+  await deployed(store, 'v');
+  await assert.rejects(service.resizeVolume('v', 2 * 2 ** 30), (e: ThawError) => e.code === 'VOLUME_NOT_FOUND');
+  await service.volumes.declare('v', { path: '/data', sizeBytes: 1 << 30 });
+  assert.equal((await service.resizeVolume('v', 2 * 2 ** 30)).sizeBytes, 2 * 2 ** 30);
+  await assert.rejects(service.resizeVolume('v', 1 << 30), (e: ThawError) => e.code === 'VOLUME_INVALID');
+  await service.wake('v');
+  await service.sleep('v');
+  await assert.rejects(service.deleteApp('v'), (e: ThawError) => e.code === 'VOLUME_IN_USE');
+  await service.deleteApp('v', { deleteVolume: true });
+  assert.ok(a.calls.includes('delete-volume v'), a.calls.join(', '));
+  assert.equal(await store.getVolume('v'), null);
+});

@@ -21,6 +21,8 @@ import { streamImage } from './images.ts';
 import { isImageSource, type AppView, type ControlService, type DeployOptions, type DeployResult, type ImageSource } from './types.ts';
 import { Metrics } from './metrics.ts';
 import type { Replication } from './replication.ts';
+import { VolumeControl } from './volumes.ts';
+import type { VolumeSpec } from '../volume/spec.ts';
 
 export interface ServiceOptions {
   store: Store;
@@ -49,6 +51,7 @@ export class Service implements ControlService, AppDirectory {
   private readonly fleet: Fleet;
   readonly metrics_ = new Metrics();
   private readonly runs: Runs;
+  readonly volumes: VolumeControl;
 
   /** Told about every wake, so the router idles apps woken through the API too. */
   set onWoke(fn: Runs['onWoke']) {
@@ -63,7 +66,8 @@ export class Service implements ControlService, AppDirectory {
   constructor(private readonly o: ServiceOptions) {
     this.placed = new Placements(o.cluster, o.log);
     const stopping = { ...(o.drainMs !== undefined ? { drainMs: o.drainMs } : {}), ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}) };
-    this.runs = new Runs({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, metrics: this.metrics_, log: o.log, ...stopping });
+    this.volumes = new VolumeControl({ store: o.store, cluster: o.cluster, log: o.log });
+    this.runs = new Runs({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, metrics: this.metrics_, volumes: this.volumes, log: o.log, ...stopping });
     this.fleet = new Fleet({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, log: o.log, ...(o.reportGraceMs !== undefined ? { reportGraceMs: o.reportGraceMs } : {}) });
   }
 
@@ -159,9 +163,11 @@ export class Service implements ControlService, AppDirectory {
     return this.view(await this.o.store.getApp(name));
   }
 
-  async deleteApp(name: string): Promise<void> {
+  async deleteApp(name: string, opts: { deleteVolume?: boolean } = {}): Promise<void> {
     await this.lock(name, async () => {
       const app = await this.o.store.getApp(name);
+      const vol = await this.o.store.getVolume(name);
+      if (vol && !opts.deleteVolume) throw new ThawError('VOLUME_IN_USE', `${name} has a volume at ${vol.path}: pass --delete-volume to delete it with the app`);
       const row = await this.o.store.transition(name, app.state, 'deleting');
       this.placed.unroute(name);
       await this.purgeApp(row);
@@ -174,6 +180,8 @@ export class Service implements ControlService, AppDirectory {
     for (const s of (await this.o.store.listSeeds()).filter((s) => s.app === app.name)) await this.o.replication.purge(s);
     await rm(appRoot(this.o.dataDir, app.name), { recursive: true, force: true });
     await Promise.all(this.o.cluster.live().map((m) => m.api.forgetApp(app.name).catch(() => {})));
+    const vol = await this.o.store.getVolume(app.name);
+    if (vol?.node) await this.o.cluster.get(vol.node)?.api.deleteVolume(app.name).catch((err) => this.o.log.warn({ app: app.name, err: asThawError(err).message }, 'volume file not deleted'));
     await this.o.store.deleteApp(app.name);
   }
 
@@ -187,6 +195,8 @@ export class Service implements ControlService, AppDirectory {
       else if (opts.idleTimeoutS !== undefined) app = await this.o.store.updateApp(name, { idleTimeoutS: opts.idleTimeoutS });
       if (opts.wakeTimeoutS !== undefined) app = await this.o.store.updateApp(name, { wakeTimeoutS: opts.wakeTimeoutS });
       if (opts.env && Object.keys(opts.env).length) await this.o.store.setEnv(name, opts.env);
+      const volume = await this.volumes.declare(name, opts.volume);
+      if (volume) progress(`volume ${volume.path} (${volume.sizeBytes} bytes) is kept across deploys`);
       const build = () => (isImageSource(source) ? buildImageDeploy(this.o, name, source, progress) : buildDeploy(this.o, name, source, progress, opts.build));
       let built: Awaited<ReturnType<typeof build>> | null = null;
       if (app.state === 'running') {
@@ -201,6 +211,8 @@ export class Service implements ControlService, AppDirectory {
         if (app.state === 'running') {
           // Placed under another control plane: not ours to drain.
           await this.stopApp(name);
+          await this.volumes.release(name);
+          await this.runs.purgeStale(name);
           app = await this.o.store.transition(name, 'running', 'asleep', { vmId: null, hostPort: null });
         }
       }
@@ -231,6 +243,18 @@ export class Service implements ControlService, AppDirectory {
         throw err;
       }
     });
+  }
+
+  listVolumes() {
+    return this.volumes.list();
+  }
+
+  resizeVolume(name: string, sizeBytes: number) {
+    return this.lock(name, () => this.volumes.resize(name, sizeBytes));
+  }
+
+  removeVolume(name: string) {
+    return this.lock(name, () => this.volumes.remove(name));
   }
 
   async setEnv(name: string, vars: Record<string, string>): Promise<void> {
@@ -320,6 +344,7 @@ export class Service implements ControlService, AppDirectory {
           await this.runs.sleep(name, 'shutdown').catch((err) => this.o.log.warn({ app: name, err: asThawError(err).message }, 'graceful stop failed'));
           await this.stopApp(name);
           await this.o.store.transition(name, ['running', 'sleeping', 'waking'], 'asleep', { vmId: null, hostPort: null }).catch(() => {});
+          await this.volumes.release(name);
           await this.runs.purgeStale(name);
         }),
       ),

@@ -78,6 +78,9 @@ export class FakeNode implements InProcessNode {
   }
   async logs() { return ''; }
   async forgetApp() {}
+  async deleteVolume(app: string) {
+    this.calls.push(`delete-volume ${app}`);
+  }
   uploadFails = false;
   async uploadSeed(seed: SeedRef) {
     this.calls.push(`upload ${seed.id}`);

@@ -3,7 +3,8 @@
 // plane decides WHERE and THAT an app runs; node agents own HOW.
 import type { Egress } from '../network/egress.ts';
 import type { Readable } from 'node:stream';
-import type { AppRow, DeployRow, SeedRow, SleepRow, WakeRow } from '../store/types.ts';
+import type { AppRow, DeployRow, SeedRow, SleepRow, VolumeRow, WakeRow } from '../store/types.ts';
+import type { VolumeSpec } from '../volume/spec.ts';
 import type { HeartbeatResponse, NodeInfo, NodeStatus } from '../wire/node.ts';
 
 export type AppView = AppRow & { url: string };
@@ -42,6 +43,8 @@ export interface DeployOptions {
   egress?: Egress;
   /** Run the Node build step even when node_modules is shipped. */
   build?: boolean;
+  /** The app's volume (kept across deploys; src/volume/spec.ts). */
+  volume?: VolumeSpec;
   /** Progress lines (upload, build log, image). */
   onProgress?: (line: string) => void;
 }
@@ -51,10 +54,16 @@ export interface ControlService {
   listApps(): Promise<AppView[]>;
   getApp(name: string): Promise<AppView>;
   /** Stops its VM, deletes images and seeds (locally, on every node, in object storage). */
-  deleteApp(name: string): Promise<void>;
+  deleteApp(name: string, opts?: { deleteVolume?: boolean }): Promise<void>;
   /** Creates the app when it does not exist. `tarball`: gzip or plain tar of the app folder. */
   /** Deploy a Node folder (its tarball) or an OCI image (pulled by the control plane). */
   deploy(name: string, source: Readable | ImageSource, opts?: DeployOptions): Promise<DeployResult>;
+  /** Every app's volume (path, size, home node, lease). */
+  listVolumes(): Promise<VolumeRow[]>;
+  /** Grow an app's volume (applied on its node before the next attach). */
+  resizeVolume(name: string, sizeBytes: number): Promise<VolumeRow>;
+  /** Delete an app's volume and its file; the app must be asleep. */
+  removeVolume(name: string): Promise<void>;
   setEnv(name: string, vars: Record<string, string>): Promise<void>;
   unsetEnv(name: string, keys: string[]): Promise<void>;
   listEnv(name: string): Promise<{ key: string; updatedAt: string }[]>;

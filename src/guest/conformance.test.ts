@@ -820,6 +820,29 @@ test('gate: a failed gate kills an app that is already running', async (t) => {
 // ---------------------------------------------------------------------------
 // clock, reseed
 
+// ---------------------------------------------------------------------------
+// volumes (on a host nothing is mounted: the path is made under the test root, mounted: false)
+
+test('mount_volume: only before the app starts and never after a failed gate; unmount_volume only with the app stopped', async (t) => {
+  const a = await startAgent(t);
+  const m = await a.client.request({ op: 'mount_volume', device: '/dev/vdb', path: '/srv/data' }, T);
+  assert.deepEqual({ ...m, ms: 0 }, { device: '/dev/vdb', path: '/srv/data', mounted: false, ms: 0 });
+  assert.ok((await stat(path.join(a.root, 'srv/data'))).isDirectory(), 'the mount point is made');
+  const r = await startApp(a);
+  await rejectsWith(a.client.request({ op: 'mount_volume', device: '/dev/vdb', path: '/srv/data' }, T), 'AGENT_ERROR', new RegExp(`before the app starts \\(pid ${r.pid}`));
+  await rejectsWith(a.client.request({ op: 'unmount_volume', device: '/dev/vdb', path: '/srv/data' }, T), 'AGENT_ERROR', /stop the app/);
+  assert.equal((await alive(a)).app_pid, r.pid, 'the app is untouched');
+  await a.client.request({ op: 'stop_app', timeout_ms: 2000 }, T);
+  const u = await a.client.request({ op: 'unmount_volume', device: '/dev/vdb', path: '/srv/data' }, T);
+  assert.deepEqual({ ...u, ms: 0 }, { path: '/srv/data', was_mounted: false, killed_stray: false, ms: 0 });
+  // After a failed gate the volume is never mounted.
+  const b = await startAgent(t);
+  const g = await b.client.request({ op: 'gate', canary_sha256: 'ab'.repeat(32) }, T);
+  assert.equal(g.ok, false);
+  await rejectsWith(b.client.request({ op: 'mount_volume', device: '/dev/vdb', path: '/data' }, T), 'GATE_FAILED', /refusing to mount/);
+  assert.ok(!existsSync(path.join(b.root, 'data')));
+});
+
 test('set_clock and adjust_clock (step and slew) move the virtual clock: guest_us and the next hello', async (t) => {
   const a = await startAgent(t);
   const hostBefore = Date.now();
@@ -1054,6 +1077,11 @@ function badRequests(): [string, Record<string, unknown>][] {
   const exec = { op: 'exec', argv: ['true'], timeout_ms: 100 };
   vary('exec', exec, 'argv', [[], [''], 'true', [5], null]);
   vary('exec', exec, 'timeout_ms', [0, -1, '1', 1.5, null, 2 ** 53]);
+  for (const op of ['mount_volume', 'unmount_volume']) {
+    const vol = { op, device: '/dev/vdb', path: '/data' };
+    vary(op, vol, 'device', ['/dev/', 'vdb', '/dev/../vdb', '/dev/VDB', '/dev/vd b', '/dev/sub/vdb', `/dev/${'a'.repeat(60)}`, 5, null]);
+    vary(op, vol, 'path', ['/', '', 'data', '/data/', '//data', '/a//b', '/a/./b', '/a/..', '/..', '/.', `/${'a'.repeat(255)}`, '/a\u0000b', 7, null, ['/data']]);
+  }
   for (const op of ['PING', 'ping ', ' ping', 'nope', '', '__proto__', 'constructor', 'toString', 'start_app\u0000', 'x'.repeat(1000)]) out.push([`op ${JSON.stringify(op).slice(0, 20)}`, { op }]);
   for (const op of [5, null, true, ['ping'], { op: 'ping' }]) out.push([`op of type ${JSON.stringify(op)}`, { op }]);
   out.push(['no op', {}]);
@@ -1066,7 +1094,7 @@ test('a field of the wrong type, for every op, gets AGENT_PROTOCOL with the requ
   assert.ok(cases.length > 120, String(cases.length));
   // Every op with fields is covered.
   const covered = new Set(cases.map(([, o]) => o.op));
-  for (const op of ['start_app', 'stop_app', 'scrub', 'set_clock', 'adjust_clock', 'reseed', 'gate', 'logs', 'exec'] satisfies Op[]) assert.ok(covered.has(op), op);
+  for (const op of ['start_app', 'stop_app', 'scrub', 'set_clock', 'adjust_clock', 'reseed', 'gate', 'logs', 'exec', 'mount_volume', 'unmount_volume'] satisfies Op[]) assert.ok(covered.has(op), op);
   for (const [what, body] of cases) {
     const id = nextId();
     const line = JSON.stringify({ id, ...body });
@@ -1111,6 +1139,8 @@ test('values at the edge of the schema are accepted (ids 0 and 2^31-1, 5.0, safe
   await ok('{"id":5000009,"op":"reseed","entropy_b64":""}', 5_000_009);
   await ok('{"id":5000010,"op":"gate","canary_sha256":null}', 5_000_010, (d) => Results.gate.parse(d));
   await ok('{"id":5000011,"op":"ps"}', 5_000_011, (d) => Results.ps.parse(d));
+  await ok(`{"id":5000016,"op":"mount_volume","device":"/dev/${'z9'.repeat(29)}","path":"/${'a'.repeat(254)}"}`, 5_000_016, (d) => Results.mount_volume.parse(d));
+  await ok('{"id":5000017,"op":"unmount_volume","device":"/dev/vdb","path":"/a/..b/.c/...","x":1}', 5_000_017, (d) => Results.unmount_volume.parse(d));
   await ok(`{"id":5000012,"op":"exec","argv":${JSON.stringify(['true', ...Array<string>(5000).fill('x')])},"timeout_ms":5000}`, 5_000_012);
   // A start_app at every edge that passes parsing and fails only at the seal (sealed to another key).
   const env = sealEnv({ A: 'b' }, generateAgentKey().publicB64);

@@ -55,7 +55,7 @@ export interface HandedFiles {
   fds: number[];
   /** The name QEMU opens `file` by: relative inside the VM folder, else /proc/self/fd/N. */
   path(kind: string, file: string): string;
-  /** QEMU's -blockdev arguments for the disk (node `disk0`). */
+  /** QEMU's -blockdev arguments for the disk (node `disk0`) and the app's volume (node `vol0`). */
   blockdev: string[];
   close(): void;
 }
@@ -82,8 +82,8 @@ export async function handOver(spec: VmSpec, incoming: boolean, state?: string):
   const handles: FileHandle[] = [];
   const named = new Map<string, string>();
   const inDir = (f: string) => path.dirname(path.resolve(f)) === path.resolve(spec.dir);
-  const give = async (kind: string, file: string) => {
-    const fh = await open(file, 'r');
+  const give = async (kind: string, file: string, flags = 'r') => {
+    const fh = await open(file, flags);
     handles.push(fh);
     named.set(kind, `/proc/self/fd/${2 + handles.length}`);
   };
@@ -97,10 +97,13 @@ export async function handOver(spec: VmSpec, incoming: boolean, state?: string):
     if (!inDir(spec.memFile)) await give('mem', spec.memFile);
     const backing = spec.diskFormat === 'qcow2' ? await qcow2Backing(spec.disk) : null;
     if (backing) await give('backing', backing);
+    if (spec.volume) await give('volume', spec.volume, 'r+');
     if (spec.jail) {
       const { uid, gid } = spec.jail;
       await chown(spec.dir, uid, gid);
       await chown(spec.disk, uid, gid);
+      // The app's volume is read-write for this VM's VMM only (the one writer the store's lease allows).
+      if (spec.volume) await chown(spec.volume, uid, gid);
       if (!inDir(spec.memFile)) await shareMemImage(spec.memFile);
     }
     const disk = path.basename(spec.disk);
@@ -108,6 +111,8 @@ export async function handOver(spec: VmSpec, incoming: boolean, state?: string):
       ...(backing ? ['-blockdev', `driver=file,node-name=basef,filename=${named.get('backing')},read-only=on`, '-blockdev', 'driver=raw,node-name=base,file=basef,read-only=on'] : []),
       '-blockdev', `driver=file,node-name=diskf,filename=${inDir(spec.disk) ? disk : spec.disk},cache.no-flush=on`,
       '-blockdev', `driver=${spec.diskFormat},node-name=disk0,file=diskf,cache.no-flush=on${backing ? ',backing=base' : ''}`,
+      // The volume's writes must survive a crash: unlike the root overlay, guest flushes reach the host file.
+      ...(spec.volume ? ['-blockdev', `driver=file,node-name=volf,filename=${named.get('volume')},discard=unmap`, '-blockdev', 'driver=raw,node-name=vol0,file=volf,discard=unmap'] : []),
     ];
     return {
       fds: handles.map((h) => h.fd),

@@ -84,6 +84,7 @@ export class QemuDriver implements Hypervisor {
       // is the same. The overlay's backing disk is named explicitly (a handed-over descriptor).
       ...files.blockdev,
       '-device', 'virtio-blk-pci,drive=disk0',
+      ...volumeArgs(spec),
       '-netdev', spec.tap
         // vnet_hdr=off: the same virtio-net features as user-mode, so a seed baked on either restores on either.
         ? `tap,id=net0,ifname=${spec.tap.name},script=no,downscript=no,vnet_hdr=off`
@@ -249,4 +250,15 @@ export class QemuDriver implements Hypervisor {
     }
     await rm(vm.spec.dir, { recursive: true, force: true }).catch(() => {});
   }
+}
+
+/**
+ * The app's volume as the second virtio-blk disk (/dev/vdb: its PCI slot follows the root's), on
+ * the `vol0` block node (jail.ts: a handed-over read-write descriptor whose flushes reach the host
+ * file). At a restore the device of the same id simply names the current file: the migration
+ * stream holds device state, never a disk path or its contents.
+ */
+function volumeArgs(spec: VmSpec): string[] {
+  if (!spec.volume) return [];
+  return ['-device', 'virtio-blk-pci,drive=vol0,serial=thaw-volume'];
 }

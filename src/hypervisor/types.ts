@@ -37,6 +37,11 @@ export interface VmSpec {
   tap?: VmTap;
   /** Run the VMM as this unprivileged uid/gid, seccomp-sandboxed (src/hypervisor/jail.ts). Absent: as the node's user. */
   jail?: { uid: number; gid: number };
+  /**
+   * The app's volume (raw ext4), attached as the second disk (/dev/vdb), written through to the
+   * host. A restore attaches the file named here: the app's current volume, never a copy in a seed.
+   */
+  volume?: string;
 }
 
 export interface VmTap {

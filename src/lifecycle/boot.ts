@@ -15,6 +15,7 @@ import { setClock, syncClock } from './clock.ts';
 import { createOverlay, freePort, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
 import { attachNetwork } from './network.ts';
 import { checkDeadline, vmProgress } from './deadline.ts';
+import { mountVolume, prepareAttach, type VolumeParams } from './volume.ts';
 
 export interface ColdBootParams {
   app: string;
@@ -25,6 +26,8 @@ export interface ColdBootParams {
   run: RunConfig;
   /** The overall wake deadline: aborting deletes the VM (WAKE_DEADLINE). */
   signal?: AbortSignal;
+  /** The app's volume: checked here, mounted before the app starts. */
+  volume?: VolumeParams | null;
 }
 
 export function vmSpec(ctx: NodeContext, id: string, hostPort: number, mem: string | null, guestPort = ctx.guestPort): VmSpec {
@@ -93,7 +96,8 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
     const spec = { ...vmSpec(ctx, id, net.hostPort, null, p.run.port), ...(net.tap ? { tap: net.tap } : {}), ...(net.jail ? { jail: net.jail } : {}) };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
-    await createOverlay(p.baseDisk, spec.disk, spec.diskFormat);
+    const [, vol] = await Promise.all([createOverlay(p.baseDisk, spec.disk, spec.diskFormat), prepareAttach(ctx, p.app, p.volume, sw)]);
+    if (vol) spec.volume = vol.file;
     await net.ready;
     sw.lap('prepare_ms');
     checkDeadline(p.signal);
@@ -106,9 +110,10 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
     checkAgentVersion(hello);
     sw.lap('boot_ms');
     await refreshGuest(agent);
+    await mountVolume(agent, vol, sw);
     const appPid = await startApp(ctx, agent, p.run, p.env);
     sw.lap('app_start_ms');
     ctx.log.info({ app: p.app, vm: id, pid: vm.pid, appPid }, 'cold boot ready');
-    return { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'cold', seedId: null, startedAt: Date.now() };
+    return { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'cold', seedId: null, startedAt: Date.now(), volume: vol };
   });
 }

@@ -8,6 +8,7 @@ import type { AgentClient } from '../guest/channel.ts';
 import type { GuestAssets } from '../guest/assets.ts';
 import type { Hypervisor, VmHandle } from '../hypervisor/types.ts';
 import type { NetPool } from '../network/pool.ts';
+import type { AttachedVolume } from './volume.ts';
 import { ThawError } from '../errors.ts';
 
 export const execFile = promisify(execFileCb);
@@ -43,6 +44,8 @@ export interface RunningVm {
   /** Seed this VM was thawed from (null after a cold boot). */
   seedId: string | null;
   startedAt: number;
+  /** The app's volume, mounted after the gate (null: the app has none). */
+  volume?: AttachedVolume | null;
 }
 
 export type Stages = Record<string, number>;

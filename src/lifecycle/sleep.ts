@@ -7,10 +7,14 @@
 //   4. bake a seed (the first idle after a deploy), else delete the VM.
 // The VM is gone afterwards whatever failed. Writes a thawed VM made to its
 // overlay disk are dropped with it: the disk beyond the seed is ephemeral.
+// The app's volume is what keeps its writes: before either path the app is
+// stopped and the volume unmounted (its cache dropped), so a bake's pause
+// never holds a page of it.
 import { asThawError } from '../errors.ts';
 import { bake, type BakeResult } from './bake.ts';
 import type { NodeContext, RunningVm } from './context.ts';
 import { destroyVm } from './destroy.ts';
+import { unmountVolume } from './volume.ts';
 
 /** How long an app may take to exit after SIGTERM before it is killed, unless the caller says. */
 export const DEFAULT_STOP_GRACE_MS = 10_000;
@@ -34,6 +38,8 @@ export interface SleepOutcome {
   error: string | null;
   /** Milliseconds per step, by step name. */
   stages: Record<string, number>;
+  /** The volume could not be unmounted: the VM is deleted, never baked (its journal replays at the next attach). */
+  volumeStuck?: boolean;
 }
 
 interface SleepRun {
@@ -53,12 +59,23 @@ async function stopApp({ run, opts, out }: SleepRun): Promise<void> {
   out.exit = r.pid === null ? null : { code: r.code, signal: r.signal };
 }
 
+/** After the app is gone and before any pause: sync, unmount and drop the volume's cache, so no seed holds a page of it. */
+async function unmountVolumeStep({ run, out }: SleepRun): Promise<void> {
+  if (!run.volume) return;
+  try {
+    await unmountVolume(run);
+  } catch (err) {
+    out.volumeStuck = true;
+    throw err;
+  }
+}
+
 async function keepLogs({ run, opts }: SleepRun): Promise<void> {
   await opts.keepLogs?.(run);
 }
 
 async function bakeOrDelete({ ctx, run, opts, out }: SleepRun): Promise<void> {
-  if (opts.haveSeed) return destroyVm(ctx, run);
+  if (opts.haveSeed || out.volumeStuck) return destroyVm(ctx, run);
   // bake() always deletes the VM; on failure the app sleeps without a seed and cold-boots next time.
   out.baked = await bake(ctx, run);
 }
@@ -66,6 +83,7 @@ async function bakeOrDelete({ ctx, run, opts, out }: SleepRun): Promise<void> {
 /** The steps of a sleep, in order. Each runs even when an earlier one failed; the last one removes the VM. */
 const STEPS: ReadonlyArray<readonly [name: string, step: Step]> = [
   ['stop_app', stopApp],
+  ['unmount_volume', unmountVolumeStep],
   ['keep_logs', keepLogs],
   ['bake_or_delete', bakeOrDelete],
 ];

@@ -14,6 +14,7 @@ import { checkAgentVersion, refreshGuest, startApp, vmSpec, withConsole } from '
 import { createOverlay, Stopwatch, vmId, type NodeContext, type RunningVm } from './context.ts';
 import { checkDeadline, vmProgress } from './deadline.ts';
 import { attachNetwork } from './network.ts';
+import { mountVolume, prepareAttach, type VolumeParams } from './volume.ts';
 
 export interface ThawParams {
   app: string;
@@ -22,6 +23,8 @@ export interface ThawParams {
   manifest: Manifest;
   env: Record<string, string>;
   run: RunConfig;
+  /** The app's volume: its current file is attached; mounted after the gate, before the app. */
+  volume?: VolumeParams | null;
   /**
    * TEST ONLY: restore the memory image over this disk instead of the seed's
    * own (reproduces the incident: memory and disk that are not a pair).
@@ -47,7 +50,8 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     const spec = { ...vmSpec(ctx, id, net.hostPort, mem, p.run.port), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline, ...(net.tap ? { tap: net.tap } : {}), ...(net.jail ? { jail: net.jail } : {}) };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
-    await createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk, spec.diskFormat);
+    const [, vol] = await Promise.all([createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk, spec.diskFormat), prepareAttach(ctx, p.app, p.volume, sw)]);
+    if (vol) spec.volume = vol.file;
     sw.lap('prepare_ms');
 
     checkDeadline(p.signal);
@@ -86,19 +90,22 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
       if (!g.ok) throw new ThawError('GATE_FAILED', `liveness gate failed: ${g.reason ?? 'unknown'}`, { details: { gate: g } });
       return g;
     });
+    // The volume is mounted only once the gate has passed (the agent refuses it after a failed one).
+    const mountP = mountVolume(agent, vol, sw);
+    mountP.catch(() => {});
     const appP = startApp(ctx, agent, p.run, p.env, p.manifest.agent_pubkey).then((pid) => {
       sw.stages.app_start_ms = Math.round(performance.now() - t);
       return pid;
     });
     appP.catch(() => {}); // observed below; a failure elsewhere may come first
     // First failure wins (and the undo stack deletes the VM); otherwise wait for the app.
-    const [, , gate] = await Promise.all([helloP, refreshP, gateP]);
+    const [, , gate] = await Promise.all([helloP, refreshP, gateP, mountP]);
     const appPid = await appP;
     sw.lap('parallel_ms');
     ctx.log.info({ app: p.app, vm: id, appPid, stages: sw.stages }, 'thawed');
     sw.stages.progress_renewals = agent.renewals;
     return {
-      run: { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'snapshot', seedId: p.manifest.seed_id, startedAt: Date.now() },
+      run: { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'snapshot', seedId: p.manifest.seed_id, startedAt: Date.now(), volume: vol },
       gate,
     };
   });

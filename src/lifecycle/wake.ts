@@ -15,6 +15,7 @@ import type { RunConfig } from '../wire/run.ts';
 import { coldBoot } from './boot.ts';
 import { Stopwatch, type NodeContext, type RunningVm } from './context.ts';
 import { thaw } from './thaw.ts';
+import type { VolumeParams } from './volume.ts';
 import { checkSeed } from './verify.ts';
 
 export interface WakeParams {
@@ -30,6 +31,8 @@ export interface WakeParams {
   env: Record<string, string>;
   /** How the program starts in the guest. */
   run: RunConfig;
+  /** The app's volume (null: none). */
+  volume?: VolumeParams | null;
   node?: string | null;
   /** TEST ONLY, see ThawParams.unsafeDiskOverride. */
   unsafeDiskOverride?: string;
@@ -103,7 +106,7 @@ export async function wake(ctx: NodeContext, p: WakeParams): Promise<WakeOutcome
       sw.lap('seed_check_ms');
       if (manifest.deploy_id !== p.deployId) throw new ThawError('SEED_MISMATCH', `seed is of deploy ${manifest.deploy_id}, app runs ${p.deployId}`);
       coldDisk = path.join(p.seedDir, 'disk.img');
-      const { run, gate } = await thaw(ctx, { app: p.app, deployId: p.deployId, seedDir: p.seedDir, manifest, env: p.env, run: p.run, unsafeDiskOverride: p.unsafeDiskOverride, ...sig }, sw);
+      const { run, gate } = await thaw(ctx, { app: p.app, deployId: p.deployId, seedDir: p.seedDir, manifest, env: p.env, run: p.run, volume: p.volume, unsafeDiskOverride: p.unsafeDiskOverride, ...sig }, sw);
       const s = sw.stages;
       return {
         run,
@@ -135,7 +138,7 @@ export async function wake(ctx: NodeContext, p: WakeParams): Promise<WakeOutcome
   }
   const sw = new Stopwatch();
   try {
-    const run = await coldBoot(ctx, { app: p.app, deployId: p.deployId, baseDisk: coldDisk, env: p.env, run: p.run, ...sig }, sw);
+    const run = await coldBoot(ctx, { app: p.app, deployId: p.deployId, baseDisk: coldDisk, env: p.env, run: p.run, volume: p.volume, ...sig }, sw);
     const s = sw.stages;
     return {
       run,

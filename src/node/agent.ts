@@ -175,7 +175,7 @@ export class NodeAgent implements InProcessNode {
     const deadline = wakeDeadline(this.o.wakeDeadlineMs ?? WAKE_DEADLINE_MS, req.app);
     let out;
     try {
-      out = await this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env, run: req.run, signal: deadline.signal }, extra);
+      out = await this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env, run: req.run, volume: req.volume ?? null, signal: deadline.signal }, extra);
     } catch (err) {
       const e = asThawError(err);
       const rec = e.details?.record as WakeRow | undefined;
@@ -316,6 +316,10 @@ export class NodeAgent implements InProcessNode {
     await this.stop(app);
     await this.o.node.deleteLogs(app);
     await this.o.images.remove?.(app);
+  }
+
+  deleteVolume(app: string): Promise<void> {
+    return this.o.node.deleteVolume(app);
   }
 
   /** One upload per seed at a time: a retry must not rewrite the object while the first upload completes. */

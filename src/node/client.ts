@@ -106,6 +106,10 @@ export class RemoteNode implements NodeApi {
     await this.call(Ok, 'DELETE', `/v1/apps/${app}`);
   }
 
+  async deleteVolume(app: string): Promise<void> {
+    await this.call(Ok, 'DELETE', `/v1/apps/${app}/volume`);
+  }
+
   uploadSeed(seed: SeedRef) {
     return this.call(NodeUploadResponse, 'POST', `/v1/seeds/${seed.id}/upload`, seed, 60 * 60_000);
   }

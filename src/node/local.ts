@@ -12,6 +12,8 @@ import { DEFAULT_STOP_GRACE_MS, sleepVm, type SleepOutcome } from '../lifecycle/
 import { seedsDir } from '../lifecycle/bake.ts';
 import { wake, type WakeOutcome, type WakeParams } from '../lifecycle/wake.ts';
 import type { AppExitEvent } from '../guest/channel.ts';
+import { stopAppAndUnmountVolume, type VolumeParams } from '../lifecycle/volume.ts';
+import { deleteVolume, volumeFile } from '../volume/file.ts';
 
 export interface NodeWakeRequest {
   app: string;
@@ -20,6 +22,7 @@ export interface NodeWakeRequest {
   seedId: string | null;
   env: Record<string, string>;
   run: RunConfig;
+  volume?: VolumeParams | null;
   unsafeDiskOverride?: string;
   /** The overall wake deadline. */
   signal?: AbortSignal;
@@ -65,6 +68,7 @@ export class LocalNode {
       seedUnavailable: extra.seedUnavailable ?? (req.seedId && !seedDir ? `SEED_MISSING: seed ${req.seedId} is not on node ${this.name}` : undefined),
       env: req.env,
       run: req.run,
+      volume: req.volume ?? null,
       node: this.name,
       unsafeDiskOverride: req.unsafeDiskOverride,
       ...(req.signal ? { signal: req.signal } : {}),
@@ -109,6 +113,12 @@ export class LocalNode {
   /** Sleep without baking (delete, crash, fencing, shutdown): SIGTERM, grace, delete the VM. */
   async stop(app: string, graceMs = DEFAULT_STOP_GRACE_MS): Promise<void> {
     await this.sleep(app, { haveSeed: true, bake: false, graceMs });
+  }
+
+  /** Delete the app's volume file on this node (the app has no VM here). */
+  async deleteVolume(app: string): Promise<void> {
+    if (this.running.has(app)) throw new ThawError('VOLUME_CONFLICT', `${app} runs on node ${this.name}: its volume is mounted`);
+    await deleteVolume(volumeFile(this.ctx.dataDir, app));
   }
 
   async logs(app: string): Promise<string> {

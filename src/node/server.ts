@@ -50,6 +50,10 @@ export async function createNodeServer(agent: NodeApi & { renderMetrics(): Promi
     await agent.forgetApp(parseOrThrow(AppParams, req.params, 'path').app);
     return { ok: true };
   });
+  app.delete('/v1/apps/:app/volume', async (req) => {
+    await agent.deleteVolume(parseOrThrow(AppParams, req.params, 'path').app);
+    return { ok: true };
+  });
   app.post('/v1/seeds/:id/upload', async (req) => {
     const ref = parseOrThrow(SeedRef, req.body, 'body');
     parseOrThrow(SeedParams.refine((p) => p.id === ref.id, 'path and body name different seeds'), req.params, 'path');

@@ -18,6 +18,8 @@ export interface NodeApi {
   logs(app: string): Promise<string>;
   /** The app was deleted: its VM, logs and images go. */
   forgetApp(app: string): Promise<void>;
+  /** Delete the app's volume file on this node (VOLUME_CONFLICT while a VM of it runs here). */
+  deleteVolume(app: string): Promise<void>;
   /** Pack and upload a seed this node holds; resolves once the object is checked. */
   uploadSeed(seed: SeedRef): Promise<NodeUploadResponse>;
   deleteSeed(seedId: string): Promise<void>;

@@ -4,7 +4,8 @@ import { canTransition, isState, type State } from '../state.ts';
 import { checkEnvKey, checkEnvVars, decryptValue, encryptValue } from './envcrypt.ts';
 import { MIGRATIONS, MIGRATIONS_TABLE, PATCH_COLUMNS, dialectSql, toApp, toDeploy, toNode, toSeed, toSleep, toWake } from './schema.ts';
 import type { RunConfig } from '../wire/run.ts';
-import type { AppPatch, AppRow, DeployRow, Driver, NodeRow, Param, SeedRow, SleepRow, Stmt, Store, WakeRow } from './types.ts';
+import type { AppPatch, AppRow, DeployRow, Driver, NodeRow, Param, SeedRow, SleepRow, Stmt, Store, VolumeRow, WakeRow } from './types.ts';
+import { VolumeTable } from './volumes.ts';
 
 export type Constraint = 'unique' | 'foreign_key';
 
@@ -55,12 +56,14 @@ function patchSets(patch: AppPatch): { sets: string[]; params: Param[] } {
 
 export class SqlStore implements Store {
   private readonly locks = new KeyedMutex();
+  private readonly volumes: VolumeTable;
 
   constructor(
     private readonly db: Driver,
     private readonly envKey: Buffer,
   ) {
     checkEnvKey(envKey);
+    this.volumes = new VolumeTable(db);
   }
 
   async migrate(): Promise<void> {
@@ -150,7 +153,7 @@ export class SqlStore implements Store {
 
   async deleteApp(name: string): Promise<void> {
     const counts = await this.db.batch(
-      ['env', 'deploys', 'seeds', 'wakes', 'sleeps'].map((t) => ({ sql: `DELETE FROM ${t} WHERE app = ?`, params: [name] })).concat([{ sql: 'DELETE FROM apps WHERE name = ?', params: [name] }]),
+      ['env', 'deploys', 'seeds', 'wakes', 'sleeps', 'volumes'].map((t) => ({ sql: `DELETE FROM ${t} WHERE app = ?`, params: [name] })).concat([{ sql: 'DELETE FROM apps WHERE name = ?', params: [name] }]),
     );
     if (counts[counts.length - 1] === 0) throw notFound(name);
   }
@@ -286,6 +289,18 @@ export class SqlStore implements Store {
     if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new ThawError('INVALID_REQUEST', 'limit must be an integer from 1 to 10000');
     return this.db.all(`SELECT * FROM ${table} WHERE app = ? ORDER BY at DESC, id DESC LIMIT ?`, [app, limit]);
   }
+
+  // --- volumes (src/store/volumes.ts) ----------------------------------------
+  async addVolume(v: { app: string; path: string; sizeBytes: number }): Promise<VolumeRow> {
+    await this.getApp(v.app);
+    return this.volumes.add(v);
+  }
+  getVolume = (app: string) => this.volumes.get(app);
+  listVolumes = () => this.volumes.list();
+  updateVolume = (app: string, patch: Partial<Pick<VolumeRow, 'sizeBytes' | 'node'>>) => this.volumes.update(app, patch);
+  deleteVolume = (app: string) => this.volumes.delete(app);
+  leaseVolume = (app: string, holder: string) => this.volumes.lease(app, holder);
+  releaseVolume = (app: string, holder: string) => this.volumes.release(app, holder);
 
   // --- nodes -----------------------------------------------------------------
   async upsertNode(n: NodeRow): Promise<void> {

@@ -7,7 +7,7 @@ import { PgDriver } from './postgres.ts';
 import { SqliteDriver } from './sqlite.ts';
 import type { Store } from './types.ts';
 
-export type { AppPatch, AppRow, DeployRow, NodeRow, SeedRow, Store, WakeRow } from './types.ts';
+export type { AppPatch, AppRow, DeployRow, NodeRow, SeedRow, Store, VolumeRow, WakeRow } from './types.ts';
 export { MIGRATIONS } from './schema.ts';
 
 export interface OpenStoreOptions {

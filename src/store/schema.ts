@@ -2,7 +2,7 @@
 // differences (in DIALECT), placeholder conversion and row mappers.
 import type { State } from '../state.ts';
 import { RunConfig } from '../wire/run.ts';
-import type { AppRow, DeployRow, NodeRow, SeedRow, SleepRow, WakeRow } from './types.ts';
+import type { AppRow, DeployRow, NodeRow, SeedRow, SleepRow, VolumeRow, WakeRow } from './types.ts';
 
 export interface Migration {
   version: number;
@@ -149,6 +149,24 @@ export const MIGRATIONS: readonly Migration[] = [
     // queued_ms: wait for an admission slot; seed_outcome: used|none|kept:CASE|dropped:CASE; outcome: ok|deadline|cancelled|failed.
     up: [`ALTER TABLE wakes ADD COLUMN queued_ms INTEGER`, `ALTER TABLE wakes ADD COLUMN seed_outcome TEXT`, `ALTER TABLE wakes ADD COLUMN outcome TEXT`],
   },
+  {
+    // One volume per app: its guest path, size, home node and
+    // the lease of the one VM that may mount it (holder NULL: none).
+    version: 7,
+    name: 'volumes',
+    up: [
+      `CREATE TABLE volumes (
+        app TEXT PRIMARY KEY REFERENCES apps(name),
+        path TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        node TEXT,
+        holder TEXT,
+        leased_at TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+      )`,
+    ],
+  },
 ];
 
 export const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -291,5 +309,18 @@ export function toNode(r: Raw): NodeRow {
     running: num(r.running),
     seeds: JSON.parse(str(r.seeds)) as string[],
     heartbeatAt: str(r.heartbeat_at),
+  };
+}
+
+export function toVolume(r: Raw): VolumeRow {
+  return {
+    app: str(r.app),
+    path: str(r.path),
+    sizeBytes: num(r.size_bytes),
+    node: strOrNull(r.node),
+    holder: strOrNull(r.holder),
+    leasedAt: strOrNull(r.leased_at),
+    createdAt: str(r.created_at),
+    updatedAt: str(r.updated_at),
   };
 }

@@ -262,6 +262,35 @@ async function suite(t: TestContext, env: Env): Promise<void> {
     await assert.rejects(b.withAppLock('lockapp', async () => { throw new RangeError('mine'); }), RangeError);
     assert.equal(await a.withAppLock('lockapp', async () => 'again'), 'again');
   });
+  await t.test('volumes: one per app, one lease holder across two connections', async () => {
+    await a.createApp({ name: 'vol', idleTimeoutS: 60 });
+    await assert.rejects(a.addVolume({ app: 'novol', path: '/data', sizeBytes: 1 << 30 }), code('APP_NOT_FOUND'));
+    const v = await a.addVolume({ app: 'vol', path: '/data', sizeBytes: 1 << 30 });
+    assert.deepEqual([v.path, v.sizeBytes, v.node, v.holder], ['/data', 1 << 30, null, null]);
+    await assert.rejects(b.addVolume({ app: 'vol', path: '/other', sizeBytes: 1 << 30 }), code('VOLUME_CONFLICT'));
+    assert.equal((await b.updateVolume('vol', { node: 'n1', sizeBytes: 2 << 30 })).sizeBytes, 2 << 30);
+    await assert.rejects(b.updateVolume('nope', { node: 'n1' }), code('VOLUME_NOT_FOUND'));
+    // The app is running (a VM may have it mounted): of two racing wakes, exactly one wins.
+    await a.transition('vol', 'created', 'building');
+    await a.transition('vol', 'building', 'failed');
+    await a.transition('vol', 'failed', 'waking');
+    const race = await Promise.allSettled([a.leaseVolume('vol', 'wake-1'), b.leaseVolume('vol', 'wake-2')]);
+    assert.equal(race.filter((r) => r.status === 'fulfilled').length, 1);
+    const loser = race.find((r): r is PromiseRejectedResult => r.status === 'rejected')!;
+    assert.ok(code('VOLUME_BUSY')(loser.reason));
+    const holder = (await a.getVolume('vol'))!.holder!;
+    await a.releaseVolume('vol', 'wake-other'); // not the holder: no effect
+    assert.equal((await b.getVolume('vol'))!.holder, holder);
+    await b.releaseVolume('vol', holder);
+    assert.equal((await a.getVolume('vol'))!.holder, null);
+    // A holder left by a crash is taken over once the app is asleep (no VM of it exists).
+    await a.leaseVolume('vol', 'crashed');
+    await a.transition('vol', 'waking', 'asleep');
+    assert.equal((await b.leaseVolume('vol', 'next')).holder, 'next');
+    assert.deepEqual((await b.listVolumes()).map((x) => x.app), ['vol']);
+    await a.deleteApp('vol');
+    assert.equal(await b.getVolume('vol'), null);
+  });
 }
 
 const envKey = randomBytes(32);

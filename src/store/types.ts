@@ -109,6 +109,21 @@ export interface SleepRow {
   error: string | null;
 }
 
+/** An app's volume (src/volume): where it mounts, how big, which node holds the file, who holds the lease. */
+export interface VolumeRow {
+  app: string;
+  /** Absolute guest path. */
+  path: string;
+  sizeBytes: number;
+  /** Home node: the node that holds the file (null until the first wake makes it). */
+  node: string | null;
+  /** Lease: the wake that may mount it (one writer); null when no VM has it. */
+  holder: string | null;
+  leasedAt: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
 export interface NodeRow {
   name: string;
   url: string;
@@ -162,6 +177,21 @@ export interface Store {
   addSleep(s: SleepRow): Promise<void>;
   /** Newest first. */
   listSleeps(app: string, limit?: number): Promise<SleepRow[]>;
+  // volumes (one per app)
+  /** VOLUME_CONFLICT when the app already has one. */
+  addVolume(v: { app: string; path: string; sizeBytes: number }): Promise<VolumeRow>;
+  getVolume(app: string): Promise<VolumeRow | null>;
+  listVolumes(): Promise<VolumeRow[]>;
+  updateVolume(app: string, patch: Partial<Pick<VolumeRow, 'sizeBytes' | 'node'>>): Promise<VolumeRow>;
+  deleteVolume(app: string): Promise<void>;
+  /**
+   * Take the one-writer lease for `holder`: won when no one holds it, or when the app's
+   * state says no VM of it exists (asleep, failed, created: a holder left by a crash).
+   * VOLUME_BUSY otherwise. Compare-and-set in one UPDATE, so two control planes never both win.
+   */
+  leaseVolume(app: string, holder: string): Promise<VolumeRow>;
+  /** Give the lease back (only if `holder` still has it). */
+  releaseVolume(app: string, holder: string): Promise<void>;
   // nodes
   upsertNode(n: NodeRow): Promise<void>;
   listNodes(): Promise<NodeRow[]>;

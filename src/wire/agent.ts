@@ -67,8 +67,23 @@ const Logs = z.object({ op: z.literal('logs'), max_bytes: z.number().int().posit
 const Exec = z.object({ op: z.literal('exec'), argv: z.array(CStr.min(1)).min(1), timeout_ms: z.number().int().positive() });
 /** User-space processes in the guest (kernel threads excluded). */
 const Ps = z.object({ op: z.literal('ps') });
+/** A block device under /dev (the volume's disk, e.g. /dev/vdb). */
+const Device = z.string().max(64).regex(/^\/dev\/[a-z0-9]+$/);
+/** A normalised absolute path other than /: components neither empty, "." nor "..". */
+const MountPath = CStr.max(255).regex(/^(\/[^/]+)+$/).refine((p) => !p.split('/').some((c) => c === '.' || c === '..'), 'no . or .. components');
+/**
+ * Mount the app's volume (ext4 on `device`) at `path`, made if missing: after the gate (refused
+ * with GATE_FAILED after a failed one) and before start_app (refused while an app runs).
+ */
+const MountVolume = z.object({ op: z.literal('mount_volume'), device: Device, path: MountPath });
+/**
+ * Before every pause: sync, unmount `path` (stray processes that keep it busy are killed),
+ * drop `device`'s buffer cache. Refused while an app runs (stop_app first). A scrub refuses
+ * to bake while any disk but the root is mounted.
+ */
+const UnmountVolume = z.object({ op: z.literal('unmount_volume'), device: Device, path: MountPath });
 
-export const Request = z.discriminatedUnion('op', [Ping, StartApp, StopApp, Scrub, Respawn, SetClock, AdjustClock, Reseed, Gate, Logs, Exec, Ps]);
+export const Request = z.discriminatedUnion('op', [Ping, StartApp, StopApp, Scrub, Respawn, SetClock, AdjustClock, Reseed, Gate, Logs, Exec, Ps, MountVolume, UnmountVolume]);
 export type Request = z.infer<typeof Request>;
 export type Op = Request['op'];
 export const OPS = Request.options.map((o) => o.shape.op.value) as readonly Op[];
@@ -115,6 +130,9 @@ export const Results = {
   logs: z.object({ text: z.string() }),
   exec: z.object({ code: z.number().int().nullable(), stdout: z.string(), stderr: z.string() }),
   ps: z.object({ processes: z.array(Process) }),
+  /** mounted: false in the agent's test mode (nothing is mounted on a host). */
+  mount_volume: z.object({ device: z.string(), path: z.string(), mounted: z.boolean(), ms: z.number() }),
+  unmount_volume: z.object({ path: z.string(), was_mounted: z.boolean(), killed_stray: z.boolean(), ms: z.number() }),
 } satisfies Record<Op, z.ZodTypeAny>;
 export type ResultOf<O extends Op> = z.infer<(typeof Results)[O]>;
 
@@ -134,6 +152,8 @@ export type GuestMessage = z.infer<typeof GuestMessage>;
 export const CANARY_PATH = '/var/lib/thaw/canary';
 /** Runtime folder of the agent, on tmpfs so nothing in it reaches the disk image. */
 export const RUN_DIR = '/run/thaw';
+/** The volume's disk in the guest: the second virtio-blk device (QEMU adds it right after the root's). */
+export const VOLUME_DEVICE = '/dev/vdb';
 /** Name of the virtio-serial port the agent opens. */
 export const AGENT_PORT_NAME = 'thaw.agent';
 /** vsock port the agent listens on (Firecracker). */

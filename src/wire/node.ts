@@ -56,6 +56,8 @@ export const NodeWakeRequest = z.object({
   env: z.record(z.string(), z.string()),
   /** The scheduler's reason for this node, copied into the wake record. */
   placement: z.string().max(500).optional(),
+  /** The app's volume (src/volume): the node checks its file, attaches it, mounts it after the gate. */
+  volume: z.object({ path: z.string().min(2).max(255).startsWith('/'), sizeBytes: z.number().int().positive() }).nullable().optional(),
 });
 export type NodeWakeRequest = z.infer<typeof NodeWakeRequest>;
 

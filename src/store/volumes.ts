@@ -1,0 +1,66 @@
+// The volumes table (one row per app), written once over a Driver. The lease is
+// one compare-and-set UPDATE: a volume is mounted by at most one VM, whatever
+// the number of control planes sharing the database.
+import { ThawError } from '../errors.ts';
+import { toVolume } from './schema.ts';
+import type { Driver, VolumeRow } from './types.ts';
+
+const now = (): string => new Date().toISOString();
+const missing = (app: string) => new ThawError('VOLUME_NOT_FOUND', `${app} has no volume`, { details: { app } });
+
+export class VolumeTable {
+  constructor(private readonly db: Driver) {}
+
+  async add(v: { app: string; path: string; sizeBytes: number }): Promise<VolumeRow> {
+    const t = now();
+    const rows = await this.db.all('INSERT INTO volumes (app, path, size_bytes, node, holder, leased_at, created_at, updated_at) VALUES (?, ?, ?, NULL, NULL, NULL, ?, ?) ON CONFLICT (app) DO NOTHING RETURNING *', [v.app, v.path, v.sizeBytes, t, t]);
+    if (!rows[0]) throw new ThawError('VOLUME_CONFLICT', `${v.app} already has a volume`);
+    return toVolume(rows[0]);
+  }
+
+  async get(app: string): Promise<VolumeRow | null> {
+    const rows = await this.db.all('SELECT * FROM volumes WHERE app = ?', [app]);
+    return rows[0] ? toVolume(rows[0]) : null;
+  }
+
+  async list(): Promise<VolumeRow[]> {
+    return (await this.db.all('SELECT * FROM volumes ORDER BY app')).map(toVolume);
+  }
+
+  async update(app: string, patch: Partial<Pick<VolumeRow, 'sizeBytes' | 'node'>>): Promise<VolumeRow> {
+    const sets: string[] = ['updated_at = ?'];
+    const params: (string | number | null)[] = [now()];
+    if (patch.sizeBytes !== undefined) {
+      sets.push('size_bytes = ?');
+      params.push(patch.sizeBytes);
+    }
+    if (patch.node !== undefined) {
+      sets.push('node = ?');
+      params.push(patch.node);
+    }
+    const rows = await this.db.all(`UPDATE volumes SET ${sets.join(', ')} WHERE app = ? RETURNING *`, [...params, app]);
+    if (!rows[0]) throw missing(app);
+    return toVolume(rows[0]);
+  }
+
+  async delete(app: string): Promise<void> {
+    await this.db.batch([{ sql: 'DELETE FROM volumes WHERE app = ?', params: [app] }]);
+  }
+
+  async lease(app: string, holder: string): Promise<VolumeRow> {
+    const rows = await this.db.all(
+      `UPDATE volumes SET holder = ?, leased_at = ?
+       WHERE app = ? AND (holder IS NULL OR holder = ? OR EXISTS (SELECT 1 FROM apps WHERE name = ? AND state IN ('asleep', 'failed', 'created')))
+       RETURNING *`,
+      [holder, now(), app, holder, app],
+    );
+    if (rows[0]) return toVolume(rows[0]);
+    const v = await this.get(app);
+    if (!v) throw missing(app);
+    throw new ThawError('VOLUME_BUSY', `the volume of ${app} is held by ${v.holder} since ${v.leasedAt}`, { details: { holder: v.holder } });
+  }
+
+  async release(app: string, holder: string): Promise<void> {
+    await this.db.batch([{ sql: 'UPDATE volumes SET holder = NULL, leased_at = NULL WHERE app = ? AND holder = ?', params: [app, holder] }]);
+  }
+}

@@ -1,0 +1,32 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { isThawError } from '../errors.ts';
+import { checkVolumePath, GiB, MiB, parseSize, parseVolumeArg } from './spec.ts';
+
+const code = (fn: () => unknown) => {
+  try {
+    fn();
+  } catch (err) {
+    return isThawError(err) ? err.code : String(err);
+  }
+  return 'no error';
+};
+
+test('--volume /PATH[:SIZE] parses, with 1GiB by default', () => {
+  assert.deepEqual(parseVolumeArg('/data'), { path: '/data', sizeBytes: GiB });
+  assert.deepEqual(parseVolumeArg('/data/'), { path: '/data', sizeBytes: GiB });
+  assert.deepEqual(parseVolumeArg('/srv/db:512MiB'), { path: '/srv/db', sizeBytes: 512 * MiB });
+  assert.deepEqual(parseVolumeArg('/var/data:2G'), { path: '/var/data', sizeBytes: 2 * GiB });
+  assert.equal(parseSize('1073741824'), GiB);
+  assert.equal(parseSize('1.5GiB'), 1.5 * GiB);
+  assert.equal(parseSize('20000001'), 20 * MiB); // rounded up to whole MiB
+});
+
+test('bad volume paths and sizes are VOLUME_INVALID', () => {
+  for (const p of ['data', '', '/', '//', '/proc', '/proc/x', '/dev', '/tmp/x', '/var', '/var/lib', '/var/lib/thaw/x', '/usr/local', '/etc', '/run/data', '/a/../b', '/a/./b', '/x\0y', `/${'a'.repeat(300)}`]) {
+    assert.equal(code(() => checkVolumePath(p)), 'VOLUME_INVALID', p);
+  }
+  for (const s of ['0', '1MiB', '15MiB', '2TiB', 'lots', '1 GB', '-1G', '1e9']) assert.equal(code(() => parseSize(s)), 'VOLUME_INVALID', s);
+  assert.equal(code(() => parseVolumeArg('relative:1G')), 'VOLUME_INVALID');
+  assert.equal(code(() => parseVolumeArg('/:1G')), 'VOLUME_INVALID');
+});
