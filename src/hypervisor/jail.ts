@@ -19,6 +19,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { ThawError } from '../errors.ts';
 import type { VmSpec } from './types.ts';
+import { mountJail, mountJailAvailable } from './mount-jail.ts';
 
 /** QEMU's seccomp sandbox: no obsolete syscalls, no set*uid, no fork/exec, no scheduler/affinity changes. */
 export const SANDBOX = 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny';
@@ -38,7 +39,7 @@ const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
 const NSENTER = ['/usr/bin/nsenter', '/bin/nsenter'].find((p) => existsSync(p)) ?? 'nsenter';
 
 /** The argv that starts `vmm` (binary + args) for this VM. */
-export function vmmCommand(spec: Pick<VmSpec, 'tap' | 'jail'>, vmm: string[]): string[] {
+export function vmmCommand(spec: Pick<VmSpec, 'tap' | 'jail' | 'dir'>, vmm: string[]): string[] {
   let argv = vmm;
   if (SETPRIV) {
     const drop = spec.jail
@@ -46,6 +47,8 @@ export function vmmCommand(spec: Pick<VmSpec, 'tap' | 'jail'>, vmm: string[]): s
       : [];
     argv = [SETPRIV, ...drop, '--pdeathsig', 'KILL', '--', ...argv];
   } else if (spec.jail) throw new ThawError('HOST_MISSING_TOOL', 'setpriv (util-linux) is needed to run the VMM unprivileged');
+  // A jailed VMM sees only its own folder and /usr (mount-jail.ts); the uid drop happens inside.
+  if (spec.jail && mountJailAvailable()) argv = mountJail(path.resolve(spec.dir), argv);
   if (spec.tap) argv = [NSENTER, `--net=/run/netns/${spec.tap.netns}`, '--', ...argv];
   return argv;
 }

@@ -22,7 +22,7 @@ import { netSupport } from '../../src/network/host.ts';
 import { processJail, VMM_GID, vmmOwner } from '../../src/hypervisor/jail.ts';
 import { checkSeed } from '../../src/lifecycle/verify.ts';
 import type { Qmp } from '../../src/hypervisor/qmp.ts';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { appImage, fixture, qemuProcesses, ROOT, runOf, type Fixture } from './fixture.ts';
 
 const APP = path.join(ROOT, 'test', 'vm', 'apps', 'netprobe');
@@ -138,12 +138,21 @@ describe('tenant isolation (per-VM network namespaces)', { concurrency: false, s
     for (const t of ['198.51.100.1:81', '198.51.100.2:80', other(t1.run), `10.0.2.2:${anyPort}`]) assert.notEqual(r2[t], 'ok', `${t} must be blocked under --egress none: ${JSON.stringify(r2)}`);
   });
 
-  test('QEMU runs as the slot\'s own uid with its seccomp filter: an exec: migration is refused', async () => {
+  test('QEMU runs as the slot\'s own uid with its seccomp filter, in a root that holds only /usr and its folder; an exec: migration is refused', async () => {
     for (const r of thawed) {
       const j = await processJail(r.vm.pid);
       assert.equal(j.uid, r.vm.spec.jail!.uid);
       assert.ok(j.uid >= 200_000, `uid ${j.uid}`);
       assert.equal(j.seccomp, 2, 'Seccomp: 2 (filter)');
+      // What the VMM's own root shows (mount-jail.ts): its VM folder and /usr, nothing of the node's data, /etc or /root.
+      const root = `/proc/${r.vm.pid}/root`;
+      assert.ok(existsSync(`${root}${path.resolve(r.vm.spec.dir)}/qmp.sock`), 'its own folder is there');
+      assert.ok(existsSync(`${root}/usr/bin`), '/usr is there');
+      const vmDir = path.resolve(r.vm.spec.dir);
+      assert.deepEqual(readdirSync(`${root}${path.dirname(vmDir)}`), [path.basename(vmDir)], 'no other VM folder');
+      for (const hidden of [path.join(f.dataDir, 'seeds'), '/etc/passwd', '/root', '/home', '/var']) {
+        assert.ok(!existsSync(`${root}${hidden}`), `${hidden} must not be visible to the VMM`);
+      }
     }
     const victim = thawed[1]!;
     const marker = path.join(f.dataDir, 'exec-ran');
