@@ -107,11 +107,12 @@ export function registerUi(app: FastifyInstance, o: UiOptions): Sessions {
   app.get('/ui/api/overview', async () => {
     const last_event_id = o.feed.lastId; // read first: events after it are replayed to the stream
     const apps = await o.service.listApps();
-    const [seeds, nodes, holders] = await Promise.all([o.service.seeds(), o.service.nodes(), o.service.seedHolders()]);
+    const [seeds, nodes, holders, volumes] = await Promise.all([o.service.seeds(), o.service.nodes(), o.service.seedHolders(), o.service.listVolumes()]);
+    const volumeOf = new Map(volumes.map((v) => [v.app, { path: v.path, size_bytes: v.sizeBytes, node: v.node }]));
     const lastWakes = await Promise.all(apps.map((a) => o.service.wakes(a.name, 1).then((w) => w[0] ?? null)));
     return {
       last_event_id,
-      apps: apps.map((a, i) => ({ ...toAppWire(a), last_wake: lastWakes[i] ? toWakeWire(lastWakes[i]) : null })),
+      apps: apps.map((a, i) => ({ ...toAppWire(a), last_wake: lastWakes[i] ? toWakeWire(lastWakes[i]) : null, volume: volumeOf.get(a.name) ?? null })),
       seeds: seeds.map((s) => ({ ...toSeedWire(s), held_by: holders[s.id] ?? [] })),
       nodes,
     };

@@ -82,7 +82,7 @@ export function AppsPage({ ov }: { ov: Overview }) {
                 </td>
                 <td data-label="Seed">{seedOf(a) ? bytes(seedOf(a)!.bytes_allocated) : 'none'}</td>
                 <td data-label="Node">{a.node ?? '—'}</td>
-                <td data-label="Volume">none</td>
+                <td data-label="Volume">{a.volume ? `${a.volume.path} (${bytes(a.volume.size_bytes)})` : 'none'}</td>
               </tr>
             ))}
           </tbody>

@@ -31,6 +31,8 @@ export interface App {
   last_wake_at: string | null;
   url?: string;
   last_wake?: Wake | null;
+  /** The app's volume (overview only): guest path, size, home node. */
+  volume?: { path: string; size_bytes: number; node: string | null } | null;
 }
 
 export interface Seed {
