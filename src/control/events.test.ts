@@ -13,6 +13,7 @@ import { createApiServer } from '../api/server.ts';
 import { openStore } from '../store/index.ts';
 import { Cluster } from './cluster.ts';
 import { EventFeed, observeStore, type FeedEvent } from './events.ts';
+import { toSeedWire, toWakeWire } from '../api/schemas.ts';
 import { Replication } from './replication.ts';
 import { Service } from './service.ts';
 import { FakeNode } from './testing.ts';
@@ -93,7 +94,7 @@ async function controlPlane(t: TestContext) {
   await writeFile(path.join(dir, 'index.html'), '<!doctype html><title>t</title>');
   const log = pino({ level: 'silent' });
   const feed = new EventFeed();
-  const store = observeStore(await openStore({ sqlitePath: path.join(dir, 'thaw.db'), envKey: randomBytes(32) }), feed);
+  const store = observeStore(await openStore({ sqlitePath: path.join(dir, 'thaw.db'), envKey: randomBytes(32) }), feed, { wake: toWakeWire, seed: toSeedWire });
   t.after(() => store.close());
   const cluster = new Cluster({ store, token: TOKEN, log, downAfterMs: 60_000 });
   const node = new FakeNode('local');

@@ -98,39 +98,10 @@ export function appEvent(a: AppRow): Record<string, unknown> {
   };
 }
 
-export function wakeEvent(w: WakeRow): Record<string, unknown> {
-  return {
-    id: w.id,
-    app: w.app,
-    at: w.at,
-    wall_ms: w.wallMs,
-    boot_mode: w.bootMode,
-    boot_ms: w.bootMs,
-    gate_ms: w.gateMs,
-    app_start_ms: w.appStartMs,
-    first_byte_ms: w.firstByteMs ?? null,
-    fs_errors: w.fsErrors,
-    fallback_reason: w.fallbackReason,
-    node: w.node,
-    seed_source: w.seedSource,
-    placement: w.placement ?? null,
-    stages: { ...w.stages },
-  };
-}
-
-export function seedEvent(s: SeedRow): Record<string, unknown> {
-  return {
-    id: s.id,
-    app: s.app,
-    deploy_id: s.deployId,
-    node: s.node,
-    bytes_apparent: s.bytesApparent,
-    bytes_allocated: s.bytesAllocated,
-    bytes_compressed: s.bytesCompressed,
-    replicated: s.replicated,
-    created_at: s.createdAt,
-    last_used_at: s.lastUsedAt,
-  };
+/** How wake and seed records look on the wire: the API's own serializers (src/api/schemas.ts), passed in by the composition root so imports point down. */
+export interface EventPayloads {
+  wake(w: WakeRow): { [k: string]: unknown };
+  seed(s: SeedRow): { [k: string]: unknown };
 }
 
 export function nodeEvent(n: NodeRow): Record<string, unknown> {
@@ -141,14 +112,14 @@ export function nodeEvent(n: NodeRow): Record<string, unknown> {
  * A Store that publishes every change it records to `feed` (after the write
  * succeeded). Reads and the env methods pass through untouched.
  */
-export function observeStore(store: Store, feed: EventFeed): Store {
+export function observeStore(store: Store, feed: EventFeed, payloads: EventPayloads): Store {
   const pubApp = (a: AppRow) => {
     feed.publish('app', appEvent(a));
     return a;
   };
   const pubSeed = async (id: string) => {
     const s = (await store.listSeeds()).find((x) => x.id === id);
-    if (s) feed.publish('seed', seedEvent(s));
+    if (s) feed.publish('seed', payloads.seed(s));
   };
   const overrides: Partial<Store> = {
     createApp: async (a: Parameters<Store['createApp']>[0]) => pubApp(await store.createApp(a)),
@@ -160,16 +131,16 @@ export function observeStore(store: Store, feed: EventFeed): Store {
     },
     addWake: async (w: WakeRow) => {
       await store.addWake(w);
-      feed.publish('wake', wakeEvent(w));
+      feed.publish('wake', payloads.wake(w));
     },
     setWakeFirstByte: async (id: string, ms: number) => {
       const w = await store.setWakeFirstByte(id, ms);
-      if (w) feed.publish('wake', wakeEvent(w));
+      if (w) feed.publish('wake', payloads.wake(w));
       return w;
     },
     putSeed: async (s: SeedRow) => {
       await store.putSeed(s);
-      feed.publish('seed', seedEvent(s));
+      feed.publish('seed', payloads.seed(s));
     },
     markSeedReplicated: async (id: string, bytes: number) => {
       await store.markSeedReplicated(id, bytes);

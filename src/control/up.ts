@@ -17,6 +17,7 @@ import { openStore } from '../store/index.ts';
 import { crossesNetwork, plainHttpWarning } from '../http/tls.ts';
 import { Cluster } from './cluster.ts';
 import { EventFeed, observeStore } from './events.ts';
+import { toSeedWire, toWakeWire } from '../api/schemas.ts';
 import { controlTls, joinCommand, localUrl, networkHost, readNodeCa, type ControlTlsOptions } from './join.ts';
 import { Replication } from './replication.ts';
 import { Service } from './service.ts';
@@ -106,7 +107,7 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   // A wake holds its app's lock through a pull and a cold boot.
   // Every change the store records is published to the dashboard's event feed.
   const feed = new EventFeed();
-  const store = observeStore(await openStore({ url: o.database, ...(o.databaseSchema ? { pgSchema: o.databaseSchema } : {}), sqlitePath: path.join(data, 'thaw.db'), envKey, lockWaitMs: 10 * 60_000 }), feed);
+  const store = observeStore(await openStore({ url: o.database, ...(o.databaseSchema ? { pgSchema: o.databaseSchema } : {}), sqlitePath: path.join(data, 'thaw.db'), envKey, lockWaitMs: 10 * 60_000 }), feed, { wake: toWakeWire, seed: toSeedWire });
   const assets = await ensureAssets((l) => log.info(l));
   const s3 = s3FromFlags(o);
   const host = o.host ?? '127.0.0.1';
