@@ -53,6 +53,15 @@ export function vmmCommand(spec: Pick<VmSpec, 'tap' | 'jail' | 'dir'>, vmm: stri
   return argv;
 }
 
+/**
+ * The VMM's whole environment: a PATH and its VM folder (THAW_VM_DIR, which names the VM for
+ * tools and tests that look for its process). Nothing of the node's own environment (object
+ * storage keys, tokens) reaches a VMM.
+ */
+export function vmmEnv(spec: Pick<VmSpec, 'dir'>): NodeJS.ProcessEnv {
+  return { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', THAW_VM_DIR: path.resolve(spec.dir) };
+}
+
 export interface HandedFiles {
   /** Descriptors for the child's fd 3, 4, ... */
   fds: number[];
@@ -86,7 +95,9 @@ export async function handOver(spec: VmSpec, incoming: boolean, state?: string):
   const named = new Map<string, string>();
   const inDir = (f: string) => path.dirname(path.resolve(f)) === path.resolve(spec.dir);
   const give = async (kind: string, file: string, flags = 'r') => {
-    const fh = await open(file, flags);
+    const fh = await open(file, flags).catch((err: NodeJS.ErrnoException) => {
+      throw new ThawError('VM_START_FAILED', `cannot open the VM's ${kind} (${file}): ${err.code ?? err.message}`, { cause: err });
+    });
     handles.push(fh);
     named.set(kind, `/proc/self/fd/${2 + handles.length}`);
   };

@@ -10,7 +10,7 @@ import net from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ThawError } from '../errors.ts';
-import { handOver, SANDBOX, STATE_FD, STATE_SOCK, stateSink, vmmCommand, type HandedFiles } from './jail.ts';
+import { handOver, SANDBOX, STATE_FD, STATE_SOCK, stateSink, vmmCommand, vmmEnv, type HandedFiles } from './jail.ts';
 import { probeAccel } from './kvm-probe.ts';
 import { progressTimer } from './cpu.ts';
 import { Qmp } from './qmp.ts';
@@ -110,7 +110,7 @@ export class QemuDriver implements Hypervisor {
     const [cmd, ...argv] = vmmCommand(spec, [this.binary, ...args]);
     let child: ReturnType<typeof spawn>;
     try {
-      child = spawn(cmd!, argv, { cwd: spec.dir, stdio: ['ignore', 'pipe', 'pipe', ...files.fds] });
+      child = spawn(cmd!, argv, { cwd: spec.dir, stdio: ['ignore', 'pipe', 'pipe', ...files.fds], env: vmmEnv(spec) });
     } finally {
       files.close();
     }

@@ -3,7 +3,7 @@
 // own data folder and removes it, and checks that no QEMU process is left.
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -81,14 +81,25 @@ export async function fixture(): Promise<Fixture> {
 }
 
 /** QEMU processes whose command line mentions `needle` (a data dir or VM id). */
+/**
+ * QEMU processes (`pid cmdline` lines) whose command line or VM folder (THAW_VM_DIR in their
+ * environment: a jailed QEMU names no host path) contains `needle`.
+ */
 export function qemuProcesses(needle: string): string[] {
+  let lines: string[];
   try {
-    return execFileSync('pgrep', ['-af', 'qemu-system'], { encoding: 'utf8' })
-      .split('\n')
-      .filter((l) => l.includes(needle));
+    lines = execFileSync('pgrep', ['-af', 'qemu-system'], { encoding: 'utf8' }).split('\n').filter(Boolean);
   } catch {
     return [];
   }
+  const vmDir = (pid: string) => {
+    try {
+      return readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').find((e) => e.startsWith('THAW_VM_DIR=')) ?? '';
+    } catch {
+      return ''; // gone meanwhile
+    }
+  };
+  return lines.filter((l) => l.includes(needle) || vmDir(l.split(' ')[0]!).includes(needle));
 }
 
 export async function getJson(port: number, init?: RequestInit & { host?: string }): Promise<{ status: number; body: any; headers: Headers }> {
