@@ -13,6 +13,8 @@ import type { NodeEvent, NodeInfo, NodeStatus } from '../wire/node.ts';
 
 export class Member {
   state: 'up' | 'down' = 'up';
+  /** The node said it is shutting down: no new wakes go to it (until it joins again). */
+  draining = false;
   lastSeen = Date.now();
   capacity: number;
   /** The certificate fingerprint the node reported at join (pinned for its URL). */
@@ -188,7 +190,7 @@ export class Cluster {
    * least loaded, then by name (deterministic).
    */
   pick(seedId: string | null, exclude: ReadonlySet<string> = new Set(), opts: { canPull?: boolean; pinned?: string } = {}): Placement | null {
-    const open = this.live().filter((m) => !exclude.has(m.name) && m.load() < m.capacity && (!opts.pinned || m.name === opts.pinned));
+    const open = this.live().filter((m) => !m.draining && !exclude.has(m.name) && m.load() < m.capacity && (!opts.pinned || m.name === opts.pinned));
     if (!open.length) return null;
     const byLoad = (a: Member, b: Member) => a.load() - b.load() || a.name.localeCompare(b.name);
     const byQueue = (a: Member, b: Member) => a.wakesInFlight - a.wakeSlots() - (b.wakesInFlight - b.wakeSlots()) || byLoad(a, b);

@@ -161,6 +161,19 @@ test('remote node: heartbeats join it, a silent node is marked down, its apps wa
   const vmId = far.running.get('x')!;
   assert.deepEqual((await beat()).stop, [{ app: 'x', vmId }], 'back from the dead, it must stop the VM placed before');
 
+  // A leaving node first asks for its apps to sleep gracefully (drain, SIGTERM, a record), then says it is gone.
+  local.capacity = 0;
+  cluster.get('far')!.lastSeen = Date.now();
+  await beat({ running: [] });
+  assert.equal((await service.wake('x')).node, 'far');
+  const quiesced: string[] = [];
+  service.gate = { quiesce: async (name) => (quiesced.push(name), { drainMs: 5, cut: 0 }), release: () => {} };
+  await beat({ draining: true });
+  assert.deepEqual(quiesced, ['x'], 'the router drained the app first');
+  assert.equal((await store.getApp('x')).state, 'asleep');
+  assert.equal((await service.sleeps('x', 1))[0]?.trigger, 'node-leaving');
+  const again = await service.wake('x').then((w) => w.node, (e: Error) => e.message);
+  assert.doesNotMatch(String(again), /^far$/, 'nothing new goes to a draining node');
   await service.heartbeat({ name: 'far', url, capacity: 4, running: [], seeds: [], events: [], leaving: true });
   assert.equal(cluster.get('far')!.state, 'down', 'a leaving node is down at once');
   local.capacity = 4;

@@ -314,6 +314,20 @@ export class Service implements ControlService, AppDirectory {
 
   /** A node's heartbeat: record it; answer with VMs it runs that are placed elsewhere (stop them). */
   heartbeat(st: NodeStatus): Promise<HeartbeatResponse> {
+    return st.draining ? this.drainNode(st) : this.fleet.heartbeat(st);
+  }
+
+  /**
+   * A node about to shut down: nothing new is placed on it, and each app it runs sleeps the
+   * graceful way (router drain, SIGTERM and grace on the node, a `node-leaving` sleep record),
+   * all at once, while the node still serves its API. Answered when they are asleep.
+   */
+  private async drainNode(st: NodeStatus): Promise<HeartbeatResponse> {
+    const m = this.o.cluster.get(st.name);
+    if (m) m.draining = true;
+    const apps = this.placed.on(st.name).map(([app]) => app);
+    if (apps.length) this.o.log.info({ node: st.name, apps }, 'node is leaving: its apps sleep now');
+    await Promise.all(apps.map((a) => this.lock(a, () => this.runs.sleep(a, 'node-leaving')).catch((err: unknown) => this.o.log.warn({ app: a, err: asThawError(err).message }, 'sleep of a leaving node\'s app failed'))));
     return this.fleet.heartbeat(st);
   }
 

@@ -117,6 +117,11 @@ export const NodeStatus = z.object({
   wakes: z.object({ limit: z.number().int().min(1), running: z.number().int().min(0), queued: z.number().int().min(0), queuedApps: z.array(Name).max(10_000) }).optional(),
   /** The node is shutting down (its VMs are already deleted): take it out of scheduling now. */
   leaving: z.boolean().optional(),
+  /**
+   * The node is about to shut down and still serves its API: schedule nothing more on it and
+   * sleep its apps gracefully now (drain, SIGTERM, grace, a sleep record each); answered when done.
+   */
+  draining: z.boolean().optional(),
   /** An https:// node: the SHA-256 fingerprint of the certificate its API presents (pinned by the control plane at join). */
   tlsFingerprint: z.string().max(200).optional(),
 });
