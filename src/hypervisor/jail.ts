@@ -50,6 +50,10 @@ export function vmmCommand(spec: Pick<VmSpec, 'tap' | 'jail' | 'dir'>, vmm: stri
   // A jailed VMM sees only its own folder and /usr (mount-jail.ts); the uid drop happens inside.
   if (spec.jail && mountJailAvailable()) argv = mountJail(path.resolve(spec.dir), argv);
   if (spec.tap) argv = [NSENTER, `--net=/run/netns/${spec.tap.netns}`, '--', ...argv];
+  // Die with the node from the first step on, not only once QEMU runs: a node killed while the
+  // jail is being set up must not leave an orphan that goes on to start QEMU. (The uid change
+  // clears the setting, so the inner setpriv sets it again.)
+  if (SETPRIV && argv[0] !== SETPRIV) argv = [SETPRIV, '--pdeathsig', 'KILL', '--', ...argv];
   return argv;
 }
 
