@@ -260,6 +260,9 @@ export class Runs {
       createdAt: now,
       lastUsedAt: now,
     };
+    // A seed kept through a failed thaw (not proven bad) is replaced now: its files and object go once no VM uses them.
+    const old = await this.o.store.getSeed(name);
+    if (old && old.id !== seed.id) await this.dropSeed(name);
     await this.o.store.putSeed(seed);
     m.seeds.add(seed.id);
     this.o.replication.added(seed);
