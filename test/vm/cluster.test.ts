@@ -15,6 +15,7 @@ import { request } from 'undici';
 import { ApiClient } from '../../src/api/client.ts';
 import { startThaw, type Running } from '../../src/control/up.ts';
 import { packAppDir } from '../../src/image/tarball.ts';
+import { NetPool } from '../../src/network/pool.ts';
 import { spawnNode, type NodeProc } from '../helpers/nodeproc.ts';
 import { S3RVER_CREDENTIALS, startS3Server, type S3TestServer } from '../helpers/s3server.ts';
 import { HELLO, qemuProcesses } from './fixture.ts';
@@ -107,6 +108,8 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
       await c.query(`DROP SCHEMA IF EXISTS ${pgSchema} CASCADE`);
       await c.end();
     }
+    // A SIGKILLed node that is not restarted leaves its ready namespaces: remove them as its next start would.
+    for (const d of dirs.values()) await new NetPool({ dataDir: path.join(d, 'node'), log: pino({ level: 'silent' }), size: 0 }).recover();
     for (const d of [...dirs.values(), ctlDir]) {
       assert.deepEqual(qemuProcesses(d), [], `QEMU left running for ${d}`);
       await rm(d, { recursive: true, force: true });
