@@ -157,31 +157,44 @@ async function fetchNodeRuntime(pin: PinnedNode, dir: string, log: (l: string) =
   await mkdir(path.dirname(dir), { recursive: true });
   const tmp = await mkdtemp(`${dir}.tmp-`);
   try {
-    let packed: { filename?: string; integrity?: string }[];
-    try {
-      const { stdout } = await execFile('npm', ['pack', spec, '--json', '--pack-destination', tmp, '--ignore-scripts'], { cwd: tmp, maxBuffer: 16 << 20 });
-      packed = JSON.parse(stdout) as typeof packed;
-    } catch (err) {
-      throw new ThawError('ASSETS_BUILD_FAILED', `npm pack ${spec} failed: ${(err as Error).message.trim().split('\n').slice(-3).join(' ')}`, { cause: err });
-    }
-    const name = packed[0]?.filename;
-    const tgz = name && path.basename(name) === name ? path.join(tmp, name) : '';
-    const integrity = tgz && existsSync(tgz) ? await sha512Integrity(tgz) : '';
-    if (packed[0]?.integrity !== pin.integrity || integrity !== pin.integrity) {
-      throw new ThawError('ASSETS_BUILD_FAILED', `${spec}: tarball integrity ${integrity || 'missing'} is not the pinned ${pin.integrity}`);
-    }
+    const { tgz, integrity } = await packPinned(spec, pin.integrity, tmp);
     await execFile('tar', ['-xzf', tgz, '-C', tmp, '--no-same-owner', 'package/bin/node', 'package/LICENSE', 'package/include']);
     await rm(tgz, { force: true });
     const sha256 = await sha256File(path.join(tmp, 'package', 'bin', 'node'));
     if (sha256 !== pin.sha256) throw new ThawError('ASSETS_BUILD_FAILED', `${spec}: bin/node has SHA-256 ${sha256}, not the pinned ${pin.sha256}`);
     await writeFile(path.join(tmp, 'package', 'ready.json'), JSON.stringify({ version: pin.version, integrity, sha256 }));
-    try {
-      await rename(path.join(tmp, 'package'), dir);
-    } catch (err) {
-      // Another process finished first: use theirs.
-      if (!existsSync(path.join(dir, 'ready.json'))) throw err;
-    }
+    await publishPackage(tmp, dir);
   } finally {
     await rm(tmp, { recursive: true, force: true });
+  }
+}
+
+/**
+ * `npm pack SPEC` into `tmp`, refused unless both npm's reported integrity and the file's own
+ * SHA-512 are the pinned `integrity`. Returns the tarball's path. ASSETS_BUILD_FAILED otherwise.
+ */
+export async function packPinned(spec: string, integrity: string, tmp: string): Promise<{ tgz: string; integrity: string }> {
+  let packed: { filename?: string; integrity?: string }[];
+  try {
+    const { stdout } = await execFile('npm', ['pack', spec, '--json', '--pack-destination', tmp, '--ignore-scripts'], { cwd: tmp, maxBuffer: 64 << 20 });
+    packed = JSON.parse(stdout) as typeof packed;
+  } catch (err) {
+    throw new ThawError('ASSETS_BUILD_FAILED', `npm pack ${spec} failed: ${(err as Error).message.trim().split('\n').slice(-3).join(' ')}`, { cause: err });
+  }
+  const name = packed[0]?.filename;
+  const tgz = name && path.basename(name) === name ? path.join(tmp, name) : '';
+  const got = tgz && existsSync(tgz) ? await sha512Integrity(tgz) : '';
+  if (packed[0]?.integrity !== integrity || got !== integrity) {
+    throw new ThawError('ASSETS_BUILD_FAILED', `${spec}: tarball integrity ${got || 'missing'} is not the pinned ${integrity}`);
+  }
+  return { tgz, integrity: got };
+}
+
+/** Move `tmp/package` (holding ready.json) to `dir`; when another process finished first, use theirs. */
+export async function publishPackage(tmp: string, dir: string): Promise<void> {
+  try {
+    await rename(path.join(tmp, 'package'), dir);
+  } catch (err) {
+    if (!existsSync(path.join(dir, 'ready.json'))) throw err;
   }
 }

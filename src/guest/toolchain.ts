@@ -3,15 +3,14 @@
 // dependencies, one JS entry point run by the app's own pinned Node), fetched
 // once with `npm pack` into CACHE/pkg/<name>-<version>/ and checked against
 // the pinned tarball integrity. Never the host's npm.
-import { createHash } from 'node:crypto';
 import { execFile as execFileCb } from 'node:child_process';
-import { createReadStream, existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import { ThawError } from '../errors.ts';
 import { cacheRoot } from './cache.ts';
+import { packPinned, publishPackage } from './node-runtime.ts';
 
 const execFile = promisify(execFileCb);
 
@@ -54,28 +53,12 @@ async function fetchTool(pin: PinnedTool, dir: string, log: (l: string) => void)
   await mkdir(path.dirname(dir), { recursive: true });
   const tmp = await mkdtemp(`${dir}.tmp-`);
   try {
-    let packed: { filename?: string; integrity?: string }[];
-    try {
-      const { stdout } = await execFile('npm', ['pack', spec, '--json', '--pack-destination', tmp, '--ignore-scripts'], { cwd: tmp, maxBuffer: 64 << 20 });
-      packed = JSON.parse(stdout) as typeof packed;
-    } catch (err) {
-      throw new ThawError('ASSETS_BUILD_FAILED', `npm pack ${spec} failed: ${(err as Error).message.trim().split('\n').slice(-3).join(' ')}`, { cause: err });
-    }
-    const name = packed[0]?.filename;
-    const tgz = name && path.basename(name) === name ? path.join(tmp, name) : '';
-    const h = createHash('sha512');
-    if (tgz && existsSync(tgz)) await pipeline(createReadStream(tgz), h);
-    const integrity = tgz ? `sha512-${h.digest('base64')}` : '';
-    if (integrity !== pin.integrity) throw new ThawError('ASSETS_BUILD_FAILED', `${spec}: tarball integrity ${integrity || 'missing'} is not the pinned ${pin.integrity}`);
+    const { tgz, integrity } = await packPinned(spec, pin.integrity, tmp);
     await execFile('tar', ['-xzf', tgz, '-C', tmp, '--no-same-owner']);
     await rm(tgz, { force: true });
     if (!existsSync(path.join(tmp, 'package', pin.entry))) throw new ThawError('ASSETS_BUILD_FAILED', `${spec} has no ${pin.entry}`);
     await writeFile(path.join(tmp, 'package', 'ready.json'), JSON.stringify({ version: pin.version, integrity }));
-    try {
-      await rename(path.join(tmp, 'package'), dir);
-    } catch (err) {
-      if (!existsSync(path.join(dir, 'ready.json'))) throw err; // another process finished first: use theirs
-    }
+    await publishPackage(tmp, dir);
   } finally {
     await rm(tmp, { recursive: true, force: true });
   }
