@@ -10,10 +10,10 @@ import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import pino from 'pino';
 import { createApiServer } from '../api/server.ts';
-import { openStore } from '../store/index.ts';
+import { openStore, type AppRow } from '../store/index.ts';
 import { Cluster } from './cluster.ts';
 import { EventFeed, observeStore, type FeedEvent } from './events.ts';
-import { toSeedWire, toWakeWire } from '../api/schemas.ts';
+import { toAppWire, toSeedWire, toWakeWire } from '../api/schemas.ts';
 import { Replication } from './replication.ts';
 import { Service } from './service.ts';
 import { FakeNode } from './testing.ts';
@@ -94,7 +94,9 @@ async function controlPlane(t: TestContext) {
   await writeFile(path.join(dir, 'index.html'), '<!doctype html><title>t</title>');
   const log = pino({ level: 'silent' });
   const feed = new EventFeed();
-  const store = observeStore(await openStore({ sqlitePath: path.join(dir, 'thaw.db'), envKey: randomBytes(32) }), feed, { wake: toWakeWire, seed: toSeedWire });
+  let svc: Service | null = null;
+  const app = (a: AppRow) => toAppWire(svc!.view(a));
+  const store = observeStore(await openStore({ sqlitePath: path.join(dir, 'thaw.db'), envKey: randomBytes(32) }), feed, { app, wake: toWakeWire, seed: toSeedWire });
   t.after(() => store.close());
   const cluster = new Cluster({ store, token: TOKEN, log, downAfterMs: 60_000 });
   const node = new FakeNode('local');
@@ -105,6 +107,7 @@ async function controlPlane(t: TestContext) {
     store, cluster, baseRootfs: '/nonexistent', dataDir: dir, log, domain: 'localhost', routerPort: 8080,
     idleTimeoutS: 300, diskMiB: 64, maxAppBytes: 1 << 20, maxTarballBytes: 1 << 20, replication,
   });
+  svc = service;
   const api = await createApiServer({ service, token: TOKEN, logger: false, ui: { feed, webDir: dir } });
   await api.listen({ host: '127.0.0.1', port: 0 });
   t.after(() => api.close());
@@ -160,4 +163,18 @@ test('no env value appears in any event while an app is configured, woken, slept
   const text = JSON.stringify(events);
   assert.equal(text.includes(secret), false, 'no env value in the feed');
   assert.equal(text.includes('DATABASE_URL'), false, 'env names are not in the feed either (the page reads them per app)');
+});
+
+test('an app event carries exactly what GET /v1/apps/NAME answers (one serializer, no drift)', async (t) => {
+  const { store, feed, url } = await controlPlane(t);
+  const seen: FeedEvent[] = [];
+  const off = feed.subscribe((e) => seen.push(e));
+  t.after(off);
+  await store.createApp({ name: 'same', idleTimeoutS: 60 });
+  const r = await fetch(`${url}/v1/apps/same`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  const { app } = (await r.json()) as { app: Record<string, unknown> };
+  const ev = seen.filter((e) => e.type === 'app').at(-1);
+  assert.ok(ev, 'an app event was published');
+  assert.deepEqual(Object.keys(ev.data).sort(), Object.keys(app).sort());
+  assert.deepEqual(ev.data, app);
 });

@@ -83,23 +83,9 @@ export class EventFeed {
 
 // ---- payloads: the wire shapes, field by field ------------------------------------
 
-export function appEvent(a: AppRow): Record<string, unknown> {
-  return {
-    name: a.name,
-    state: a.state,
-    version: a.version,
-    deploy_id: a.deployId,
-    seed_id: a.seedId,
-    node: a.node,
-    idle_timeout_s: a.idleTimeoutS,
-    error: a.error,
-    updated_at: a.updatedAt,
-    last_wake_at: a.lastWakeAt,
-  };
-}
-
-/** How wake and seed records look on the wire: the API's own serializers (src/api/schemas.ts), passed in by the composition root so imports point down. */
+/** How app, wake and seed records look on the wire: the API's own serializers (src/api/schemas.ts), passed in by the composition root so imports point down and the feed cannot drift from the API. */
 export interface EventPayloads {
+  app(a: AppRow): { [k: string]: unknown };
   wake(w: WakeRow): { [k: string]: unknown };
   seed(s: SeedRow): { [k: string]: unknown };
 }
@@ -114,7 +100,7 @@ export function nodeEvent(n: NodeRow): Record<string, unknown> {
  */
 export function observeStore(store: Store, feed: EventFeed, payloads: EventPayloads): Store {
   const pubApp = (a: AppRow) => {
-    feed.publish('app', appEvent(a));
+    feed.publish('app', payloads.app(a));
     return a;
   };
   const pubSeed = async (id: string) => {

@@ -106,7 +106,8 @@ export class Service implements ControlService, AppDirectory {
     }
   }
 
-  private view(a: AppRow): AppView {
+  /** The API's view of an app row: the row plus its public URL on the router. */
+  view(a: AppRow): AppView {
     return { ...a, url: `http://${a.name}.${this.o.domain}:${this.o.routerPort}/` };
   }
 

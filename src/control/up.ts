@@ -14,10 +14,11 @@ import { createRouter, type RouterTimeouts } from '../router/router.ts';
 import { s3FromFlags } from '../seed/s3.ts';
 import { untilSignal } from '../signals.ts';
 import { openStore } from '../store/index.ts';
+import type { AppRow } from '../store/index.ts';
 import { crossesNetwork, plainHttpWarning } from '../http/tls.ts';
 import { Cluster } from './cluster.ts';
 import { EventFeed, observeStore } from './events.ts';
-import { toSeedWire, toWakeWire } from '../api/schemas.ts';
+import { toAppWire, toSeedWire, toWakeWire } from '../api/schemas.ts';
 import { controlTls, joinCommand, localUrl, networkHost, readNodeCa, type ControlTlsOptions } from './join.ts';
 import { Replication } from './replication.ts';
 import { Service } from './service.ts';
@@ -107,7 +108,9 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
   // A wake holds its app's lock through a pull and a cold boot.
   // Every change the store records is published to the dashboard's event feed.
   const feed = new EventFeed();
-  const store = observeStore(await openStore({ url: o.database, ...(o.databaseSchema ? { pgSchema: o.databaseSchema } : {}), sqlitePath: path.join(data, 'thaw.db'), envKey, lockWaitMs: 10 * 60_000 }), feed, { wake: toWakeWire, seed: toSeedWire });
+  let service: Service | null = null;
+  const appWire = (a: AppRow) => toAppWire(service ? service.view(a) : { ...a, url: '' });
+  const store = observeStore(await openStore({ url: o.database, ...(o.databaseSchema ? { pgSchema: o.databaseSchema } : {}), sqlitePath: path.join(data, 'thaw.db'), envKey, lockWaitMs: 10 * 60_000 }), feed, { app: appWire, wake: toWakeWire, seed: toSeedWire });
   const assets = await ensureAssets((l) => log.info(l));
   const s3 = s3FromFlags(o);
   const host = o.host ?? '127.0.0.1';
@@ -120,7 +123,6 @@ export async function startThaw(o: UpOptions, log: Logger = pino({ level: proces
     agent = await createNodeAgent({ dir: nodeDir(data), name: 'local', s3, capBytes: o.seedCacheBytes ?? 20 * 1024 ** 3, images: () => sharedImages, log, ...(o.driver ? { driver: o.driver } : {}), ...wakeLimits(o) });
     cluster.addLocal(agent);
   }
-  let service: Service | null = null;
   const replication = new Replication({
     s3,
     ttlMs: (o.seedTtl ?? 7 * 24 * 3600) * 1000,
