@@ -5,39 +5,24 @@
 // folder; (d) (a) as a docker-archive.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmod, chown, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import pino from 'pino';
-import { request } from 'undici';
-import { ApiClient } from '../../src/api/client.ts';
-import { startThaw, type Running } from '../../src/control/up.ts';
+import type { ApiClient } from '../../src/api/client.ts';
 import { buildImage, copyImage, makeTar, startRegistry, type Registry } from '../helpers/oci.ts';
+import { startTestThaw, type RouterRequest, type TestThaw } from '../helpers/thaw-up.ts';
 import { qemuProcesses, ROOT } from './fixture.ts';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('OCI images', { concurrency: false }, () => {
   let work: string;
-  let thaw: Running;
+  let t: TestThaw | undefined;
   let api: ApiClient;
-  let routerPort: number;
   let reg: Registry;
   let archive: string;
 
-  const get = async (app: string, init: { method?: 'GET' | 'POST'; body?: string; path?: string } = {}) => {
-    const res = await request(`http://127.0.0.1:${routerPort}${init.path ?? '/'}`, { method: init.method ?? 'GET', body: init.body, headers: { host: `${app}.localhost` } });
-    const text = await res.body.text();
-    return { status: res.statusCode, boot: res.headers['x-thaw-boot'] as string | undefined, text, json: () => JSON.parse(text) };
-  };
-  const waitAsleep = async (name: string) => {
-    const t0 = Date.now();
-    while ((await api.getApp(name)).state !== 'asleep') {
-      if (Date.now() - t0 > 120_000) assert.fail(`${name} did not go to sleep`);
-      await sleep(200);
-    }
-  };
+  const get = (app: string, init: RouterRequest = {}) => t!.get(app, init);
+  const waitAsleep = (name: string) => t!.waitState(name, 'asleep', 120_000);
   /** The cycle every image must pass: cold answer, marker, bake, thaw with rotated env and the marker. */
   const lifecycle = async (name: string, image: string, expect: { uid?: number } = {}) => {
     await api.deploy(name, { image }, { env: { WHO: 'first' }, idleTimeoutS: 2 });
@@ -98,14 +83,12 @@ describe('OCI images', { concurrency: false }, () => {
     await chmod(archive, 0o644);
 
     const data = path.join(work, 'data');
-    thaw = await startThaw({ data, port: 0, apiPort: 0, domain: 'localhost', idleTimeout: 300 }, pino({ level: 'silent' }));
-    routerPort = Number(new URL(thaw.routerUrl).port);
-    api = new ApiClient({ url: thaw.apiUrl, token: (await readFile(path.join(data, 'token'), 'utf8')).trim() });
+    t = await startTestThaw({ data });
+    api = t.api;
   });
 
   after(async () => {
-    await thaw?.stop();
-    await api?.close();
+    await t?.stop();
     await reg?.stop();
     assert.deepEqual(qemuProcesses(work), [], 'no QEMU left');
     await rm(work, { recursive: true, force: true });
@@ -121,7 +104,7 @@ describe('OCI images', { concurrency: false }, () => {
 
   test('(c) whiteouts: the deleted file is gone, the opaque folder holds only layer 2', async () => {
     await lifecycle('layers', `${reg.host}/thaw/layers:1`);
-    assert.ok(!(await get('layers', { path: '/ls/' })).json().includes('gone.txt'));
+    assert.ok(!(await get('layers', { path: '/ls/' })).json<string[]>().includes('gone.txt'));
     assert.deepEqual((await get('layers', { path: '/ls/dir' })).json(), ['new.txt']);
   });
 

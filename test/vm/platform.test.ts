@@ -6,51 +6,26 @@ import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import pino from 'pino';
-import { request } from 'undici';
-import { ApiClient } from '../../src/api/client.ts';
-import { startThaw, type Running } from '../../src/control/up.ts';
+import type { ApiClient } from '../../src/api/client.ts';
+import type { Running } from '../../src/control/up.ts';
 import { packAppDir } from '../../src/image/tarball.ts';
+import { startTestThaw, type RouterRequest, type TestThaw } from '../helpers/thaw-up.ts';
 import { countOccurrences, HELLO, qemuProcesses } from './fixture.ts';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 describe('thaw up', { concurrency: false }, () => {
+  let t: TestThaw;
   let data: string;
   let thaw: Running;
   let api: ApiClient;
-  let routerPort: number;
-
-  // undici's request, not fetch: fetch does not let a caller set the Host header.
-  const get = async (host = 'hello.localhost', init: { method?: 'GET' | 'POST'; body?: string } = {}) => {
-    const res = await request(`http://127.0.0.1:${routerPort}/`, { method: init.method ?? 'GET', body: init.body, headers: { host } });
-    const text = await res.body.text();
-    const headers = { get: (k: string) => (res.headers[k] as string | undefined) ?? null };
-    return { status: res.statusCode, headers, text, json: () => JSON.parse(text) };
-  };
-  const waitState = async (name: string, state: string, ms = 120_000) => {
-    const t0 = Date.now();
-    for (;;) {
-      const a = await api.getApp(name);
-      if (a.state === state) return a;
-      if (Date.now() - t0 > ms) assert.fail(`${name} stayed ${a.state}, expected ${state}`);
-      await sleep(200);
-    }
-  };
+  const get = (host = 'hello.localhost', init: RouterRequest = {}) => t.get(host, init);
+  const waitState = (name: string, state: 'asleep' | 'running') => t.waitState(name, state, 120_000);
 
   before(async () => {
-    data = await mkdtemp(path.join(os.tmpdir(), 'thaw-up-'));
-    thaw = await startThaw({ data, port: 0, apiPort: 0, domain: 'localhost', idleTimeout: 300 }, pino({ level: 'silent' }));
-    routerPort = Number(new URL(thaw.routerUrl).port);
-    api = new ApiClient({ url: thaw.apiUrl, token: (await readFile(path.join(data, 'token'), 'utf8')).trim() });
+    t = await startTestThaw({ prefix: 'thaw-up-' });
+    ({ data, thaw, api } = t);
   });
 
-  after(async () => {
-    await thaw.stop();
-    await api.close();
-    assert.deepEqual(qemuProcesses(data), [], 'shutdown leaves no QEMU running');
-    await rm(data, { recursive: true, force: true });
-  });
+  after(() => t.stop());
 
   test('deploy, serve, idle to zero (bake), thaw on the next request', async () => {
     const d = await api.deploy('hello', await packAppDir(HELLO), { env: { WHO: 'deploy-value' }, idleTimeoutS: 2 });
@@ -122,7 +97,7 @@ describe('thaw up', { concurrency: false }, () => {
       assert.equal((await api.seeds()).length, 0);
       assert.ok(!existsSync(path.join(data, 'node', 'seeds', old.id)));
       const r = await get();
-      assert.equal(r.headers.get('x-thaw-boot'), 'cold');
+      assert.equal(r.headers.get('x-thaw-boot'), 'cold', `${r.status} ${r.text}`);
       assert.equal(r.json().version, 'v2');
     } finally {
       await rm(v2, { recursive: true, force: true });

@@ -3,15 +3,14 @@
 // first sleep (which bakes) and on a later one (a thawed VM); the app sees
 // SIGTERM on both, and the sleep records carry the exit code of its handler.
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import pino from 'pino';
 import { request } from 'undici';
-import { ApiClient } from '../../src/api/client.ts';
-import { startThaw, type Running } from '../../src/control/up.ts';
+import type { ApiClient } from '../../src/api/client.ts';
 import { packAppDir } from '../../src/image/tarball.ts';
+import { startTestThaw, type TestThaw } from '../helpers/thaw-up.ts';
 import { qemuProcesses } from './fixture.ts';
 
 /** Its SIGTERM handler logs and exits with a code of its own: 43, or 44 when a response was still open (drain failed). */
@@ -38,9 +37,9 @@ server.listen(Number(process.env.PORT ?? 8080), '0.0.0.0');
 `;
 
 describe('graceful sleep', { concurrency: false }, () => {
+  let up: TestThaw;
   let data: string;
   let appDir: string;
-  let thaw: Running;
   let api: ApiClient;
   let routerPort: number;
 
@@ -62,22 +61,17 @@ describe('graceful sleep', { concurrency: false }, () => {
   };
 
   before(async () => {
-    data = await mkdtemp(path.join(os.tmpdir(), 'thaw-i14-sleep-'));
     appDir = await mkdtemp(path.join(os.tmpdir(), 'thaw-i14-app-'));
     await writeFile(path.join(appDir, 'package.json'), JSON.stringify({ name: 'graceful', version: '1.0.0', type: 'module', scripts: { start: 'node server.js' } }));
     await writeFile(path.join(appDir, 'server.js'), SERVER);
-    thaw = await startThaw({ data, port: 0, apiPort: 0, domain: 'localhost', idleTimeout: 3600, drainMs: 60_000, stopGraceMs: 10_000 }, pino({ level: 'silent' }));
-    routerPort = Number(new URL(thaw.routerUrl).port);
-    api = new ApiClient({ url: thaw.apiUrl, token: (await readFile(path.join(data, 'token'), 'utf8')).trim() });
+    up = await startTestThaw({ prefix: 'thaw-i14-sleep-', up: { idleTimeout: 3600, drainMs: 60_000, stopGraceMs: 10_000 } });
+    ({ data, api, routerPort } = up);
     // A cold boot under TCG on a busy host can take minutes: the per-app hold time covers it.
     await api.deploy('graceful', await packAppDir(appDir), { wakeTimeoutS: 900 });
   });
 
   after(async () => {
-    await thaw.stop();
-    await api.close();
-    assert.deepEqual(qemuProcesses(data), [], 'shutdown leaves no QEMU running');
-    await rm(data, { recursive: true, force: true });
+    await up.stop();
     await rm(appDir, { recursive: true, force: true });
   });
 
