@@ -80,7 +80,7 @@ test('a corrupted backup is refused with VOLUME_BACKUP_CORRUPT, and the volume f
   const key = backupKey('app', 's-2');
   // The object's bytes change after the backup was recorded (bit rot, a tampered store).
   const body = await readFile(packedFile);
-  body[body.length >> 1] ^= 0xff;
+  body.writeUInt8(body.readUInt8(body.length >> 1) ^ 0xff, body.length >> 1);
   await s3.client.send(new PutObjectCommand({ Bucket: 'vols', Key: key, Body: body, Metadata: { sha256: packed.sha256 } }));
   const got = path.join(root, 'b-down.tar.zst');
   await assert.rejects(downloadBackup(s3, key, packed.sha256, got), (e) => isThawError(e, 'VOLUME_BACKUP_CORRUPT'));
