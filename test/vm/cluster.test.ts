@@ -244,7 +244,7 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
       const r = await request(`http://127.0.0.1:${routerPort}/`, { method, headers: { host: 'volapp.localhost' }, ...(body ? { body } : {}) });
       return { status: r.statusCode, json: (await r.body.json()) as { marker: string | null } };
     };
-    await api.deploy('volapp', await packAppDir(HELLO), { env: { WHO: 'vol' }, volume: '/app/data:64MiB' });
+    await api.deploy('volapp', await packAppDir(HELLO), { env: { WHO: 'vol' }, volume: '/app/data:64MiB', wakeTimeoutS: 600 }); // a cold boot on a loaded 2-core host can take minutes
     assert.equal((await vol('POST', 'kept-by-backup')).status, 201);
     const home = (await api.wakes('volapp', 1))[0]!.node!;
     const slept = await api.sleep('volapp');
