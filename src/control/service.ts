@@ -23,6 +23,7 @@ import { Metrics } from './metrics.ts';
 import type { Replication } from './replication.ts';
 import { VolumeApi } from './volume-api.ts';
 import { drainNode } from './drain.ts';
+import { followLogs } from './logs.ts';
 
 export interface ServiceOptions {
   store: Store;
@@ -278,23 +279,10 @@ export class Service implements ControlService, AppDirectory {
   async logs(name: string, opts: { follow: boolean; signal?: AbortSignal }): Promise<AsyncIterable<string>> {
     await this.o.store.getApp(name);
     // The app's log lives on the node it last ran on.
-    const read = async () => {
+    return followLogs(async () => {
       const m = this.o.cluster.get(this.placed.get(name)?.node ?? (await this.o.store.findApp(name))?.node ?? null);
       return m && m.state === 'up' ? m.api.logs(name).catch(() => '') : '';
-    };
-    return (async function* () {
-      let sent = 0;
-      for (;;) {
-        const text = await read();
-        if (text.length > sent) {
-          yield text.slice(sent);
-          sent = text.length;
-        } else if (text.length < sent) sent = text.length;
-        if (!opts.follow || opts.signal?.aborted) return;
-        await new Promise((r) => setTimeout(r, 1000));
-        if (opts.signal?.aborted) return;
-      }
-    })();
+    }, opts);
   }
 
   async metrics(): Promise<{ contentType: string; body: string }> {
