@@ -5,7 +5,7 @@
 // benchmark (N apps woken at once through admission control). Each writes its own
 // bench/results/NAME-*.json and NAME-latest.md; this writes the combined
 // bench/results/latest.md from the -latest.md files.
-//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|burst] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
+//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|burst|volume-backup] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -16,8 +16,9 @@ import { benchRouter } from './router.ts';
 import { benchCluster } from './cluster.ts';
 import { benchVmNet } from './vmnet.ts';
 import { benchBurst } from './burst.ts';
+import { benchVolumeBackup } from './volume-backup.ts';
 
-const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet', 'burst'] as const;
+const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet', 'burst', 'volume-backup'] as const;
 type Name = (typeof NAMES)[number];
 
 async function main(): Promise<void> {
@@ -39,6 +40,9 @@ async function main(): Promise<void> {
       } else if (name === 'vmnet') {
         const r = await benchVmNet({ thaws: Math.min(3, Number(values.thaws)), durationS: 6 });
         console.log(`\nvmnet: router->app p50/p99 tap ${r.routerToApp.tap.p50.toFixed(2)}/${r.routerToApp.tap.p99.toFixed(2)} ms, hostfwd ${r.routerToApp.hostfwd.p50.toFixed(2)}/${r.routerToApp.hostfwd.p99.toFixed(2)} ms\n`);
+      } else if (name === 'volume-backup') {
+        const r = await benchVolumeBackup({ runs: Math.min(3, Number(values.thaws)) });
+        console.log(`\nvolume backup (1 GiB, 10 MB of data): ${Object.entries(r).map(([k, x]) => `${k}: ${(x.packed_bytes / 1e6).toFixed(1)} MB, pack ${x.pack_ms} ms, upload ${x.upload_ms} ms`).join('; ')}\n`);
       } else if (name === 'burst') {
         const sizes = list(values.sizes);
         const ks = list(values.ks);

@@ -65,6 +65,8 @@ export const ERROR_CODES = {
   VOLUME_INVALID: { kind: 'user', status: 400, hint: 'Use --volume /PATH[:SIZE]: an absolute path other than / that is not, holds or lies in a path Thaw manages (/proc, /sys, /dev, /run, /tmp, /etc, /var/lib/thaw, /bin, /sbin, /lib, /usr), and a size from 16MiB to 1TiB (default 1GiB).' },
   VOLUME_CONFLICT: { kind: 'user', status: 409, hint: 'The app already has a volume at another path, or the change needs the app asleep; use `thaw volume rm|resize` (resizing only grows).' },
   VOLUME_NOT_FOUND: { kind: 'user', status: 404, hint: 'The app has no volume; deploy it with --volume /PATH[:SIZE]. List volumes with `thaw volumes`.' },
+  VOLUME_BACKUP_UNAVAILABLE: { kind: 'user', status: 409, hint: 'Volume backups need object storage (--s3-bucket on the control plane and the nodes), and a backup of the app (one is made at every sleep of an app with a volume); `thaw sleeps APP` shows them.' },
+  VOLUME_BACKUP_NOT_FOUND: { kind: 'user', status: 404, hint: 'No such backup of the app: give a sleep id whose record names a stored backup (`thaw sleeps APP`), or leave --backup out for the newest.' },
   VOLUME_IN_USE: { kind: 'user', status: 409, hint: 'The app has a volume: delete it with the app by `thaw rm NAME --delete-volume`.' },
   // --- system: host, hypervisor, guest ---------------------------------------
   BUILD_SANDBOX_UNAVAILABLE: { kind: 'system', status: 500, hint: 'Builds need bubblewrap and a memory cgroup: run `npm run setup` (apt-get install bubblewrap) as root.' },
@@ -100,6 +102,7 @@ export const ERROR_CODES = {
   NODE_UNREACHABLE: { kind: 'system', status: 502, hint: 'A node agent did not answer; the wake is retried on another node. Check `thaw nodes`.' },
   VOLUME_BUSY: { kind: 'system', status: 409, hint: 'The volume is mounted by another VM (its lease is held); retry once that VM has stopped.' },
   VOLUME_UNAVAILABLE: { kind: 'system', status: 503, hint: "The volume's home node is down; bring it back (a volume lives on one node)." },
+  VOLUME_BACKUP_CORRUPT: { kind: 'system', status: 502, hint: 'The backup\'s bytes are not the ones recorded (SHA-256 mismatch or an archive tar/zstd refuse); nothing was replaced. Restore an older backup with --backup ID.' },
   VOLUME_CHECK_FAILED: { kind: 'system', status: 500, hint: 'e2fsck could not repair the volume file, or creating or growing it failed; see the message and run e2fsck -f on the file by hand.' },
   NO_NODE: { kind: 'system', status: 503, hint: 'No live node with capacity; start one with `thaw node`.' },
   NOT_RUNNING: { kind: 'user', status: 400, hint: 'Start Thaw with `thaw up` (same --data folder).' },

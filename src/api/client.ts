@@ -29,7 +29,7 @@ import {
   type WakeWire,
 } from './schemas.ts';
 import { NodesResponse, type NodeInfo } from '../wire/node.ts';
-import { VolumeResponse, VolumesResponse, type VolumeWire } from './volumes.ts';
+import { VolumeMoveResponse, VolumeResponse, VolumeRestoreResponse, VolumesResponse, type VolumeWire } from './volumes.ts';
 
 export interface DeployOpts {
   env?: Record<string, string>;
@@ -57,6 +57,8 @@ export interface ThawApi {
   listVolumes(): Promise<VolumeWire[]>;
   resizeVolume(name: string, size: string): Promise<VolumeWire>;
   removeVolume(name: string): Promise<void>;
+  restoreVolume(name: string, node: string, backup?: string): Promise<z.infer<typeof VolumeRestoreResponse>>;
+  moveVolume(name: string, to: string): Promise<z.infer<typeof VolumeMoveResponse>>;
   /** Deploy a Node folder's tarball, or an OCI image (ImageDeployBody). */
   deploy(name: string, source: Buffer | Readable | ImageDeployBody, opts?: DeployOpts): Promise<DeployResultWire>;
   listEnv(name: string): Promise<EnvKeyWire[]>;
@@ -157,6 +159,14 @@ export class ApiClient implements ThawApi {
 
   async resizeVolume(name: string, size: string) {
     return (await this.#json(VolumeResponse, 'POST', `/v1/apps/${enc(name)}/volume/resize`, { size })).volume;
+  }
+
+  restoreVolume(name: string, node: string, backup?: string) {
+    return this.#json(VolumeRestoreResponse, 'POST', `/v1/apps/${enc(name)}/volume/restore`, { node, ...(backup ? { backup } : {}) });
+  }
+
+  moveVolume(name: string, to: string) {
+    return this.#json(VolumeMoveResponse, 'POST', `/v1/apps/${enc(name)}/volume/move`, { to });
   }
 
   async removeVolume(name: string): Promise<void> {

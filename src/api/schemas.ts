@@ -128,6 +128,11 @@ export const SleepWire = z.object({
   total_ms: z.number(),
   stages: z.record(z.string(), z.number()),
   error: z.string().nullable(),
+  /** The volume backup this sleep made (null: none). */
+  backup: z.object({
+    id: z.string(), key: z.string(), node: z.string(), sha256: z.string(), bytes: z.number(), apparent_bytes: z.number(),
+    pack_ms: z.number(), upload_ms: z.number().nullable(), state: z.enum(['uploading', 'stored', 'failed', 'purged']), error: z.string().optional(),
+  }).nullable().optional(),
 });
 export const DeployResultWire = z.object({ app: z.string(), deploy: DeployWire, purged_seed: z.string().nullable(), build_ms: z.number() });
 
@@ -214,6 +219,10 @@ export function toSleepWire(s: SleepRow): SleepWire {
     id: s.id, app: s.app, at: s.at, trigger: s.trigger, node: s.node, drain_ms: s.drainMs, cut_requests: s.cutRequests,
     exit_code: s.exitCode, exit_signal: s.exitSignal, shutdown_ms: s.shutdownMs, baked: s.baked, seed_id: s.seedId,
     total_ms: s.totalMs, stages: s.stages, error: s.error,
+    backup: s.backup ? {
+      id: s.backup.id, key: s.backup.key, node: s.backup.node, sha256: s.backup.sha256, bytes: s.backup.bytes, apparent_bytes: s.backup.apparentBytes,
+      pack_ms: s.backup.packMs, upload_ms: s.backup.uploadMs, state: s.backup.state, ...(s.backup.error ? { error: s.backup.error } : {}),
+    } : null,
   };
 }
 

@@ -80,6 +80,18 @@ export class FakeService implements ControlService {
     this.calls.push({ method: 'removeVolume', args: [name] });
     this.volumes = this.volumes.filter((x) => x.app !== name);
   }
+  async restoreVolume(name: string, node: string, backupId?: string) {
+    this.calls.push({ method: 'restoreVolume', args: [name, node, backupId] });
+    const id = backupId ?? 's-last';
+    return {
+      app: name, node, previousNode: 'a', backup: { id, key: `volumes/${name}/${id}.tar.zst`, sha256: 'ab'.repeat(32), bytes: 100 },
+      sleep: { id, at: '2026-01-01T00:00:00.000Z', trigger: 'idle', node: 'a' }, ms: 5,
+    };
+  }
+  async moveVolume(name: string, to: string) {
+    this.calls.push({ method: 'moveVolume', args: [name, to] });
+    return { app: name, from: 'a', to, via: 'direct' as const, bytes: 100, sha256: 'ab'.repeat(32), ms: 5 };
+  }
   async deploy(name: string, tarball: Readable, opts: { env?: Record<string, string>; idleTimeoutS?: number; volume?: VolumeSpec; onProgress?: (line: string) => void } = {}): Promise<DeployResult> {
     this.calls.push({ method: 'deploy', args: [name, { env: opts.env, idleTimeoutS: opts.idleTimeoutS, ...(opts.volume ? { volume: opts.volume } : {}) }] });
     const chunks: Buffer[] = [];

@@ -1,5 +1,6 @@
 // Volume routes of the control API: GET /v1/volumes, POST
-// /v1/apps/:name/volume/resize {size}, DELETE /v1/apps/:name/volume. A deploy
+// /v1/apps/:name/volume/resize {size}, POST /v1/apps/:name/volume/restore
+// {node, backup?}, POST /v1/apps/:name/volume/move {to}, DELETE /v1/apps/:name/volume. A deploy
 // declares an app's volume with the `x-thaw-volume: /PATH[:SIZE]` header, and
 // DELETE /v1/apps/:name?delete_volume=1 deletes an app that has one.
 import type { FastifyInstance } from 'fastify';
@@ -41,12 +42,33 @@ export function deleteVolumeFlag(query: unknown): boolean {
   return q.delete_volume === '1' || q.delete_volume === 'true';
 }
 
+const NodeName = z.string().min(1).max(63).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/);
+export const RestoreBody = z.strictObject({ node: NodeName, backup: z.string().min(1).max(128).optional() });
+export const MoveBody = z.strictObject({ to: NodeName });
+export const VolumeRestoreResponse = z.object({
+  app: z.string(), node: z.string(), previous_node: z.string().nullable(),
+  backup: z.object({ id: z.string(), key: z.string(), sha256: z.string(), bytes: z.number() }),
+  sleep: z.object({ id: z.string(), at: z.string(), trigger: z.string(), node: z.string().nullable() }),
+  ms: z.number(),
+});
+export const VolumeMoveResponse = z.object({ app: z.string(), from: z.string().nullable(), to: z.string(), via: z.enum(['object-storage', 'direct', 'none']), bytes: z.number(), sha256: z.string().nullable(), ms: z.number() });
+
 export function registerVolumes(app: FastifyInstance, service: ControlService): void {
   app.get('/v1/volumes', async () => ({ volumes: (await service.listVolumes()).map(toVolumeWire) }));
   app.post('/v1/apps/:name/volume/resize', async (req) => {
     const { name } = parseOrThrow(NameParams, req.params, 'path');
     const { size } = parseOrThrow(ResizeBody, req.body, 'body');
     return { volume: toVolumeWire(await service.resizeVolume(name, parseSize(String(size)))) };
+  });
+  app.post('/v1/apps/:name/volume/restore', async (req) => {
+    const { name } = parseOrThrow(NameParams, req.params, 'path');
+    const b = parseOrThrow(RestoreBody, req.body, 'body');
+    const r = await service.restoreVolume(name, b.node, b.backup);
+    return { app: r.app, node: r.node, previous_node: r.previousNode, backup: r.backup, sleep: r.sleep, ms: r.ms };
+  });
+  app.post('/v1/apps/:name/volume/move', async (req) => {
+    const { name } = parseOrThrow(NameParams, req.params, 'path');
+    return service.moveVolume(name, parseOrThrow(MoveBody, req.body, 'body').to);
   });
   app.delete('/v1/apps/:name/volume', async (req) => {
     await service.removeVolume(parseOrThrow(NameParams, req.params, 'path').name);

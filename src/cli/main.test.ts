@@ -210,6 +210,14 @@ test('volumes end to end: deploy --volume, volumes, volume resize|rm, rm --delet
   assert.deepEqual(service.calls.find((c) => c.method === 'resizeVolume')?.args, ['web', 4 * 2 ** 30]);
   const shrink = await thaw('volume', 'resize', 'web', '0');
   assert.match(shrink.err, /^error VOLUME_INVALID/);
+  const restored = await thaw('volume', 'restore', 'web', '--node', 'b', '--backup', 's-42');
+  assert.equal(restored.code, 0, restored.out);
+  assert.match(restored.out, /onto b from backup s-42 .*idle sleep at 2026-01-01/);
+  assert.deepEqual(service.calls.find((c) => c.method === 'restoreVolume')?.args, ['web', 'b', 's-42']);
+  assert.notEqual((await thaw('volume', 'restore', 'web')).code, 0, '--node is required');
+  const moved = await thaw('volume', 'move', 'web', '--to', 'b');
+  assert.equal(moved.code, 0, moved.out);
+  assert.match(moved.out, /from a to b \(direct/);
   assert.equal((await thaw('volume', 'rm', 'web')).code, 0);
   assert.equal((await thaw('rm', 'web', '--delete-volume')).code, 0);
   assert.deepEqual(service.calls.find((c) => c.method === 'deleteApp')?.args, ['web', { deleteVolume: true }]);

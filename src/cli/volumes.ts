@@ -1,4 +1,4 @@
-// `thaw volumes`, `thaw volume rm|resize NAME`: an app's volume (see
+// `thaw volumes`, `thaw volume rm|resize|restore|move NAME`: an app's volume (see
 // docs/ARCHITECTURE.md, "Volumes"). A volume is declared by `thaw deploy
 // --volume /PATH[:SIZE]` and deleted with its app by `thaw rm NAME --delete-volume`.
 import type { Command } from 'commander';
@@ -29,6 +29,27 @@ export function registerVolumes(program: Command, ctx: Ctx): void {
       validateAppName(name);
       await ctx.withApi(cmd, (api) => api.removeVolume(name));
       ctx.print(cmd, { ok: true, app: name }, () => `deleted the volume of ${name}`);
+    });
+  vol
+    .command('restore')
+    .description("bring the newest backup of an app's volume (or --backup ID) onto node B, its new home (the app must be asleep; needs object storage)")
+    .argument('<name>', 'app name')
+    .requiredOption('--node <node>', 'the node that becomes the volume\'s home')
+    .option('--backup <id>', 'the backup to restore: the id of the sleep that made it (thaw sleeps NAME)')
+    .action(async (name: string, opts: { node: string; backup?: string }, cmd: Command) => {
+      validateAppName(name);
+      const r = await ctx.withApi(cmd, (api) => api.restoreVolume(name, opts.node, opts.backup));
+      ctx.print(cmd, r, () => `restored the volume of ${name} onto ${r.node} from backup ${r.backup.id} (${formatBytes(r.backup.bytes)}): the data of the ${r.sleep.trigger} sleep at ${r.sleep.at}, in ${r.ms} ms`);
+    });
+  vol
+    .command('move')
+    .description("move an app's volume to node B while the app is asleep (through object storage, or node to node without it)")
+    .argument('<name>', 'app name')
+    .requiredOption('--to <node>', 'the node that becomes the volume\'s home')
+    .action(async (name: string, opts: { to: string }, cmd: Command) => {
+      validateAppName(name);
+      const r = await ctx.withApi(cmd, (api) => api.moveVolume(name, opts.to));
+      ctx.print(cmd, r, () => (r.via === 'none' ? `the volume of ${name} now lives on ${r.to} (nothing to copy)` : `moved the volume of ${name} from ${r.from} to ${r.to} (${r.via}, ${formatBytes(r.bytes)}) in ${r.ms} ms`));
     });
   vol
     .command('resize')

@@ -3,7 +3,8 @@
 // when the node proved it bad (record.seedOutcome 'dropped:…'); on sleep (any
 // trigger): stop routing and drain requests, have the node stop the app
 // (SIGTERM, grace) and bake (first idle after a deploy) or delete the VM,
-// publish the seed and leave a sleep record.
+// publish the seed, leave a sleep record, and start uploading the volume's
+// backup (src/control/volume-backups.ts) once the app is asleep.
 // Callers hold the app's lock (src/control/service.ts).
 import { randomUUID } from 'node:crypto';
 import { runConfigFromImage } from '../image/runconfig.ts';
@@ -16,6 +17,7 @@ import type { Cluster, Member } from './cluster.ts';
 import type { Metrics } from './metrics.ts';
 import type { Placements } from './placements.ts';
 import { seedRef, type Replication } from './replication.ts';
+import type { VolumeBackups } from './volume-backups.ts';
 import type { VolumeControl } from './volumes.ts';
 
 export interface RunsOptions {
@@ -25,6 +27,8 @@ export interface RunsOptions {
   replication: Replication;
   metrics: Metrics;
   volumes: VolumeControl;
+  /** Volume backups at every sleep of an app with a volume (absent: none). */
+  backups?: VolumeBackups;
   log: Logger;
   /** How long a sleep waits for in-flight requests (ms, default 30000). */
   drainMs?: number;
@@ -187,6 +191,10 @@ export class Runs {
     if (app.state !== 'running' || !this.o.placements.has(name)) return { baked: false, seed: null, record: null };
     const t0 = performance.now();
     const at = new Date().toISOString();
+    const id = `s-${randomUUID()}`;
+    // The node packs the volume as backup `id` after the VM is gone; the upload follows once the app is asleep.
+    const backupId = (await this.o.backups?.wanted(name)) ? id : undefined;
+    let backup: SleepRow['backup'] = null;
     let drain = { drainMs: 0, cut: 0 };
     try {
       drain = await this.gate.quiesce(name, this.o.drainMs ?? 30_000);
@@ -204,7 +212,8 @@ export class Runs {
       this.o.placements.route(await this.o.store.getApp(name));
       if (!pl || !m || m.state !== 'up') throw new ThawError('NODE_UNREACHABLE', `node ${pl?.node ?? app.node} of ${name} is down; its VM is gone`);
       const haveSeed = !!app.seedId && m.hasSeed(app.seedId);
-      const r = await m.api.sleep({ app: name, haveSeed, bake: BAKES.has(trigger), graceMs: this.o.stopGraceMs ?? 10_000 });
+      const r = await m.api.sleep({ app: name, haveSeed, bake: BAKES.has(trigger), graceMs: this.o.stopGraceMs ?? 10_000, ...(backupId ? { backupId } : {}) });
+      if (r.backup && this.o.backups) backup = this.o.backups.pending(name, id, m.name, r.backup);
       error = r.error;
       stop = r;
       stages = r.stages ?? {};
@@ -223,7 +232,7 @@ export class Runs {
       await this.purgeStale(name);
     }
     const record: SleepRow = {
-      id: `s-${randomUUID()}`,
+      id,
       app: name,
       at,
       trigger,
@@ -238,8 +247,11 @@ export class Runs {
       totalMs: Math.round(performance.now() - t0),
       stages,
       error,
+      ...(backup ? { backup } : {}),
     };
     await this.o.store.addSleep(record).catch((err) => this.o.log.warn({ app: name, err: asThawError(err).message }, 'could not record the sleep'));
+    // Off the sleep's path (the app is asleep and a wake may already run): the upload, then retention.
+    if (backup && m) this.o.backups?.upload(record, m);
     this.o.log.info({ app: name, trigger, drainMs: record.drainMs, cut: record.cutRequests, exitCode: record.exitCode, exitSignal: record.exitSignal, shutdownMs: record.shutdownMs, baked: record.baked }, 'app asleep');
     return { baked: !!seed, seed, record };
   }

@@ -303,10 +303,10 @@ test('volumes: the lease is held from wake to sleep, the home node is kept, a do
   const b = new FakeNode('b');
   const { service, cluster } = controlPlane(t, store, [a, b]);
   await deployed(store, 'v');
-  await service.volumes.declare('v', { path: '/data', sizeBytes: 1 << 30 });
+  await service.volumeApi.control.declare('v', { path: '/data', sizeBytes: 1 << 30 });
   // A redeploy keeps it with or without --volume; another path is refused.
-  assert.equal((await service.volumes.declare('v', undefined))!.path, '/data');
-  await assert.rejects(service.volumes.declare('v', { path: '/other', sizeBytes: 1 << 30 }), (e: ThawError) => e.code === 'VOLUME_CONFLICT');
+  assert.equal((await service.volumeApi.control.declare('v', undefined))!.path, '/data');
+  await assert.rejects(service.volumeApi.control.declare('v', { path: '/other', sizeBytes: 1 << 30 }), (e: ThawError) => e.code === 'VOLUME_CONFLICT');
   const w = await service.wake('v');
   assert.equal(w.node, 'a');
   assert.deepEqual(a.lastWake?.volume, { path: '/data', sizeBytes: 1 << 30 });
@@ -336,7 +336,7 @@ test('volumes: resize only grows; rm needs the app asleep; deleting the app need
   const { service } = controlPlane(t, store, [a]);
   await deployed(store, 'v');
   await assert.rejects(service.resizeVolume('v', 2 * 2 ** 30), (e: ThawError) => e.code === 'VOLUME_NOT_FOUND');
-  await service.volumes.declare('v', { path: '/data', sizeBytes: 1 << 30 });
+  await service.volumeApi.control.declare('v', { path: '/data', sizeBytes: 1 << 30 });
   assert.equal((await service.resizeVolume('v', 2 * 2 ** 30)).sizeBytes, 2 * 2 ** 30);
   await assert.rejects(service.resizeVolume('v', 1 << 30), (e: ThawError) => e.code === 'VOLUME_INVALID');
   await service.wake('v');

@@ -21,8 +21,9 @@ import { streamImage } from './images.ts';
 import { isImageSource, type AppView, type ControlService, type DeployOptions, type DeployResult, type ImageSource } from './types.ts';
 import { Metrics } from './metrics.ts';
 import type { Replication } from './replication.ts';
-import { VolumeControl } from './volumes.ts';
-import type { VolumeSpec } from '../volume/spec.ts';
+import { VolumeApi } from './volume-api.ts';
+import { drainNode } from './drain.ts';
+import { followLogs } from './logs.ts';
 
 export interface ServiceOptions {
   store: Store;
@@ -51,7 +52,8 @@ export class Service implements ControlService, AppDirectory {
   private readonly fleet: Fleet;
   readonly metrics_ = new Metrics();
   private readonly runs: Runs;
-  readonly volumes: VolumeControl;
+  /** Volume operations (src/control/volume-api.ts). */
+  readonly volumeApi: VolumeApi;
 
   /** Told about every wake, so the router idles apps woken through the API too. */
   set onWoke(fn: Runs['onWoke']) {
@@ -66,8 +68,8 @@ export class Service implements ControlService, AppDirectory {
   constructor(private readonly o: ServiceOptions) {
     this.placed = new Placements(o.cluster, o.log);
     const stopping = { ...(o.drainMs !== undefined ? { drainMs: o.drainMs } : {}), ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}) };
-    this.volumes = new VolumeControl({ store: o.store, cluster: o.cluster, log: o.log });
-    this.runs = new Runs({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, metrics: this.metrics_, volumes: this.volumes, log: o.log, ...stopping });
+    this.volumeApi = new VolumeApi({ store: o.store, cluster: o.cluster, s3: o.replication.s3, log: o.log, lock: (n, fn) => this.lock(n, fn) });
+    this.runs = new Runs({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, metrics: this.metrics_, volumes: this.volumeApi.control, backups: this.volumeApi.backups, log: o.log, ...stopping });
     this.fleet = new Fleet({ store: o.store, cluster: o.cluster, placements: this.placed, replication: o.replication, log: o.log, ...(o.reportGraceMs !== undefined ? { reportGraceMs: o.reportGraceMs } : {}) });
   }
 
@@ -167,8 +169,7 @@ export class Service implements ControlService, AppDirectory {
   async deleteApp(name: string, opts: { deleteVolume?: boolean } = {}): Promise<void> {
     await this.lock(name, async () => {
       const app = await this.o.store.getApp(name);
-      const vol = await this.o.store.getVolume(name);
-      if (vol && !opts.deleteVolume) throw new ThawError('VOLUME_IN_USE', `${name} has a volume at ${vol.path}: pass --delete-volume to delete it with the app`);
+      await this.volumeApi.checkDelete(name, !!opts.deleteVolume);
       const row = await this.o.store.transition(name, app.state, 'deleting');
       this.placed.unroute(name);
       await this.purgeApp(row);
@@ -181,8 +182,7 @@ export class Service implements ControlService, AppDirectory {
     for (const s of (await this.o.store.listSeeds()).filter((s) => s.app === app.name)) await this.o.replication.purge(s);
     await rm(appRoot(this.o.dataDir, app.name), { recursive: true, force: true });
     await Promise.all(this.o.cluster.live().map((m) => m.api.forgetApp(app.name).catch(() => {})));
-    const vol = await this.o.store.getVolume(app.name);
-    if (vol?.node) await this.o.cluster.get(vol.node)?.api.deleteVolume(app.name).catch((err) => this.o.log.warn({ app: app.name, err: asThawError(err).message }, 'volume file not deleted'));
+    await this.volumeApi.purge(app.name);
     await this.o.store.deleteApp(app.name);
   }
 
@@ -196,7 +196,7 @@ export class Service implements ControlService, AppDirectory {
       else if (opts.idleTimeoutS !== undefined) app = await this.o.store.updateApp(name, { idleTimeoutS: opts.idleTimeoutS });
       if (opts.wakeTimeoutS !== undefined) app = await this.o.store.updateApp(name, { wakeTimeoutS: opts.wakeTimeoutS });
       if (opts.env && Object.keys(opts.env).length) await this.o.store.setEnv(name, opts.env);
-      const volume = await this.volumes.declare(name, opts.volume);
+      const volume = await this.volumeApi.control.declare(name, opts.volume);
       if (volume) progress(`volume ${volume.path} (${volume.sizeBytes} bytes) is kept across deploys`);
       const build = () => (isImageSource(source) ? buildImageDeploy(this.o, name, source, progress) : buildDeploy(this.o, name, source, progress, opts.build));
       let built: Awaited<ReturnType<typeof build>> | null = null;
@@ -212,7 +212,7 @@ export class Service implements ControlService, AppDirectory {
         if (app.state === 'running') {
           // Placed under another control plane: not ours to drain.
           await this.stopApp(name);
-          await this.volumes.release(name);
+          await this.volumeApi.control.release(name);
           await this.runs.purgeStale(name);
           app = await this.o.store.transition(name, 'running', 'asleep', { vmId: null, hostPort: null });
         }
@@ -246,17 +246,12 @@ export class Service implements ControlService, AppDirectory {
     });
   }
 
-  listVolumes() {
-    return this.volumes.list();
-  }
-
-  resizeVolume(name: string, sizeBytes: number) {
-    return this.lock(name, () => this.volumes.resize(name, sizeBytes));
-  }
-
-  removeVolume(name: string) {
-    return this.lock(name, () => this.volumes.remove(name));
-  }
+  // Volumes: src/control/volume-api.ts (ControlService documents them).
+  listVolumes = () => this.volumeApi.list();
+  resizeVolume = (name: string, sizeBytes: number) => this.volumeApi.resize(name, sizeBytes);
+  removeVolume = (name: string) => this.volumeApi.remove(name);
+  restoreVolume = (name: string, node: string, backupId?: string) => this.volumeApi.restore(name, node, backupId);
+  moveVolume = (name: string, to: string) => this.volumeApi.move(name, to);
 
   async setEnv(name: string, vars: Record<string, string>): Promise<void> {
     await this.o.store.getApp(name);
@@ -285,23 +280,10 @@ export class Service implements ControlService, AppDirectory {
   async logs(name: string, opts: { follow: boolean; signal?: AbortSignal }): Promise<AsyncIterable<string>> {
     await this.o.store.getApp(name);
     // The app's log lives on the node it last ran on.
-    const read = async () => {
+    return followLogs(async () => {
       const m = this.o.cluster.get(this.placed.get(name)?.node ?? (await this.o.store.findApp(name))?.node ?? null);
       return m && m.state === 'up' ? m.api.logs(name).catch(() => '') : '';
-    };
-    return (async function* () {
-      let sent = 0;
-      for (;;) {
-        const text = await read();
-        if (text.length > sent) {
-          yield text.slice(sent);
-          sent = text.length;
-        } else if (text.length < sent) sent = text.length;
-        if (!opts.follow || opts.signal?.aborted) return;
-        await new Promise((r) => setTimeout(r, 1000));
-        if (opts.signal?.aborted) return;
-      }
-    })();
+    }, opts);
   }
 
   async metrics(): Promise<{ contentType: string; body: string }> {
@@ -313,23 +295,10 @@ export class Service implements ControlService, AppDirectory {
     return r;
   }
 
-  /** A node's heartbeat: record it; answer with VMs it runs that are placed elsewhere (stop them). */
+  /** A node's heartbeat: record it; answer with VMs it runs that are placed elsewhere (stop them). A draining one's apps sleep first (src/control/drain.ts). */
   heartbeat(st: NodeStatus): Promise<HeartbeatResponse> {
-    return st.draining ? this.drainNode(st) : this.fleet.heartbeat(st);
-  }
-
-  /**
-   * A node about to shut down: nothing new is placed on it, and each app it runs sleeps the
-   * graceful way (router drain, SIGTERM and grace on the node, a `node-leaving` sleep record),
-   * all at once, while the node still serves its API. Answered when they are asleep.
-   */
-  private async drainNode(st: NodeStatus): Promise<HeartbeatResponse> {
-    const m = this.o.cluster.get(st.name);
-    if (m) m.draining = true;
-    const apps = this.placed.on(st.name).map(([app]) => app);
-    if (apps.length) this.o.log.info({ node: st.name, apps }, 'node is leaving: its apps sleep now');
-    await Promise.all(apps.map((a) => this.lock(a, () => this.runs.sleep(a, 'node-leaving')).catch((err: unknown) => this.o.log.warn({ app: a, err: asThawError(err).message }, 'sleep of a leaving node\'s app failed'))));
-    return this.fleet.heartbeat(st);
+    if (!st.draining) return this.fleet.heartbeat(st);
+    return drainNode({ cluster: this.o.cluster, placements: this.placed, fleet: this.fleet, runs: this.runs, log: this.o.log, lock: (n, fn) => this.lock(n, fn) }, st);
   }
 
   async nodes(): Promise<NodeInfo[]> {
@@ -359,7 +328,8 @@ export class Service implements ControlService, AppDirectory {
           await this.runs.sleep(name, 'shutdown').catch((err) => this.o.log.warn({ app: name, err: asThawError(err).message }, 'graceful stop failed'));
           await this.stopApp(name);
           await this.o.store.transition(name, ['running', 'sleeping', 'waking'], 'asleep', { vmId: null, hostPort: null }).catch(() => {});
-          await this.volumes.release(name);
+          await this.volumeApi.control.release(name);
+          await this.volumeApi.backups.settled();
           await this.runs.purgeStale(name);
         }),
       ),

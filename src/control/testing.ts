@@ -1,6 +1,8 @@
 // Test helpers for the control plane: a fake in-process node (no VMs). Used
 // by the scheduler, service and replication tests only; never as proof that a
 // thaw works (test/vm/ boots real VMs).
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
 import { ThawError } from '../errors.ts';
 import type { InProcessNode } from '../node/types.ts';
 import type { NodeEvent, NodeSleepRequest, NodeWakeRequest, NodeWakeResponse, SeedRef } from '../wire/node.ts';
@@ -65,7 +67,8 @@ export class FakeNode implements InProcessNode {
     this.calls.push(`sleep ${req.app}`);
     this.lastSleep = req;
     this.running.delete(req.app);
-    const stopped = { exit: { code: this.exitCode, signal: null }, shutdownMs: 2, stages: { stop_app: 2 } };
+    const backup = req.backupId && this.objects && this.volumeData.has(req.app) ? await this.packVolume(req.app, req.backupId) : null;
+    const stopped = { exit: { code: this.exitCode, signal: null }, shutdownMs: 2, stages: { stop_app: 2 }, backup };
     if (req.haveSeed || req.bake === false) return { baked: null, error: null, ...stopped };
     const seedId = `seed-${this.name}-${++vmSeq}`;
     this.seeds.add(seedId);
@@ -91,5 +94,54 @@ export class FakeNode implements InProcessNode {
     this.calls.push(`delete ${id}`);
     this.seeds.delete(id);
   }
+  /** Volume files on this fake node: app -> content; packed backups: app/id -> content. */
+  readonly volumeData = new Map<string, string>();
+  readonly packed = new Map<string, string>();
+  /** A shared fake object storage for volume backups: key -> content (null: the node has none). */
+  objects: Map<string, string> | null = null;
+  private pack(app: string, id: string) {
+    if (this.running.has(app)) throw new ThawError('VOLUME_CONFLICT', `${app} runs on ${this.name}`);
+    const data = this.volumeData.get(app);
+    if (data === undefined) throw new ThawError('VOLUME_NOT_FOUND', `no volume file of ${app} on ${this.name}`);
+    this.packed.set(`${app}/${id}`, data);
+    return { sha256: sha(data), bytes: data.length, apparentBytes: 1 << 30, ms: 1 };
+  }
+  async packVolume(app: string, id: string) {
+    this.calls.push(`pack-volume ${app} ${id}`);
+    return this.pack(app, id);
+  }
+  async uploadVolumeBackup(app: string, id: string, key: string) {
+    this.calls.push(`upload-volume ${app} ${id}`);
+    const data = this.packed.get(`${app}/${id}`);
+    this.packed.delete(`${app}/${id}`);
+    if (!this.objects) throw new ThawError('VOLUME_BACKUP_UNAVAILABLE', 'no object storage');
+    if (data === undefined) throw new ThawError('VOLUME_BACKUP_NOT_FOUND', 'not packed');
+    this.objects.set(key, data);
+    return { bytes: data.length, ms: 1 };
+  }
+  async readPackedVolume(app: string, id: string) {
+    return Readable.from([this.packed.get(`${app}/${id}`) ?? '']);
+  }
+  async dropPackedVolume(app: string, id: string) {
+    this.packed.delete(`${app}/${id}`);
+  }
+  async importVolume(app: string, body: Readable, sha256: string) {
+    this.calls.push(`import-volume ${app}`);
+    let data = '';
+    for await (const c of body) data += String(c);
+    if (sha(data) !== sha256) throw new ThawError('VOLUME_BACKUP_CORRUPT', 'hash mismatch');
+    this.volumeData.set(app, data);
+    return { bytes: data.length, ms: 1 };
+  }
+  async restoreVolume(app: string, key: string, sha256: string) {
+    this.calls.push(`restore-volume ${app} ${key}`);
+    const data = this.objects?.get(key);
+    if (data === undefined) throw new ThawError('VOLUME_BACKUP_NOT_FOUND', key);
+    if (sha(data) !== sha256) throw new ThawError('VOLUME_BACKUP_CORRUPT', 'hash mismatch');
+    this.volumeData.set(app, data);
+    return { bytes: data.length, ms: 1 };
+  }
   async close() {}
 }
+
+const sha = (s: string) => createHash('sha256').update(s).digest('hex');

@@ -5,6 +5,7 @@ import type { Egress } from '../network/egress.ts';
 import type { Readable } from 'node:stream';
 import type { AppRow, DeployRow, SeedRow, SleepRow, VolumeRow, WakeRow } from '../store/types.ts';
 import type { VolumeSpec } from '../volume/spec.ts';
+import type { VolumeMoveResult, VolumeRestoreResult } from './volume-moves.ts';
 import type { HeartbeatResponse, NodeInfo, NodeStatus } from '../wire/node.ts';
 
 export type AppView = AppRow & { url: string };
@@ -64,6 +65,10 @@ export interface ControlService {
   resizeVolume(name: string, sizeBytes: number): Promise<VolumeRow>;
   /** Delete an app's volume and its file; the app must be asleep. */
   removeVolume(name: string): Promise<void>;
+  /** Bring the newest stored backup of the app's volume (or the one sleep `backupId` made) onto `node`, its new home; the app must be asleep. */
+  restoreVolume(name: string, node: string, backupId?: string): Promise<VolumeRestoreResult>;
+  /** Move the app's volume to node `to` while the app is asleep (through object storage, or node to node). */
+  moveVolume(name: string, to: string): Promise<VolumeMoveResult>;
   setEnv(name: string, vars: Record<string, string>): Promise<void>;
   unsetEnv(name: string, keys: string[]): Promise<void>;
   listEnv(name: string): Promise<{ key: string; updatedAt: string }[]>;

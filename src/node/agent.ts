@@ -1,26 +1,27 @@
 // A node agent: one host's VMs and seed cache, behind the NodeApi the control
 // plane calls (in-process for `thaw up`'s local node, over HTTP for `thaw
-// node`). It owns HOW: pulling a seed it lacks (streamed, verified, renamed into
-// place), thawing or cold-booting, baking, uploading its seeds, and keeping its
-// seed folder under a byte cap (LRU; seeds a VM uses are never evicted).
+// node`). It owns HOW: thawing or cold-booting (pulling a seed it lacks first),
+// baking, and keeping its seed folder under a byte cap (LRU; seeds a VM uses are
+// never evicted). Seed pulls and uploads are src/node/seed-transfer.ts, volume
+// backups and moves src/node/volume-transfer.ts.
 // Wakes pass admission control (src/node/admission.ts) and run under one
 // overall deadline (src/lifecycle/deadline.ts).
-import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { ThawError, asThawError } from '../errors.ts';
 import { seedsDir } from '../lifecycle/bake.ts';
-import { writeVerified } from '../lifecycle/verify.ts';
 import { WAKE_DEADLINE_MS, wakeDeadline } from '../lifecycle/deadline.ts';
 import type { WakeRow } from '../store/types.ts';
 import { Admission, defaultWakeSlots } from './admission.ts';
 import { SeedCache } from '../seed/cache.ts';
-import { sha256File } from '../seed/files.ts';
 import type { SeedStore } from '../seed/s3.ts';
-import type { NodeEvent, NodeSleepRequest, NodeSleepResponse, NodeStatus, NodeUploadResponse, NodeWakeRequest, NodeWakeResponse, SeedRef } from '../wire/node.ts';
+import type { NodeEvent, NodeSleepRequest, NodeSleepResponse, NodeStatus, NodeUploadResponse, NodeWakeRequest, NodeWakeResponse, SeedRef, VolumePacked, VolumeTransferResult } from '../wire/node.ts';
 import type { LocalNode } from './local.ts';
-import { NodeMetrics, type Direction } from './metrics.ts';
+import { NodeMetrics } from './metrics.ts';
+import { SeedTransfers } from './seed-transfer.ts';
+import { withRecord } from './wake-record.ts';
 import type { InProcessNode } from './types.ts';
-import path from 'node:path';
+import { VolumeTransfers } from './volume-transfer.ts';
+import type { Readable } from 'node:stream';
 
 /** Where a node finds a deploy's disk image. */
 export interface ImageSource {
@@ -60,8 +61,8 @@ export class NodeAgent implements InProcessNode {
   readonly admission: Admission;
   /** Events not yet delivered (heartbeat) or handed to onEvent (in-process). */
   private events: NodeEvent[] = [];
-  private readonly uploads = new Map<string, Promise<NodeUploadResponse>>();
-  private readonly pulls = new Map<string, Promise<{ ms: number; bytes: number }>>();
+  private readonly seeds: SeedTransfers;
+  readonly volumes: VolumeTransfers;
   /** Wakes waiting for a slot, by app: aborting drops one from the queue. */
   private readonly queuedWakes = new Map<string, AbortController>();
   /** app -> the seed its VM was woken with (thawed from it, or cold-booted on its disk copy). */
@@ -75,6 +76,8 @@ export class NodeAgent implements InProcessNode {
     this.admission = new Admission(o.maxConcurrentWakes ?? defaultWakeSlots());
     this.admission.onAdmit = (ms) => this.metrics.wakeQueueSeconds.observe(ms / 1000);
     this.cache = new SeedCache({ root: seedsDir(o.node.ctx), capBytes: o.capBytes, ttlMs: Number.MAX_SAFE_INTEGER, inUse: (id) => this.inUse(id) });
+    this.seeds = new SeedTransfers({ node: o.node, s3: o.s3, cache: this.cache, metrics: this.metrics, log: o.log, onEvicted: (id) => this.evicted(id) });
+    this.volumes = new VolumeTransfers({ node: o.node, s3: o.s3, log: o.log });
     o.node.onAppExit = (app, e) => {
       const run = o.node.running.get(app);
       this.emit({ type: 'app_exit', app, vmId: run?.vm.id ?? '', code: e.code ?? null, signal: e.signal ?? null });
@@ -115,6 +118,7 @@ export class NodeAgent implements InProcessNode {
 
   async start(): Promise<void> {
     const r = await this.cache.scan();
+    await this.volumes.sweep();
     if (r.removed.length || r.evicted.length) this.o.log.info(r, 'seed cache scanned');
   }
 
@@ -155,7 +159,7 @@ export class NodeAgent implements InProcessNode {
     const imageMs = performance.now() - t;
     let extra: { seedSource: 'local' | 'pulled'; seedUnavailable?: string } = { seedSource: 'local' };
     t = performance.now();
-    if (req.seed && !this.o.node.hasSeed(req.seed.id)) extra = await this.pullForWake(req.seed);
+    if (req.seed && !this.o.node.hasSeed(req.seed.id)) extra = await this.seeds.pullForWake(req.seed);
     const pullMs = performance.now() - t;
     let ticket;
     const drop = new AbortController();
@@ -167,7 +171,7 @@ export class NodeAgent implements InProcessNode {
       ticket = await this.admission.acquire(req.app, drop.signal);
     } catch (err) {
       this.metrics.wakesDropped.inc();
-      throw this.withRecord(req, asThawError(err), { outcome: 'cancelled', queuedMs: Number(asThawError(err).details?.queued_ms ?? 0) });
+      throw withRecord(this.name, req, asThawError(err), { outcome: 'cancelled', queuedMs: Number(asThawError(err).details?.queued_ms ?? 0) });
     } finally {
       call.signal?.removeEventListener('abort', onAbort);
       if (this.queuedWakes.get(req.app) === drop) this.queuedWakes.delete(req.app);
@@ -200,71 +204,6 @@ export class NodeAgent implements InProcessNode {
     if (this.admission.state(app) === 'queued') this.queuedWakes.get(app)?.abort();
   }
 
-  /** A wake that ended before it started (dropped from the queue): the error carries its record. */
-  private withRecord(req: NodeWakeRequest, e: ThawError, r: { outcome: NonNullable<WakeRow['outcome']>; queuedMs: number }): ThawError {
-    const record: WakeRow = {
-      id: randomUUID(), app: req.app, at: new Date().toISOString(), wallMs: r.queuedMs, bootMode: req.seed ? 'snapshot' : 'cold', bootMs: 0, gateMs: null,
-      appStartMs: 0, pid: null, fsErrors: 0, fallbackReason: `${e.code}: ${e.message}`.slice(0, 1000), node: this.name, seedSource: req.seed ? 'local' : 'none',
-      placement: req.placement ?? null, queuedMs: r.queuedMs, seedOutcome: req.seed ? `kept:${e.code === 'SHUTTING_DOWN' ? 'shutdown' : 'cancelled'}` : 'none', outcome: r.outcome, stages: {},
-    };
-    return new ThawError(e.code, e.message, { cause: e, details: { ...e.details, record } });
-  }
-
-  /** Pull a seed for a wake; a failure is not an error but the wake's fallback reason. */
-  private async pullForWake(seed: SeedRef): Promise<{ seedSource: 'local' | 'pulled'; seedUnavailable?: string }> {
-    if (!this.o.s3 || !seed.replicated) {
-      return { seedSource: 'local', seedUnavailable: `seed-unavailable: seed ${seed.id} is not on node ${this.name} and has no replicated copy` };
-    }
-    try {
-      await this.pull(seed);
-      return { seedSource: 'pulled' };
-    } catch (err) {
-      const e = asThawError(err);
-      return { seedSource: 'local', seedUnavailable: `seed-unavailable: ${e.code}: ${e.message}` };
-    }
-  }
-
-  /** Fetch a seed from object storage: streamed, unpacked beside the cache, every file verified, renamed into place. */
-  async pull(seed: SeedRef): Promise<{ ms: number; bytes: number }> {
-    const running = this.pulls.get(seed.id);
-    if (running) return running;
-    const p = this.pullOnce(seed).finally(() => this.pulls.delete(seed.id));
-    this.pulls.set(seed.id, p);
-    return p;
-  }
-
-  private async pullOnce(seed: SeedRef): Promise<{ ms: number; bytes: number }> {
-    const s3 = this.o.s3;
-    if (!s3) throw new ThawError('SEED_MISSING', 'no object storage configured on this node');
-    const dir = this.o.node.seedDir(seed.id);
-    this.o.log.info({ seedId: seed.id, app: seed.app }, 'seed pull started');
-    const r = await this.transfer('pull', seed.id, (onProgress) => s3.pull(s3.key(seed.app, seed.id), dir, { onProgress }));
-    // The object matched its own manifest; it must also be the seed the control plane recorded.
-    const sha = await sha256File(path.join(dir, 'manifest.json'));
-    if (sha !== seed.manifestSha256) {
-      await this.o.node.deleteSeed(seed.id);
-      throw new ThawError('SEED_CORRUPT', `object for seed ${seed.id} holds another manifest (${sha.slice(0, 12)}…, expected ${seed.manifestSha256.slice(0, 12)}…)`);
-    }
-    await writeVerified(dir); // unpack verified every byte
-    for (const id of await this.cache.add(seed.id)) this.evicted(id);
-    this.o.log.info({ seedId: seed.id, bytes: r.bytesCompressed, ms: r.ms }, 'seed pulled');
-    return { ms: r.ms, bytes: r.bytesCompressed };
-  }
-
-  /** Run a transfer with progress logs (every 64 MiB compressed) and metrics. */
-  private async transfer<T extends { ms: number }>(dir: Direction, seedId: string, fn: (onProgress: (bytes: number) => void) => Promise<T>): Promise<T> {
-    const t0 = performance.now();
-    const onProgress = this.metrics.progress(dir, (bytes) => this.o.log.info({ seedId, bytes }, `seed ${dir} progress`));
-    try {
-      const r = await fn(onProgress);
-      this.metrics.done(dir, true, r.ms);
-      return r;
-    } catch (err) {
-      this.metrics.done(dir, false, performance.now() - t0);
-      throw err;
-    }
-  }
-
   /** Prometheus text of this node's metrics. */
   async renderMetrics(): Promise<string> {
     this.metrics.runningVms.set(this.o.node.running.size);
@@ -285,7 +224,8 @@ export class NodeAgent implements InProcessNode {
     const opts = { haveSeed: req.haveSeed, ...(req.bake !== undefined ? { bake: req.bake } : {}), ...(req.graceMs !== undefined ? { graceMs: req.graceMs } : {}) };
     const r = await this.o.node.sleep(req.app, opts).finally(() => this.released(req.app));
     if (r === null) return { baked: null, error: null, gone: true };
-    const stopped = { exit: r.exit, shutdownMs: r.shutdownMs, stages: r.stages };
+    const backup = req.backupId ? await this.volumes.packForSleep(req.app, req.backupId, r.stages) : null;
+    const stopped = { exit: r.exit, shutdownMs: r.shutdownMs, stages: r.stages, backup };
     if (!r.baked) return { baked: null, error: r.error, ...stopped };
     const f = r.baked.manifest.files;
     for (const id of await this.cache.add(r.baked.seedId)) this.evicted(id);
@@ -322,24 +262,18 @@ export class NodeAgent implements InProcessNode {
     return this.o.node.deleteVolume(app);
   }
 
-  /** One upload per seed at a time: a retry must not rewrite the object while the first upload completes. */
+  /** Pack and upload a seed this node holds (one upload per seed at a time). */
   uploadSeed(seed: SeedRef): Promise<NodeUploadResponse> {
-    const running = this.uploads.get(seed.id);
-    if (running) return running;
-    const p = this.uploadOnce(seed).finally(() => this.uploads.delete(seed.id));
-    this.uploads.set(seed.id, p);
-    return p;
+    return this.seeds.upload(seed);
   }
 
-  private async uploadOnce(seed: SeedRef): Promise<NodeUploadResponse> {
-    const s3 = this.o.s3;
-    if (!s3) throw new ThawError('S3_ERROR', `node ${this.name} has no object storage configured`);
-    if (!this.o.node.hasSeed(seed.id)) throw new ThawError('SEED_MISSING', `seed ${seed.id} is not on node ${this.name}`);
-    this.o.log.info({ seedId: seed.id }, 'seed upload started');
-    const r = await this.transfer('upload', seed.id, (onProgress) => s3.upload(this.o.node.seedDir(seed.id), s3.key(seed.app, seed.id), { onProgress }));
-    this.o.log.info({ seedId: seed.id, bytes: r.bytesCompressed, ms: r.ms }, 'seed uploaded');
-    return { bytesCompressed: r.bytesCompressed, ms: r.ms };
-  }
+  // ---- volumes (src/node/volume-transfer.ts; NodeApi documents them) ---------
+  packVolume = (app: string, id: string): Promise<VolumePacked> => this.volumes.pack(app, id);
+  uploadVolumeBackup = (app: string, id: string, key: string, sha256: string): Promise<VolumeTransferResult> => this.volumes.upload(app, id, key, sha256);
+  readPackedVolume = async (app: string, id: string): Promise<Readable> => (await this.volumes.read(app, id)).stream;
+  dropPackedVolume = (app: string, id: string): Promise<void> => this.volumes.drop(app, id);
+  importVolume = (app: string, body: Readable, sha256: string): Promise<VolumeTransferResult> => this.volumes.import(app, body, sha256);
+  restoreVolume = (app: string, key: string, sha256: string): Promise<VolumeTransferResult> => this.volumes.restore(app, key, sha256);
 
   /** Deleted now, or once the VM that uses it is gone. */
   async deleteSeed(seedId: string): Promise<void> {

@@ -7,7 +7,8 @@ import { z } from 'zod';
 import { errorFromBody } from '../http/errors.ts';
 import { connectOptions, tlsError, type PeerTrust } from '../http/tls.ts';
 import { ThawError } from '../errors.ts';
-import { NodeSleepResponse, NodeUploadResponse, NodeWakeResponse, type NodeSleepRequest, type NodeWakeRequest, type SeedRef } from '../wire/node.ts';
+import type { Readable } from 'node:stream';
+import { NodeSleepResponse, NodeUploadResponse, NodeWakeResponse, VolumePacked, VolumeTransferResult, type NodeSleepRequest, type NodeWakeRequest, type SeedRef } from '../wire/node.ts';
 import type { NodeApi } from './types.ts';
 
 const Ok = z.object({ ok: z.literal(true) });
@@ -116,6 +117,45 @@ export class RemoteNode implements NodeApi {
 
   async deleteSeed(seedId: string): Promise<void> {
     await this.call(Ok, 'DELETE', `/v1/seeds/${seedId}`);
+  }
+
+  packVolume(app: string, id: string) {
+    return this.call(VolumePacked, 'POST', `/v1/apps/${app}/volume/packed/${id}`, {}, 30 * 60_000);
+  }
+
+  uploadVolumeBackup(app: string, id: string, key: string, sha256: string) {
+    return this.call(VolumeTransferResult, 'POST', `/v1/apps/${app}/volume/packed/${id}/upload`, { key, sha256 }, 60 * 60_000);
+  }
+
+  async readPackedVolume(app: string, id: string): Promise<Readable> {
+    const res = await this.raw({ method: 'GET', path: `/v1/apps/${app}/volume/packed/${id}` });
+    return res.body;
+  }
+
+  async dropPackedVolume(app: string, id: string): Promise<void> {
+    await this.call(Ok, 'DELETE', `/v1/apps/${app}/volume/packed/${id}`);
+  }
+
+  async importVolume(app: string, body: Readable, sha256: string) {
+    const res = await this.raw({ method: 'PUT', path: `/v1/apps/${app}/volume/import`, body, headers: { 'content-type': 'application/octet-stream', 'x-thaw-sha256': sha256 } });
+    return VolumeTransferResult.parse(await res.body.json());
+  }
+
+  restoreVolume(app: string, key: string, sha256: string) {
+    return this.call(VolumeTransferResult, 'POST', `/v1/apps/${app}/volume/restore`, { key, sha256 }, 60 * 60_000);
+  }
+
+  /** A streamed request (volume moves): errors as in call(); a 2xx answer's body is the caller's to read. */
+  private async raw(o: { method: Dispatcher.HttpMethod; path: string; body?: Readable; headers?: Record<string, string> }): Promise<Dispatcher.ResponseData> {
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await this.pool.request({ method: o.method, path: `${this.base}${o.path}`, headers: { authorization: `Bearer ${this.token}`, ...o.headers }, ...(o.body ? { body: o.body } : {}), headersTimeout: 60 * 60_000, bodyTimeout: 5 * 60_000 });
+    } catch (e) {
+      const err = tlsError(e, `node ${this.name} (${this.url})`);
+      throw new ThawError('NODE_UNREACHABLE', `node ${this.name} (${this.url}) did not answer ${o.method} ${o.path}: ${(err as Error).message}`, { cause: err, details: { node: this.name } });
+    }
+    if (res.statusCode >= 400) throw errorFromBody(res.statusCode, await res.body.json().catch(() => null));
+    return res;
   }
 
   async close(): Promise<void> {

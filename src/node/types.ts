@@ -1,7 +1,8 @@
 // What the control plane can ask of a node agent. NodeAgent (src/node/agent.ts)
 // implements it in-process; RemoteNode (src/node/client.ts) over HTTP for
 // `thaw node` processes. The shapes are the zod schemas in src/wire/node.ts.
-import type { NodeEvent, NodeSleepRequest, NodeSleepResponse, NodeUploadResponse, NodeWakeRequest, NodeWakeResponse, SeedRef } from '../wire/node.ts';
+import type { Readable } from 'node:stream';
+import type { NodeEvent, NodeSleepRequest, NodeSleepResponse, NodeUploadResponse, NodeWakeRequest, NodeWakeResponse, SeedRef, VolumePacked, VolumeTransferResult } from '../wire/node.ts';
 
 export interface NodeApi {
   readonly name: string;
@@ -23,6 +24,18 @@ export interface NodeApi {
   /** Pack and upload a seed this node holds; resolves once the object is checked. */
   uploadSeed(seed: SeedRef): Promise<NodeUploadResponse>;
   deleteSeed(seedId: string): Promise<void>;
+  // Volume transfers (src/node/volume-transfer.ts); VOLUME_CONFLICT while a VM of the app runs there.
+  /** Pack the app's volume file as backup `id` beside it. */
+  packVolume(app: string, id: string): Promise<VolumePacked>;
+  /** Upload packed backup `id` to object storage under `key` (VOLUME_BACKUP_UNAVAILABLE without it); the packed file goes either way. */
+  uploadVolumeBackup(app: string, id: string, key: string, sha256: string): Promise<VolumeTransferResult>;
+  /** Packed backup `id` as a byte stream (a move reads it). */
+  readPackedVolume(app: string, id: string): Promise<Readable>;
+  dropPackedVolume(app: string, id: string): Promise<void>;
+  /** Make a packed backup read from `body` the app's volume file here (VOLUME_BACKUP_CORRUPT unless its SHA-256 is `sha256`). */
+  importVolume(app: string, body: Readable, sha256: string): Promise<VolumeTransferResult>;
+  /** Download backup `key` from object storage and make it the app's volume file here. */
+  restoreVolume(app: string, key: string, sha256: string): Promise<VolumeTransferResult>;
   close(): Promise<void>;
 }
 

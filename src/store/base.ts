@@ -4,7 +4,7 @@ import { canTransition, isState, type State } from '../state.ts';
 import { checkEnvKey, checkEnvVars, decryptValue, encryptValue } from './envcrypt.ts';
 import { MIGRATIONS, MIGRATIONS_TABLE, PATCH_COLUMNS, dialectSql, toApp, toDeploy, toNode, toSeed, toSleep, toWake } from './schema.ts';
 import type { RunConfig } from '../wire/run.ts';
-import type { AppPatch, AppRow, DeployRow, Driver, NodeRow, Param, SeedRow, SleepRow, Stmt, Store, VolumeRow, WakeRow } from './types.ts';
+import type { AppPatch, AppRow, DeployRow, Driver, NodeRow, Param, SeedRow, SleepRow, Stmt, Store, VolumeBackup, VolumeRow, WakeRow } from './types.ts';
 import { VolumeTable } from './volumes.ts';
 
 export type Constraint = 'unique' | 'foreign_key';
@@ -274,10 +274,14 @@ export class SqlStore implements Store {
     await this.insert(
       r.app,
       `sleep ${r.id}`,
-      `INSERT INTO sleeps (id, app, at, triggered_by, node, drain_ms, cut_requests, exit_code, exit_signal, shutdown_ms, baked, seed_id, total_ms, stages, error)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      [r.id, r.app, r.at, r.trigger, r.node, ms(r.drainMs), r.cutRequests, r.exitCode, r.exitSignal, ms(r.shutdownMs), r.baked, r.seedId, ms(r.totalMs), JSON.stringify(r.stages), r.error],
+      `INSERT INTO sleeps (id, app, at, triggered_by, node, drain_ms, cut_requests, exit_code, exit_signal, shutdown_ms, baked, seed_id, total_ms, stages, error, backup)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [r.id, r.app, r.at, r.trigger, r.node, ms(r.drainMs), r.cutRequests, r.exitCode, r.exitSignal, ms(r.shutdownMs), r.baked, r.seedId, ms(r.totalMs), JSON.stringify(r.stages), r.error, r.backup ? JSON.stringify(r.backup) : null],
     );
+  }
+
+  async setSleepBackup(id: string, backup: VolumeBackup): Promise<void> {
+    await this.db.batch([{ sql: 'UPDATE sleeps SET backup = ? WHERE id = ?', params: [JSON.stringify(backup), id] }]);
   }
 
   async listSleeps(app: string, limit = 100): Promise<SleepRow[]> {

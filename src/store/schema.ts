@@ -2,7 +2,7 @@
 // differences (in DIALECT), placeholder conversion and row mappers.
 import type { State } from '../state.ts';
 import { RunConfig } from '../wire/run.ts';
-import type { AppRow, DeployRow, NodeRow, SeedRow, SleepRow, VolumeRow, WakeRow } from './types.ts';
+import type { AppRow, DeployRow, NodeRow, SeedRow, SleepRow, VolumeBackup, VolumeRow, WakeRow } from './types.ts';
 
 export interface Migration {
   version: number;
@@ -167,6 +167,12 @@ export const MIGRATIONS: readonly Migration[] = [
       )`,
     ],
   },
+  {
+    // The volume backup a sleep made (JSON VolumeBackup: object key, SHA-256, bytes, ms, state); NULL: none.
+    version: 8,
+    name: 'sleep volume backup',
+    up: [`ALTER TABLE sleeps ADD COLUMN backup TEXT`],
+  },
 ];
 
 export const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -298,6 +304,7 @@ export function toSleep(r: Raw): SleepRow {
     totalMs: num(r.total_ms),
     stages: JSON.parse(str(r.stages)) as Record<string, number>,
     error: strOrNull(r.error),
+    ...(r.backup ? { backup: JSON.parse(str(r.backup)) as VolumeBackup } : {}),
   };
 }
 

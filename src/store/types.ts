@@ -107,6 +107,30 @@ export interface SleepRow {
   /** Per-step times on the node (stop_app, keep_logs, bake_or_delete, ...). */
   stages: Record<string, number>;
   error: string | null;
+  /** The volume backup this sleep made (absent: none; the app has no volume or no object storage). */
+  backup?: VolumeBackup | null;
+}
+
+/**
+ * A backup of an app's volume, made by one sleep (its id is the sleep's id): packed on the
+ * volume's home node after the VM was gone (packMs, step backup_volume), then uploaded
+ * to object storage (uploadMs) under `key`. Only the newest few stay stored; older ones are purged.
+ */
+export interface VolumeBackup {
+  id: string;
+  key: string;
+  /** The node whose volume file it copies. */
+  node: string;
+  /** SHA-256 of the object's bytes (checked on every download). */
+  sha256: string;
+  /** Compressed bytes (the object's size). */
+  bytes: number;
+  /** The volume file's apparent size. */
+  apparentBytes: number;
+  packMs: number;
+  uploadMs: number | null;
+  state: 'uploading' | 'stored' | 'failed' | 'purged';
+  error?: string;
 }
 
 /** An app's volume (src/volume): where it mounts, how big, which node holds the file, who holds the lease. */
@@ -177,6 +201,8 @@ export interface Store {
   addSleep(s: SleepRow): Promise<void>;
   /** Newest first. */
   listSleeps(app: string, limit?: number): Promise<SleepRow[]>;
+  /** Set (replace) the volume backup of sleep `id`. */
+  setSleepBackup(id: string, backup: VolumeBackup): Promise<void>;
   // volumes (one per app)
   /** VOLUME_CONFLICT when the app already has one. */
   addVolume(v: { app: string; path: string; sizeBytes: number }): Promise<VolumeRow>;
@@ -186,7 +212,8 @@ export interface Store {
   deleteVolume(app: string): Promise<void>;
   /**
    * Take the one-writer lease for `holder`: won when no one holds it, or when the app's
-   * state says no VM of it exists (asleep, failed, created: a holder left by a crash).
+   * state says no VM of it exists (asleep, failed, created: a holder left by a crash), except
+   * from a volume transfer (holder `transfer-…`, which runs while the app is asleep) younger than an hour.
    * VOLUME_BUSY otherwise. Compare-and-set in one UPDATE, so two control planes never both win.
    */
   leaseVolume(app: string, holder: string): Promise<VolumeRow>;

@@ -5,6 +5,8 @@ import { ThawError } from '../errors.ts';
 import { toVolume } from './schema.ts';
 import type { Driver, VolumeRow } from './types.ts';
 
+/** A transfer's lease (holder `transfer-…`) counts as left by a crash after this long. */
+export const TRANSFER_LEASE_MS = 60 * 60_000;
 const now = (): string => new Date().toISOString();
 const missing = (app: string) => new ThawError('VOLUME_NOT_FOUND', `${app} has no volume`, { details: { app } });
 
@@ -48,11 +50,16 @@ export class VolumeTable {
   }
 
   async lease(app: string, holder: string): Promise<VolumeRow> {
+    // A wake's lease left by a crash is taken over once the app is asleep; a transfer's
+    // (volume restore or move, which run while the app is asleep) only once it is stale.
+    const staleTransfer = new Date(Date.now() - TRANSFER_LEASE_MS).toISOString();
     const rows = await this.db.all(
       `UPDATE volumes SET holder = ?, leased_at = ?
-       WHERE app = ? AND (holder IS NULL OR holder = ? OR EXISTS (SELECT 1 FROM apps WHERE name = ? AND state IN ('asleep', 'failed', 'created')))
+       WHERE app = ? AND (holder IS NULL OR holder = ?
+         OR (EXISTS (SELECT 1 FROM apps WHERE name = ? AND state IN ('asleep', 'failed', 'created'))
+             AND (holder NOT LIKE 'transfer-%' OR leased_at < ?)))
        RETURNING *`,
-      [holder, now(), app, holder, app],
+      [holder, now(), app, holder, app, staleTransfer],
     );
     if (rows[0]) return toVolume(rows[0]);
     const v = await this.get(app);

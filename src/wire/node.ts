@@ -71,6 +71,8 @@ export const NodeSleepRequest = z.object({
   bake: z.boolean().optional(),
   /** SIGTERM -> SIGKILL grace for the app, ms (default 10000). */
   graceMs: z.number().int().min(0).max(3_600_000).optional(),
+  /** Pack the app's volume file as backup BACKUP_ID once the VM is gone (step backup_volume; uploaded later). */
+  backupId: Id.optional(),
 });
 export type NodeSleepRequest = z.infer<typeof NodeSleepRequest>;
 
@@ -91,8 +93,18 @@ export const NodeSleepResponse = z.object({
   gone: z.boolean().optional(),
   /** Time of each step on the node (stop_app, keep_logs, bake_or_delete...), ms. */
   stages: z.record(z.string(), z.number()).optional(),
+  /** The packed volume backup (backupId asked for, the node has object storage and the file). */
+  backup: z.lazy(() => VolumePacked).nullable().optional(),
 });
 export type NodeSleepResponse = z.infer<typeof NodeSleepResponse>;
+
+/** A volume file packed on its node (src/volume/backup.ts): compressed bytes, their SHA-256, the file's apparent size. */
+export const VolumePacked = z.object({ sha256: z.string().regex(/^[0-9a-f]{64}$/), bytes: z.number(), apparentBytes: z.number(), ms: z.number() });
+export type VolumePacked = z.infer<typeof VolumePacked>;
+/** A volume backup uploaded, downloaded or imported: compressed bytes moved, ms. */
+export const VolumeTransferResult = z.object({ bytes: z.number(), ms: z.number() });
+export type VolumeTransferResult = z.infer<typeof VolumeTransferResult>;
+export const VolumeUploadRequest = z.object({ key: z.string().min(1).max(400), sha256: z.string().regex(/^[0-9a-f]{64}$/) });
 
 export const NodeUploadResponse = z.object({ bytesCompressed: z.number(), ms: z.number() });
 export type NodeUploadResponse = z.infer<typeof NodeUploadResponse>;

@@ -238,6 +238,52 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
       proxy.close();
     }
   });
+
+  test('a volume: backed up at sleep; its home SIGKILLed is VOLUME_UNAVAILABLE; restore onto another node serves the last sleep; move back while asleep', async () => {
+    const vol = async (method: 'GET' | 'POST' = 'GET', body?: string) => {
+      const r = await request(`http://127.0.0.1:${routerPort}/`, { method, headers: { host: 'volapp.localhost' }, ...(body ? { body } : {}) });
+      return { status: r.statusCode, json: (await r.body.json()) as { marker: string | null } };
+    };
+    await api.deploy('volapp', await packAppDir(HELLO), { env: { WHO: 'vol' }, volume: '/app/data:64MiB', wakeTimeoutS: 600 }); // a cold boot on a loaded 2-core host can take minutes
+    assert.equal((await vol('POST', 'kept-by-backup')).status, 201);
+    const home = (await api.wakes('volapp', 1))[0]!.node!;
+    const slept = await api.sleep('volapp');
+    assert.ok(slept.seed);
+    const rec = (await api.sleeps('volapp', 1))[0]!;
+    assert.ok(rec.stages.backup_volume !== undefined, `the sleep's last step packs the volume: ${JSON.stringify(rec.stages)}`);
+    assert.equal(rec.backup?.node, home);
+    await until('backup stored', async () => (await api.sleeps('volapp', 1))[0]!.backup?.state === 'stored');
+    await until('seed replicated', async () => !!(await api.seeds()).find((x) => x.id === slept.seed!.id)?.replicated);
+    const stored = (await api.sleeps('volapp', 1))[0]!.backup!;
+    assert.ok(stored.bytes < 2 * 1024 * 1024, `a 64 MiB volume holding one file packs small (${stored.bytes} bytes)`);
+
+    await kill(home);
+    await down(home);
+    await assert.rejects(api.wake('volapp'), (e: Error & { code?: string }) => e.code === 'VOLUME_UNAVAILABLE');
+    const other = (await api.nodes()).find((n) => n.state === 'up' && n.name !== home)!.name;
+    const restored = await api.restoreVolume('volapp', other);
+    assert.equal(restored.sleep.id, rec.id, 'the data of the last sleep');
+    assert.equal(restored.previous_node, home);
+    const back = await vol();
+    assert.equal(back.status, 200);
+    assert.equal(back.json.marker, 'kept-by-backup');
+    assert.equal((await api.wakes('volapp', 1))[0]!.node, other);
+    assert.equal((await vol('POST', 'written-on-other')).status, 201);
+    await api.sleep('volapp');
+
+    await startNode(home);
+    await up(home);
+    const moved = await api.moveVolume('volapp', home);
+    assert.equal(moved.via, 'object-storage');
+    assert.equal((await vol()).json.marker, 'written-on-other');
+    assert.equal((await api.wakes('volapp', 1))[0]!.node, home);
+    await api.sleep('volapp');
+    await api.deleteApp('volapp', { deleteVolume: true });
+    for (const n of [home, other]) {
+      const left = (await readdir(path.join(dirs.get(n)!, 'node', 'volumes')).catch(() => [] as string[])).filter((f) => f.startsWith('volapp'));
+      assert.deepEqual(left, [], `no volume file or packed backup left on ${n}`);
+    }
+  });
 });
 
 /** A TCP proxy to 127.0.0.1:target whose connections can be cut (and refused) and healed. */
