@@ -50,7 +50,7 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     const spec = { ...vmSpec(ctx, id, net.hostPort, mem, p.run.port), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline, ...(net.tap ? { tap: net.tap } : {}), ...(net.jail ? { jail: net.jail } : {}) };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
-    const [, vol] = await Promise.all([createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk, spec.diskFormat), prepareAttach(ctx, p.app, p.volume, sw)]);
+    const [, vol] = await Promise.all([createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk, spec.diskFormat), prepareAttach(ctx, p.app, p.volume, p.run.cwd, sw)]);
     if (vol) spec.volume = vol.file;
     sw.lap('prepare_ms');
 

@@ -47,12 +47,20 @@ export class VolumeTable {
     await this.db.batch([{ sql: 'DELETE FROM volumes WHERE app = ?', params: [app] }]);
   }
 
+  /**
+   * Take the volume for `holder` (compare-and-set). Free, already ours, or the app has no VM
+   * (asleep, failed, created): taken. A wake's lease (`wake-*`) is tied to the app's state: the
+   * one wake that moved the app to `waking` takes over a `wake-*` lease left by an earlier VM
+   * (a control plane that died while its app ran). Any other holder (a move) gives VOLUME_BUSY.
+   */
   async lease(app: string, holder: string): Promise<VolumeRow> {
     const rows = await this.db.all(
       `UPDATE volumes SET holder = ?, leased_at = ?
-       WHERE app = ? AND (holder IS NULL OR holder = ? OR EXISTS (SELECT 1 FROM apps WHERE name = ? AND state IN ('asleep', 'failed', 'created')))
+       WHERE app = ? AND (holder IS NULL OR holder = ?
+         OR EXISTS (SELECT 1 FROM apps WHERE name = ? AND state IN ('asleep', 'failed', 'created'))
+         OR (holder LIKE 'wake-%' AND ? LIKE 'wake-%' AND EXISTS (SELECT 1 FROM apps WHERE name = ? AND state = 'waking')))
        RETURNING *`,
-      [holder, now(), app, holder, app],
+      [holder, now(), app, holder, app, holder, app],
     );
     if (rows[0]) return toVolume(rows[0]);
     const v = await this.get(app);

@@ -4,7 +4,9 @@
 //   app, is in none of the seed's files, and a thaw mounts the volume again;
 // - what a thawed VM writes survives its sleep (the bug volumes fix);
 // - QEMU SIGKILLed right after an fsync'd write: the next wake replays the
-//   journal on the host (e2fsck -p) and the data is there.
+//   journal on the host (e2fsck -p) and the data is there;
+// - a full volume: the app's write fails with ENOSPC and it keeps serving;
+//   the sleep, a bake and the next thaw work, and a grown volume takes writes.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -113,5 +115,48 @@ describe('a volume across bake, thaws and a crash', { concurrency: false }, () =
     assert.ok(w.record.stages.volume_fsck_exit! <= 1, String(w.record.stages.volume_fsck_exit));
     assert.equal(await read(w), crash);
     await node.sleep(APP, { haveSeed: true });
+  });
+
+  test('a full volume: the app gets ENOSPC and keeps serving; sleep, bake and the next thaw work; a resize lets it write again', async () => {
+    const exec = async (o: WakeOutcome, sh: string) => o.run.agent.request({ op: 'exec', argv: ['/bin/sh', '-c', sh], timeout_ms: 120_000 }, 150_000);
+    const t = await wakeNode(seedId);
+    const kept = `before-fill-${marker}`;
+    await post(t, kept);
+    // Fill it to the last block, as the app's own writes would.
+    const fill = await exec(t, 'dd if=/dev/zero of=/app/data/fill bs=1M; sync; df -k /app/data | tail -1');
+    assert.match(fill.stderr + fill.stdout, /No space left on device/);
+    const avail = Number(fill.stdout.trim().split(/\s+/).at(-3));
+    assert.ok(avail < 64, `the volume is full (${avail} KiB left)`);
+    const full = await getJson(port(t), { method: 'POST', body: `after-fill-${marker}` });
+    assert.equal(full.status, 507, 'the write failed');
+    assert.equal(full.body.error, 'ENOSPC', 'the app saw ENOSPC');
+    assert.equal(await read(t), kept, 'it keeps serving, with what it wrote before the fill');
+    // The sleep unmounts the full volume and bakes a new seed.
+    const s = (await node.sleep(APP, { haveSeed: false }))!;
+    assert.equal(s.error, null);
+    assert.ok(!s.volumeStuck);
+    assert.ok(s.baked, 'a bake works beside a full volume');
+    seedId = s.baked.seedId;
+    // A full read-only check of the file on the host finds nothing to fix.
+    const file = volumeFile(f.dataDir, APP);
+    execFileSync('e2fsck', ['-fn', file], { stdio: 'ignore' });
+
+    const again = await wakeNode(seedId);
+    assert.equal(again.record.bootMode, 'snapshot', again.record.fallbackReason ?? '');
+    assert.equal(again.record.stages.volume_fsck_exit, 0);
+    assert.equal(await read(again), kept);
+    assert.equal((await getJson(port(again), { method: 'POST', body: 'still-full' })).status, 507);
+    assert.equal((await node.sleep(APP, { haveSeed: true }))!.error, null);
+
+    // `thaw volume resize` records the size; the next wake grows the full filesystem (resize2fs) before the attach.
+    const grownWake = await node.wake({ app: APP, deployId: 'd1', image: f.image, seedId, env: { WHO: 'vol' }, run: f.run, volume: { ...VOLUME, sizeBytes: 96 * MiB } });
+    assert.equal(grownWake.record.stages.volume_grown, 1);
+    assert.equal(await read(grownWake), kept);
+    const after = `after-resize-${marker}`;
+    await post(grownWake, after);
+    assert.equal(await read(grownWake), after);
+    const size = await exec(grownWake, 'stat -c %s /app/data/fill');
+    assert.ok(Number(size.stdout) > 40 * MiB, `the fill is still there (${size.stdout.trim()} bytes)`);
+    assert.equal((await node.sleep(APP, { haveSeed: true }))!.error, null);
   });
 });
