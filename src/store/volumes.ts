@@ -54,13 +54,14 @@ export class VolumeTable {
    * (a control plane that died while its app ran). Any other holder (a move) gives VOLUME_BUSY.
    */
   async lease(app: string, holder: string): Promise<VolumeRow> {
+    const wake = holder.startsWith('wake-');
     const rows = await this.db.all(
       `UPDATE volumes SET holder = ?, leased_at = ?
        WHERE app = ? AND (holder IS NULL OR holder = ?
          OR EXISTS (SELECT 1 FROM apps WHERE name = ? AND state IN ('asleep', 'failed', 'created'))
-         OR (holder LIKE 'wake-%' AND ? LIKE 'wake-%' AND EXISTS (SELECT 1 FROM apps WHERE name = ? AND state = 'waking')))
+         ${wake ? "OR (holder LIKE 'wake-%' AND EXISTS (SELECT 1 FROM apps WHERE name = ? AND state = 'waking'))" : ''})
        RETURNING *`,
-      [holder, now(), app, holder, app, holder, app],
+      [holder, now(), app, holder, app, ...(wake ? [app] : [])],
     );
     if (rows[0]) return toVolume(rows[0]);
     const v = await this.get(app);
