@@ -20,6 +20,8 @@ export interface AttachedVolume {
   file: string;
   device: string;
   path: string;
+  /** The file was grown now (resize2fs): a seed's guest still knows the device's old capacity. */
+  grown: boolean;
 }
 
 /**
@@ -35,7 +37,7 @@ export async function prepareAttach(ctx: NodeContext, app: string, v: VolumePara
   if (r.fsck !== null) sw.stages.volume_fsck_exit = r.fsck;
   if (r.created) sw.stages.volume_created = 1;
   if (r.grown) sw.stages.volume_grown = 1;
-  return { file, device: VOLUME_DEVICE, path: v.path };
+  return { file, device: VOLUME_DEVICE, path: v.path, grown: r.grown };
 }
 
 /** Mount it in the guest: send after the gate and before start_app (the agent serves requests in order). */

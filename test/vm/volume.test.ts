@@ -5,10 +5,11 @@
 // - what a thawed VM writes survives its sleep (the bug volumes fix);
 // - QEMU SIGKILLed right after an fsync'd write: the next wake replays the
 //   journal on the host (e2fsck -p) and the data is there;
-// - a full volume: the app's write fails with ENOSPC and it keeps serving;
-//   the sleep, a bake and the next thaw work, and a grown volume takes writes;
 // - two control planes on one store wake the app at once: one wins, the
-//   guest mounts the volume once per round (its ext4 mount count says so).
+//   guest mounts the volume once per round (its ext4 mount count says so);
+// - a full volume: the app's write fails with ENOSPC and it keeps serving;
+//   the sleep, a bake and the next thaw work, and a grown volume takes writes
+//   (after a cold boot: the seed's guest knew the old size).
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -126,60 +127,6 @@ describe('a volume across bake, thaws and a crash', { concurrency: false }, () =
     await node.sleep(APP, { haveSeed: true });
   });
 
-  test('a full volume: the app gets ENOSPC and keeps serving; sleep, bake and the next thaw work; a resize lets it write again', async () => {
-    const t = await wakeNode(seedId);
-    try {
-      await fillAndResize(t);
-    } finally {
-      if (node.running.has(APP)) await node.stop(APP); // a failed step leaves no VM to the next test
-    }
-  });
-
-  async function fillAndResize(t: WakeOutcome): Promise<void> {
-    const exec = async (o: WakeOutcome, sh: string) => o.run.agent.request({ op: 'exec', argv: ['/bin/sh', '-c', sh], timeout_ms: 120_000 }, 150_000);
-    const kept = `before-fill-${marker}`;
-    await post(t, kept);
-    // Fill it to the last block, as the app's own writes would. Delayed allocation reserves for
-    // the worst case, so after the sync a few blocks come free again: fill those too.
-    // (A 64 MiB ext4 has 1 KiB blocks.)
-    const fill = await exec(t, 'dd if=/dev/zero of=/app/data/fill bs=1M; for i in 1 2 3 4; do sync; dd if=/dev/zero of=/app/data/fill$i bs=1k 2>/dev/null; done; sync; df -k /app/data | tail -1');
-    assert.match(fill.stderr + fill.stdout, /No space left on device/);
-    const avail = Number(fill.stdout.trim().split(/\s+/).at(-3));
-    assert.ok(avail <= 2, `the volume is full (${fill.stdout.trim()})`);
-    const big = 'x'.repeat(16 * 1024); // more than the block or two df may still count free
-    const full = await getJson(port(t), { method: 'POST', body: `after-fill-${big}` });
-    assert.equal(full.status, 507, 'the write failed');
-    assert.equal(full.body.error, 'ENOSPC', 'the app saw ENOSPC');
-    assert.equal(await read(t), kept, 'it keeps serving, with what it wrote before the fill');
-    // The sleep unmounts the full volume and bakes a new seed.
-    const s = (await node.sleep(APP, { haveSeed: false }))!;
-    assert.equal(s.error, null);
-    assert.ok(!s.volumeStuck);
-    assert.ok(s.baked, 'a bake works beside a full volume');
-    seedId = s.baked.seedId;
-    // A full read-only check of the file on the host finds nothing to fix.
-    const file = volumeFile(f.dataDir, APP);
-    execFileSync('e2fsck', ['-fn', file], { stdio: 'ignore' });
-
-    const again = await wakeNode(seedId);
-    assert.equal(again.record.bootMode, 'snapshot', again.record.fallbackReason ?? '');
-    assert.equal(again.record.stages.volume_fsck_exit, 0);
-    assert.equal(await read(again), kept);
-    assert.equal((await getJson(port(again), { method: 'POST', body: `still-full-${big}` })).status, 507);
-    assert.equal((await node.sleep(APP, { haveSeed: true }))!.error, null);
-
-    // `thaw volume resize` records the size; the next wake grows the full filesystem (resize2fs) before the attach.
-    const grownWake = await node.wake({ app: APP, deployId: 'd1', image: f.image, seedId, env: { WHO: 'vol' }, run: f.run, volume: { ...VOLUME, sizeBytes: 96 * MiB } });
-    assert.equal(grownWake.record.stages.volume_grown, 1);
-    assert.equal(await read(grownWake), kept);
-    const after = `after-resize-${marker}`;
-    await post(grownWake, after);
-    assert.equal(await read(grownWake), after);
-    const size = await exec(grownWake, 'stat -c %s /app/data/fill');
-    assert.ok(Number(size.stdout) > 40 * MiB, `the fill is still there (${size.stdout.trim()} bytes)`);
-    assert.equal((await node.sleep(APP, { haveSeed: true }))!.error, null);
-  }
-
   test('two control planes on one store wake the volume app at once: one VM mounts it, the other wake is APP_BUSY', async () => {
     // The cheapest real arrangement: two control planes (Service + Cluster + their own store
     // connection to one SQLite file), one real node. The first reaches it in-process, the second
@@ -244,6 +191,64 @@ describe('a volume across bake, thaws and a crash', { concurrency: false }, () =
       for (const s of stores) await s.close();
     }
   });
+
+  test('a full volume: the app gets ENOSPC and keeps serving; sleep, bake and the next thaw work; a resize lets it write again', async () => {
+    const t = await wakeNode(seedId);
+    try {
+      await fillAndResize(t);
+    } finally {
+      if (node.running.has(APP)) await node.stop(APP); // a failed step leaves no VM to the next test
+    }
+  });
+
+  async function fillAndResize(t: WakeOutcome): Promise<void> {
+    const exec = async (o: WakeOutcome, sh: string) => o.run.agent.request({ op: 'exec', argv: ['/bin/sh', '-c', sh], timeout_ms: 120_000 }, 150_000);
+    const kept = `before-fill-${marker}`;
+    await post(t, kept);
+    // Fill it to the last block, as the app's own writes would. Delayed allocation reserves for
+    // the worst case, so after the sync a few blocks come free again: fill those too.
+    // (A 64 MiB ext4 has 1 KiB blocks.)
+    const fill = await exec(t, 'dd if=/dev/zero of=/app/data/fill bs=1M; for i in 1 2 3 4; do sync; dd if=/dev/zero of=/app/data/fill$i bs=1k 2>/dev/null; done; sync; df -k /app/data | tail -1');
+    assert.match(fill.stderr + fill.stdout, /No space left on device/);
+    const avail = Number(fill.stdout.trim().split(/\s+/).at(-3));
+    assert.ok(avail <= 2, `the volume is full (${fill.stdout.trim()})`);
+    const big = 'x'.repeat(16 * 1024); // more than the block or two df may still count free
+    const full = await getJson(port(t), { method: 'POST', body: `after-fill-${big}` });
+    assert.equal(full.status, 507, 'the write failed');
+    assert.equal(full.body.error, 'ENOSPC', 'the app saw ENOSPC');
+    assert.equal(await read(t), kept, 'it keeps serving, with what it wrote before the fill');
+    // The sleep unmounts the full volume and bakes a new seed.
+    const s = (await node.sleep(APP, { haveSeed: false }))!;
+    assert.equal(s.error, null);
+    assert.ok(!s.volumeStuck);
+    assert.ok(s.baked, 'a bake works beside a full volume');
+    seedId = s.baked.seedId;
+    // A full read-only check of the file on the host finds nothing to fix.
+    const file = volumeFile(f.dataDir, APP);
+    execFileSync('e2fsck', ['-fn', file], { stdio: 'ignore' });
+
+    const again = await wakeNode(seedId);
+    assert.equal(again.record.bootMode, 'snapshot', again.record.fallbackReason ?? '');
+    assert.equal(again.record.stages.volume_fsck_exit, 0);
+    assert.equal(await read(again), kept);
+    assert.equal((await getJson(port(again), { method: 'POST', body: `still-full-${big}` })).status, 507);
+    assert.equal((await node.sleep(APP, { haveSeed: true }))!.error, null);
+
+    // `thaw volume resize` records the size; the next wake grows the full filesystem (resize2fs) before the attach.
+    // The seed's guest knows the device's old size: the seed is dropped and the app cold-boots.
+    const grownWake = await node.wake({ app: APP, deployId: 'd1', image: f.image, seedId, env: { WHO: 'vol' }, run: f.run, volume: { ...VOLUME, sizeBytes: 96 * MiB } });
+    assert.equal(grownWake.record.bootMode, 'cold');
+    assert.match(grownWake.record.fallbackReason ?? '', /^SEED_MISMATCH: the volume grew/);
+    assert.equal(grownWake.record.seedOutcome, 'dropped:mismatch');
+    assert.equal((await stat(volumeFile(f.dataDir, APP))).size, 96 * MiB);
+    assert.equal(await read(grownWake), kept);
+    const after = `after-resize-${marker}`;
+    await post(grownWake, after);
+    assert.equal(await read(grownWake), after);
+    const size = await exec(grownWake, 'stat -c %s /app/data/fill');
+    assert.ok(Number(size.stdout) > 40 * MiB, `the fill is still there (${size.stdout.trim()} bytes)`);
+    assert.equal((await node.sleep(APP, { haveSeed: true }))!.error, null);
+  }
 });
 
 /** s_mnt_count of an ext4 image: the guest kernel adds one at every mount (read on the host). */
