@@ -16,6 +16,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdir, open, readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
 import pino from 'pino';
 import { Cluster } from '../../src/control/cluster.ts';
 import { Replication } from '../../src/control/replication.ts';
@@ -133,7 +134,10 @@ describe('a volume across bake, thaws and a crash', { concurrency: false }, () =
     // over HTTP (heartbeat + node server), as a control plane on another host would.
     const log = pino({ level: 'silent' });
     const token = `vol-cp-${randomBytes(8).toString('hex')}`;
-    const dbOpts = { sqlitePath: path.join(f.dataDir, 'cp', 'thaw.db'), envKey: randomBytes(32) };
+    // The test Postgres when scripts/test.sh started one (THAW_TEST_PG), else a SQLite file.
+    const pgUrl = process.env.THAW_TEST_PG;
+    const pgSchema = `thaw_volcp_${process.pid}`;
+    const dbOpts = { sqlitePath: path.join(f.dataDir, 'cp', 'thaw.db'), envKey: randomBytes(32), ...(pgUrl ? { url: pgUrl, pgSchema } : {}) };
     await mkdir(path.dirname(dbOpts.sqlitePath), { recursive: true });
     const stores = [await openStore(dbOpts), await openStore(dbOpts)];
     const agent = new NodeAgent({ node, s3: null, capBytes: 2 ** 40, capacity: 4, images: sharedImages, log });
@@ -189,6 +193,12 @@ describe('a volume across bake, thaws and a crash', { concurrency: false }, () =
       for (const p of planes) p.cluster.close();
       await server.close();
       for (const s of stores) await s.close();
+      if (pgUrl) {
+        const c = new pg.Client({ connectionString: pgUrl });
+        await c.connect();
+        await c.query(`DROP SCHEMA IF EXISTS ${pgSchema} CASCADE`);
+        await c.end();
+      }
     }
   });
 
