@@ -1,5 +1,6 @@
 // Thaw demo app. GET / -> JSON with pid, $WHO and the marker file's content.
-// POST / with a body -> writes the body to the marker file (on the VM's disk).
+// POST / with a body -> writes the body to the marker file (on the VM's disk);
+// 507 with the error code (e.g. ENOSPC) when the write fails, the old marker kept.
 // now_ms is the guest's clock when it answered.
 import http from 'node:http';
 import fs from 'node:fs';
@@ -16,16 +17,42 @@ function readMarker() {
   }
 }
 
+/** Write the marker durably: a new file, fsync'd, renamed over the old one, the folder fsync'd. */
+function writeMarker(body) {
+  const dir = path.dirname(marker);
+  fs.mkdirSync(dir, { recursive: true });
+  const tmp = `${marker}.tmp`;
+  try {
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      fs.writeSync(fd, body);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, marker);
+  } catch (err) {
+    fs.rmSync(tmp, { force: true });
+    throw err;
+  }
+  const d = fs.openSync(dir, 'r');
+  fs.fsyncSync(d);
+  fs.closeSync(d);
+}
+
 const server = http.createServer((req, res) => {
   if (req.method === 'POST') {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
     req.on('end', () => {
-      fs.mkdirSync(path.dirname(marker), { recursive: true });
-      const fd = fs.openSync(marker, 'w');
-      fs.writeSync(fd, Buffer.concat(chunks));
-      fs.fsyncSync(fd);
-      fs.closeSync(fd);
+      try {
+        writeMarker(Buffer.concat(chunks));
+      } catch (err) {
+        // A full disk (ENOSPC) or any failed write: say so, keep the old marker and keep serving.
+        res.writeHead(507, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ ok: false, error: err.code ?? String(err), marker: readMarker() }));
+        return;
+      }
       res.writeHead(201, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ ok: true, marker: readMarker() }));
     });

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -54,6 +55,11 @@ static void do_mount(struct request *r) {
   if (mkdir_p(dst, 0755) < 0 && errno != EEXIST) { reply_err(r->id, "AGENT_ERROR", "mkdir %s: %s", r->path, strerror(errno)); return; }
   int mounted = 0;
   if (CFG.guest) {
+    /* The path must be its own real path: through a symlink (/var/run -> /run) it would land on
+     * a folder the host's path check never saw. */
+    char real[4096];
+    if (!realpath(dst, real)) { reply_err(r->id, "AGENT_ERROR", "realpath %s: %s", r->path, strerror(errno)); return; }
+    if (strcmp(real, dst)) { reply_err(r->id, "VOLUME_INVALID", "volume path %s leads through a symlink (to %s)", r->path, real); return; }
     char dev[1024];
     if (mounted_at(dst, dev, sizeof dev)) {
       if (strcmp(dev, r->device)) { reply_err(r->id, "AGENT_ERROR", "%s already holds %s", r->path, dev); return; }

@@ -80,10 +80,12 @@ export class Runs {
     if (!app.deployId) throw new ThawError('APP_NOT_DEPLOYED', `${name} has no deploy yet`);
     const deploy = (await this.o.store.listDeploys(name)).find((d) => d.id === app.deployId);
     if (!deploy) throw new ThawError('APP_NOT_DEPLOYED', `deploy ${app.deployId} of ${name} is gone`);
-    // One writer: the lease is taken while no VM of the app can exist, before it wakes.
-    const lease = await this.o.volumes.lease(name);
-    await this.o.store.transition(name, ['asleep', 'failed'], 'waking', { error: null }).catch(async (err) => {
-      await this.o.volumes.release(name);
+    // One writer: the compare-and-set to `waking` admits one wake of the app across every
+    // control plane on this store; only that wake then takes the volume's lease (VOLUME_BUSY
+    // while another holder, e.g. a move, has it: the app goes back to where it was).
+    await this.o.store.transition(name, ['asleep', 'failed'], 'waking', { error: null });
+    const lease = await this.o.volumes.lease(name).catch(async (err: unknown) => {
+      await this.o.store.transition(name, 'waking', app.state === 'failed' ? 'failed' : 'asleep').catch(() => null);
       throw err;
     });
     const settle = this.settleUntil - Date.now();

@@ -122,15 +122,18 @@ for (const backend of ['sqlite', 'postgres'] as const) {
     const cp1 = controlPlane(t, s1, [n1]);
     const cp2 = controlPlane(t, s2, [n2]);
     await deployed(s1, 'x');
+    await s1.addVolume({ app: 'x', path: '/data', sizeBytes: 1 << 30 });
     const woke = await Promise.allSettled([cp1.service.wake('x'), cp2.service.wake('x')]);
     assert.equal(woke.filter((r) => r.status === 'fulfilled').length, 1, 'exactly one wake wins');
     const lost = woke.find((r) => r.status === 'rejected') as PromiseRejectedResult;
     assert.equal((lost.reason as ThawError).code, 'APP_BUSY');
     assert.equal(n1.calls.length + n2.calls.length, 1, 'one node was asked to wake');
+    assert.match((await s2.getVolume('x'))!.holder ?? '', /^wake-/, 'the loser did not clear the winner\'s lease');
     const slept = await Promise.all([cp1.service.sleep('x'), cp2.service.sleep('x')]);
     assert.equal(slept.filter((r) => r.baked).length, 1, 'one bake is published');
     assert.equal((await s1.listSeeds()).length, 1);
     assert.equal((await s1.getApp('x')).state, 'asleep');
+    assert.equal((await s1.getVolume('x'))!.holder, null, 'released at sleep');
   });
 }
 

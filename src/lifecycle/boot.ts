@@ -96,7 +96,7 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
     const spec = { ...vmSpec(ctx, id, net.hostPort, null, p.run.port), ...(net.tap ? { tap: net.tap } : {}), ...(net.jail ? { jail: net.jail } : {}) };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
-    const [, vol] = await Promise.all([createOverlay(p.baseDisk, spec.disk, spec.diskFormat), prepareAttach(ctx, p.app, p.volume, sw)]);
+    const [, vol] = await Promise.all([createOverlay(p.baseDisk, spec.disk, spec.diskFormat), prepareAttach(ctx, p.app, p.volume, p.run.cwd, sw)]);
     if (vol) spec.volume = vol.file;
     await net.ready;
     sw.lap('prepare_ms');

@@ -50,9 +50,13 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     const spec = { ...vmSpec(ctx, id, net.hostPort, mem, p.run.port), memMiB: p.manifest.machine.mem_mib, vcpus: p.manifest.machine.vcpus, cmdline: p.manifest.machine.cmdline, ...(net.tap ? { tap: net.tap } : {}), ...(net.jail ? { jail: net.jail } : {}) };
     await mkdir(spec.dir, { recursive: true });
     undo.push('remove vm dir', () => rm(spec.dir, { recursive: true, force: true }));
-    const [, vol] = await Promise.all([createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk, spec.diskFormat), prepareAttach(ctx, p.app, p.volume, sw)]);
+    const [, vol] = await Promise.all([createOverlay(p.unsafeDiskOverride ?? path.join(p.seedDir, 'disk.img'), spec.disk, spec.diskFormat), prepareAttach(ctx, p.app, p.volume, p.run.cwd, sw)]);
     if (vol) spec.volume = vol.file;
     sw.lap('prepare_ms');
+    // The seed's virtio-blk state holds the volume's old size, which its guest kernel keeps: it
+    // would refuse the grown filesystem. The seed is dropped; a cold boot sees the new size and
+    // the next sleep bakes a seed that knows it.
+    if (vol?.grown) throw new ThawError('SEED_MISMATCH', `the volume grew to ${p.volume!.sizeBytes} bytes: the seed's guest knows the old size`);
 
     checkDeadline(p.signal);
     const vm = await ctx.hv.restore(spec, { state: path.join(p.seedDir, 'state.bin'), mem }).catch((err: unknown) => {

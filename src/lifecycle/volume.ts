@@ -5,6 +5,7 @@
 // deleted), stop the app and unmount it, so no seed holds a page of it.
 import type { AgentClient } from '../guest/channel.ts';
 import { prepareVolume, volumeFile } from '../volume/file.ts';
+import { checkVolumeAgainstCwd } from '../volume/spec.ts';
 import { VOLUME_DEVICE } from '../wire/agent.ts';
 import type { NodeContext, RunningVm, Stopwatch } from './context.ts';
 
@@ -19,26 +20,34 @@ export interface AttachedVolume {
   file: string;
   device: string;
   path: string;
+  /** The file was grown now (resize2fs): a seed's guest still knows the device's old capacity. */
+  grown: boolean;
 }
 
-/** Check (or make, or grow) the app's volume file before QEMU opens it; times go into the wake record. */
-export async function prepareAttach(ctx: NodeContext, app: string, v: VolumeParams | null | undefined, sw: Stopwatch): Promise<AttachedVolume | null> {
+/**
+ * Check (or make, or grow) the app's volume file before QEMU opens it; times go into the wake record.
+ * VOLUME_INVALID when the volume would hide the app's working folder `cwd`.
+ */
+export async function prepareAttach(ctx: NodeContext, app: string, v: VolumeParams | null | undefined, cwd: string, sw: Stopwatch): Promise<AttachedVolume | null> {
   if (!v) return null;
+  checkVolumeAgainstCwd(v.path, cwd);
   const file = volumeFile(ctx.dataDir, app);
   const r = await prepareVolume(file, v.sizeBytes);
   sw.stages.volume_check_ms = r.ms;
   if (r.fsck !== null) sw.stages.volume_fsck_exit = r.fsck;
   if (r.created) sw.stages.volume_created = 1;
   if (r.grown) sw.stages.volume_grown = 1;
-  return { file, device: VOLUME_DEVICE, path: v.path };
+  return { file, device: VOLUME_DEVICE, path: v.path, grown: r.grown };
 }
 
 /** Mount it in the guest: send after the gate and before start_app (the agent serves requests in order). */
 export async function mountVolume(agent: AgentClient, vol: AttachedVolume | null, sw: Stopwatch): Promise<void> {
   if (!vol) return;
   const t = performance.now();
-  await agent.request({ op: 'mount_volume', device: vol.device, path: vol.path }, 30_000);
+  const r = await agent.request({ op: 'mount_volume', device: vol.device, path: vol.path }, 30_000);
+  // Sent with the gate, so this wait includes the gate's; the guest's own mount time is apart.
   sw.stages.volume_mount_ms = Math.round(performance.now() - t);
+  sw.stages.volume_mount_guest_ms = r.ms;
 }
 
 /**

@@ -270,19 +270,24 @@ async function suite(t: TestContext, env: Env): Promise<void> {
     await assert.rejects(b.addVolume({ app: 'vol', path: '/other', sizeBytes: 1 << 30 }), code('VOLUME_CONFLICT'));
     assert.equal((await b.updateVolume('vol', { node: 'n1', sizeBytes: 2 << 30 })).sizeBytes, 2 << 30);
     await assert.rejects(b.updateVolume('nope', { node: 'n1' }), code('VOLUME_NOT_FOUND'));
-    // The app is running (a VM may have it mounted): of two racing wakes, exactly one wins.
+    // A VM of the app may exist (waking): of two racing holders, exactly one wins.
     await a.transition('vol', 'created', 'building');
     await a.transition('vol', 'building', 'failed');
     await a.transition('vol', 'failed', 'waking');
-    const race = await Promise.allSettled([a.leaseVolume('vol', 'wake-1'), b.leaseVolume('vol', 'wake-2')]);
+    const race = await Promise.allSettled([a.leaseVolume('vol', 'move-1'), b.leaseVolume('vol', 'move-2')]);
     assert.equal(race.filter((r) => r.status === 'fulfilled').length, 1);
     const loser = race.find((r): r is PromiseRejectedResult => r.status === 'rejected')!;
     assert.ok(code('VOLUME_BUSY')(loser.reason));
+    await assert.rejects(a.leaseVolume('vol', 'wake-3'), code('VOLUME_BUSY'), 'a wake never takes a volume a move holds');
     const holder = (await a.getVolume('vol'))!.holder!;
     await a.releaseVolume('vol', 'wake-other'); // not the holder: no effect
     assert.equal((await b.getVolume('vol'))!.holder, holder);
     await b.releaseVolume('vol', holder);
     assert.equal((await a.getVolume('vol'))!.holder, null);
+    // The one wake that moved the app to waking takes over a wake's lease left by a dead control plane.
+    await a.leaseVolume('vol', 'wake-old');
+    assert.equal((await b.leaseVolume('vol', 'wake-new')).holder, 'wake-new');
+    await b.releaseVolume('vol', 'wake-new');
     // A holder left by a crash is taken over once the app is asleep (no VM of it exists).
     await a.leaseVolume('vol', 'crashed');
     await a.transition('vol', 'waking', 'asleep');

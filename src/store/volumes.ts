@@ -49,17 +49,25 @@ export class VolumeTable {
     await this.db.batch([{ sql: 'DELETE FROM volumes WHERE app = ?', params: [app] }]);
   }
 
+  /**
+   * Take the volume for `holder` (compare-and-set). Free, already ours, or the app has no VM
+   * (asleep, failed, created): taken. A wake's lease (`wake-*`) is tied to the app's state: the
+   * one wake that moved the app to `waking` takes over a `wake-*` lease left by an earlier VM
+   * (a control plane that died while its app ran). Any other holder (a move) gives VOLUME_BUSY.
+   */
   async lease(app: string, holder: string): Promise<VolumeRow> {
     // A wake's lease left by a crash is taken over once the app is asleep; a transfer's
     // (volume restore or move, which run while the app is asleep) only once it is stale.
     const staleTransfer = new Date(Date.now() - TRANSFER_LEASE_MS).toISOString();
+    const wake = holder.startsWith('wake-');
     const rows = await this.db.all(
       `UPDATE volumes SET holder = ?, leased_at = ?
        WHERE app = ? AND (holder IS NULL OR holder = ?
          OR (EXISTS (SELECT 1 FROM apps WHERE name = ? AND state IN ('asleep', 'failed', 'created'))
-             AND (holder NOT LIKE 'transfer-%' OR leased_at < ?)))
+             AND (holder NOT LIKE 'transfer-%' OR leased_at < ?))
+         ${wake ? "OR (holder LIKE 'wake-%' AND EXISTS (SELECT 1 FROM apps WHERE name = ? AND state = 'waking'))" : ''})
        RETURNING *`,
-      [holder, now(), app, holder, app, staleTransfer],
+      [holder, now(), app, holder, app, staleTransfer, ...(wake ? [app] : [])],
     );
     if (rows[0]) return toVolume(rows[0]);
     const v = await this.get(app);

@@ -137,7 +137,7 @@ export const Results = {
 export type ResultOf<O extends Op> = z.infer<(typeof Results)[O]>;
 
 /** Error codes the agent may answer with (each is in src/errors.ts). */
-export const AGENT_ERROR_CODES = ['AGENT_PROTOCOL', 'AGENT_ERROR', 'GATE_FAILED', 'APP_CRASHED', 'APP_START_TIMEOUT'] as const;
+export const AGENT_ERROR_CODES = ['AGENT_PROTOCOL', 'AGENT_ERROR', 'GATE_FAILED', 'APP_CRASHED', 'APP_START_TIMEOUT', 'VOLUME_INVALID'] as const;
 
 /** Guest -> host messages. */
 export const GuestMessage = z.union([
