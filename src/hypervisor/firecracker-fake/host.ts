@@ -64,7 +64,7 @@ export async function fileFacts(p: string): Promise<{ ino: number; writable: boo
 export function checkTap(name: string): void {
   let out: string;
   try {
-    out = execFileSync('ip', ['-d', '-o', 'link', 'show', 'dev', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    out = execFileSync('ip', ['-d', '-o', 'link', 'show', 'dev', name], { cwd: '/', encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch {
     throw new HostFault(`Could not create the network device: Open tap device failed: ${name}: no such TAP in this network namespace`);
   }

@@ -1,5 +1,5 @@
 // A fake `jailer` (Firecracker docs/jailer.md) for unit tests. spawn.ts runs
-// it as `bash -c 'cmd=$(node jailer.ts ARGS); eval "exec $cmd"'`: this script
+// it as `bash -c 'cmd=$(node jailer.ts ARGS); eval "$cmd"'`: this script
 // checks the arguments, builds the jail, and prints the command the jail ends
 // in, which bash then execs (so, as with the real jailer, the spawned pid
 // becomes the VMM's). Rules, from "Jailer Usage" and "Jailer Operation":
@@ -72,13 +72,13 @@ chownSync(root, uid, gid);
 if (process.env.FAKE_LOG_FD) appendFileSync(Number(process.env.FAKE_LOG_FD), `${JSON.stringify({ jailer: argv, root, cgroups: opts.get('--cgroup') ?? [] })}\n`);
 
 // JO3: the environment is cleared; the fake Firecracker gets PATH and its own FAKE_* settings.
-const env = Object.entries(process.env).filter(([k]) => k === 'PATH' || (k.startsWith('FAKE_') && !['FAKE_TSX', 'FAKE_MAIN', 'FAKE_NODE'].includes(k)));
+const env = Object.entries(process.env).filter(([k]) => k === 'PATH' || (k.startsWith('FAKE_') && !['FAKE_MAIN', 'FAKE_NODE'].includes(k)));
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 const cmd = [
   'cd', q(root), '&&', 'exec', 'env', '-i', ...env.map(([k, v]) => q(`${k}=${v}`)), q(`FAKE_CHROOT=${path.resolve(root)}`),
   ...(netns ? ['nsenter', q(`--net=${netns}`), '--'] : []),
   'setpriv', '--reuid', String(uid), '--regid', String(gid), '--clear-groups', '--',
-  q(process.env.FAKE_NODE!), '--import', q(process.env.FAKE_TSX!), q(process.env.FAKE_MAIN!),
+  q(process.env.FAKE_NODE!), q(process.env.FAKE_MAIN!),
   q(`--id=${id}`), '--start-time-us=0', '--start-time-cpu-us=0', ...fcArgs.map(q),
 ];
 process.stdout.write(cmd.join(' '));

@@ -9,7 +9,7 @@
 // FAKE_FAULT ("METHOD /path": answer it with a 400 fault), FAKE_CHROOT (its
 // jail root, set by the fake jailer) and FAKE_VISIBLE (the one host folder a
 // mount-jailed VMM sees besides /usr), see host.ts.
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, readlinkSync } from 'node:fs';
 import http from 'node:http';
 import { Fault, FakeMicroVm } from './machine.ts';
 import { route, validate } from './spec.ts';
@@ -30,7 +30,7 @@ const logTo = FAKE_LOG_FD ? Number(FAKE_LOG_FD) : FAKE_LOG;
 const log = (o: object): void => {
   if (logTo !== undefined) appendFileSync(logTo, `${JSON.stringify(o)}\n`);
 };
-log({ argv: process.argv.slice(2), cwd: process.cwd(), uid: process.getuid?.(), gid: process.getgid?.(), chroot: process.env.FAKE_CHROOT ?? null });
+log({ argv: process.argv.slice(2), cwd: process.cwd(), uid: process.getuid?.(), gid: process.getgid?.(), groups: process.getgroups?.(), netns: readlinkSync('/proc/self/ns/net'), chroot: process.env.FAKE_CHROOT ?? null, visible: process.env.FAKE_VISIBLE ?? null });
 console.log('fake firecracker: hello on the serial console');
 if (FAKE_MODE === 'exit') {
   console.error('fake firecracker: boom');

@@ -10,15 +10,36 @@
 // - a `jailer` command runs the fake jailer (jailer.ts) instead.
 // FAKE_LOG is opened here and inherited as descriptor 3 (FAKE_LOG_FD), so a
 // fake that runs as an unprivileged uid can still write it.
+// The fake is bundled to plain JavaScript first (.cache/fcfake/, esbuild): run
+// through tsx, it would spawn esbuild with its absolute working folder, which a
+// jailed uid cannot reach (the VM folders above it are root's, 0700).
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
-import { basename } from 'node:path';
+import { chmodSync, closeSync, copyFileSync, mkdirSync, openSync, renameSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildSync } from 'esbuild';
 
-const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
-const JAILER = fileURLToPath(new URL('./jailer.ts', import.meta.url));
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+const JAILER = join(HERE, 'jailer.ts');
 /** Resolved here: the fake runs in the VM's folder, where `tsx` is not resolvable. */
 const TSX = import.meta.resolve('tsx');
+let bundled: string | null = null;
+
+/** main.ts as one ES module in the repository's .cache (its packages resolve from the repository's node_modules). */
+function fakeMain(): string {
+  if (bundled) return bundled;
+  const dir = join(HERE, '..', '..', '..', '.cache', 'fcfake');
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  chmodSync(dir, 0o755);
+  const out = join(dir, 'main.mjs');
+  const tmp = `${out}.${process.pid}.tmp`;
+  buildSync({ entryPoints: [join(HERE, 'main.ts')], bundle: true, platform: 'node', format: 'esm', packages: 'external', outfile: tmp, logLevel: 'silent' });
+  copyFileSync(join(HERE, 'firecracker.yaml'), join(dir, 'firecracker.yaml'));
+  chmodSync(tmp, 0o644);
+  renameSync(tmp, out);
+  bundled = out;
+  return out;
+}
 
 export interface FakeSpawner {
   spawn: (command: string, args: readonly string[], options: SpawnOptions) => ChildProcess;
@@ -31,8 +52,8 @@ export interface FakeSpawner {
 function substitute(argv: string[]): { run: string[]; env: Record<string, string> } {
   if (basename(argv[0]!).includes('jailer')) {
     // jailer.ts prints the shell command the jail ends in; `exec` keeps this pid, as the real jailer's exec does.
-    const script = 'set -e; cmd=$("$0" --import "$1" "$2" "${@:3}"); eval "exec $cmd"';
-    return { run: ['/bin/bash', '-c', script, process.execPath, TSX, JAILER, ...argv.slice(1)], env: { FAKE_TSX: TSX, FAKE_MAIN: MAIN, FAKE_NODE: process.execPath } };
+    const script = 'set -e; cmd=$("$0" --import "$1" "$2" "${@:3}"); eval "$cmd"';
+    return { run: ['/bin/bash', '-c', script, process.execPath, TSX, JAILER, ...argv.slice(1)], env: { FAKE_MAIN: fakeMain(), FAKE_NODE: process.execPath } };
   }
   let run = argv;
   const env: Record<string, string> = {};
@@ -43,7 +64,7 @@ function substitute(argv: string[]): { run: string[]; env: Record<string, string
     run = [...argv.slice(0, unshare), ...argv.slice(jail + 2)];
   }
   const fc = run.findIndex((a) => basename(a).includes('firecracker'));
-  return { run: [...run.slice(0, fc), process.execPath, '--import', TSX, MAIN, ...run.slice(fc + 1)], env };
+  return { run: [...run.slice(0, fc), process.execPath, fakeMain(), ...run.slice(fc + 1)], env };
 }
 
 /** `env`: FAKE_LOG, FAKE_BOOT_MS, FAKE_MODE, FAKE_FAULT (see main.ts). */
