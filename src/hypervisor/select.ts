@@ -31,7 +31,7 @@ export function createHypervisor(name: DriverName, o: DriverSetup): Hypervisor {
     const jailer = findJailer();
     const bin = o.firecracker ?? process.env.THAW_FIRECRACKER ?? 'firecracker';
     // The jailer copies its --exec-file into the jail: it needs the binary's path.
-    return new FirecrackerDriver({ binary: (jailer && which(bin, process.env)) || bin, ...(tap ? { tap } : {}), ...(jailer ? { jailer: { binary: jailer, cgroup: process.env.THAW_FC_CGROUP === '1' } } : {}) });
+    return new FirecrackerDriver({ binary: (jailer && which(bin, process.env)) || bin, ...(tap ? { tap } : {}), ...(jailer ? { jailer: { binary: jailer, cgroup: process.env.THAW_FC_CGROUP === '1', ...(process.env.THAW_JAILER_CHROOT_BASE ? { chrootBase: process.env.THAW_JAILER_CHROOT_BASE } : {}) } } : {}) });
   }
   return new QemuDriver({ probeAssets: async () => o.assets, ...(o.bindHost ? { bindHost: o.bindHost } : {}), ...(o.appHost ? { appHost: o.appHost } : {}) });
 }
