@@ -186,7 +186,7 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
       live = { ctx, run: t.out.run };
       const rec = t.out.record;
       const firstResponse = t.firstResponseMs;
-      const clock = await clockOutsideMs(t.out.run.vm.appAddress.port);
+      const clock = await clockOutsideMs(t.out.run.vm.appAddress.port, t.out.run.vm.appAddress.host);
       const rss = await agentRssKib(t.out.run);
       thaws.push({
         wall_ms: t.wallMs, boot_mode: rec.bootMode, boot_ms: r1(rec.bootMs), gate_ms: rec.gateMs === null ? null : r1(rec.gateMs), app_start_ms: r1(rec.appStartMs),
