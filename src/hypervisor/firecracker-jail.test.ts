@@ -11,7 +11,8 @@ import { once } from 'node:events';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, describe, test } from 'node:test';
 import { isThawError } from '../errors.ts';
 import { FirecrackerDriver, GUEST_MAC, type FirecrackerOptions } from './firecracker.ts';
@@ -24,7 +25,14 @@ const root = mkdtempSync(join(tmpdir(), 'thaw-fcjail-'));
 const NS = `thvfc-${process.pid % 100000}`;
 const UID = 200_000 + 9_000 + (process.pid % 900);
 const OTHER = UID + 1;
-const isRoot = process.getuid?.() === 0;
+/** The fake runs as a VMM uid: the repository (the fake's bundle, node_modules) must be reachable by any user. */
+function reachableByAll(dir: string): boolean {
+  for (let d = dir; ; d = dirname(d)) {
+    if ((statSync(d).mode & 0o001) === 0) return false;
+    if (d === dirname(d)) return true;
+  }
+}
+const isRoot = process.getuid?.() === 0 && reachableByAll(fileURLToPath(new URL('../..', import.meta.url)));
 const FC_BIN = join(root, 'firecracker');
 const JAILER_BIN = join(root, 'jailer');
 const KERNEL = join(root, 'vmlinux');
@@ -105,7 +113,7 @@ async function bakeAndThaw(s: ReturnType<typeof setup>) {
   return { vm, spec, vol1, thawed, spec2, vol2, snap, baked };
 }
 
-describe('Firecracker in its own namespace, jailed', { skip: isRoot ? false : 'needs root (namespaces, uids)' }, () => {
+describe('Firecracker in its own namespace, jailed', { skip: isRoot ? false : 'needs root (namespaces, uids) and a repository every user can reach' }, () => {
   test('without the jailer: nsenter + setpriv + mount jail; TAP tap0 and the volume drive; a thaw re-points the volume; seeds read-only to the VMM', async (t) => {
     const s = setup();
     const r = await bakeAndThaw(s);
