@@ -19,9 +19,9 @@ export async function agentRssKib(run: RunningVm): Promise<number | null> {
  * How far the guest's clock (the app's `now_ms`) falls outside the host's
  * [send, receive] interval of one request to the app, in ms (0 when inside).
  */
-export async function clockOutsideMs(port: number): Promise<number | null> {
+export async function clockOutsideMs(port: number, host = '127.0.0.1'): Promise<number | null> {
   const t0 = realtimeUs() / 1000;
-  const res = await httpRequest(port);
+  const res = await httpRequest(port, { host });
   const t1 = realtimeUs() / 1000;
   const now = (JSON.parse(res.body) as { now_ms?: unknown }).now_ms;
   if (typeof now !== 'number') return null;

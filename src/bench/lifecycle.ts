@@ -18,6 +18,10 @@ import { wake, type WakeOutcome } from '../lifecycle/wake.ts';
 import { SEED_FILES } from '../seed/manifest.ts';
 import { createHypervisor } from '../hypervisor/select.ts';
 import type { DriverName } from '../hypervisor/types.ts';
+import { vmmOwner } from '../hypervisor/jail.ts';
+import { startNetwork } from '../network/host.ts';
+import type { NetPool } from '../network/pool.ts';
+import pino from 'pino';
 
 export interface ThawRun {
   /** wake() start -> first HTTP 200 through the forwarded port. */
@@ -70,6 +74,8 @@ export interface LifecycleOpts {
   log?: (s: string) => void;
   /** Hypervisor driver (default qemu). */
   driver?: DriverName;
+  /** Run each VM in its own network namespace, jailed, as a node does (`--netns`); refused where that cannot work. */
+  netns?: boolean;
 }
 
 const APP = 'bench';
@@ -83,7 +89,7 @@ async function timedWake(ctx: NodeContext, image: string, run: RunConfig, seedDi
   const out: WakeOutcome = await wake(ctx, { app: APP, deployId: DEPLOY, image, seedDir, seedSource: seedDir ? 'local' : 'none', env: { WHO: who }, run });
   const tWoke = performance.now();
   try {
-    const body = await getUntil200(out.run.vm.appAddress.port);
+    const body = await getUntil200(out.run.vm.appAddress.port, 30_000, out.run.vm.appAddress.host);
     const end = performance.now();
     return { out, body, wallMs: r1(end - t0), firstResponseMs: r1(end - tWoke) };
   } catch (err) {
@@ -123,6 +129,7 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
   await mkdir(parent, { recursive: true });
   const work = await mkdtemp(path.join(parent, 'thaw-bench-lifecycle-'));
   let live: { ctx: NodeContext; run: RunningVm } | null = null;
+  let pool: NetPool | null = null;
   const cleanup = async () => {
     if (live) {
       const { ctx, run } = live;
@@ -130,6 +137,8 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
       await destroyVm(ctx, run);
       for (const pid of await vmProcesses(run.vm)) process.kill(pid, 'SIGKILL');
     }
+    await pool?.shutdown();
+    pool = null;
     await rm(work, { recursive: true, force: true });
   };
   const onSignal = (sig: NodeJS.Signals) => {
@@ -143,6 +152,12 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
     const assets = await ensureAssets(log);
     const ctx = demoContext(path.join(work, 'data'), assets, createHypervisor(driver, { assets }));
     const accel = await ctx.hv.accel();
+    if (opts.netns) {
+      pool = await startNetwork({ dataDir: ctx.dataDir, log: pino({ level: 'warn' }), size: 1, owner: (s) => vmmOwner(s.index) });
+      if (!pool) throw new ThawError('NETWORK_SETUP_FAILED', '--netns: this host cannot give VMs their own network namespace (needs root, /dev/net/tun, ip, nft, nsenter)');
+      ctx.net = pool;
+      log(`per-VM network namespaces (${pool.tag}), jailed VMMs`);
+    }
     const image = path.join(work, 'app.img');
     log(`building the demo image (accel ${accel})`);
     const { run } = await buildDemoImage(assets, image);
@@ -151,8 +166,8 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
     const cold = await timedWake(ctx, image, run, null, 'deploy-value');
     live = { ctx, run: cold.out.run };
     const pidBefore = Number(cold.body.pid);
-    const port = cold.out.run.vm.appAddress.port;
-    const posted = await httpRequest(port, { method: 'POST', body: MARKER });
+    const { port, host } = cold.out.run.vm.appAddress;
+    const posted = await httpRequest(port, { method: 'POST', body: MARKER, host });
     if (posted.status !== 201) throw new ThawError('APP_CRASHED', `POST / answered ${posted.status}: ${posted.body.slice(0, 200)}`);
 
     log('bake');
@@ -171,7 +186,7 @@ export async function benchLifecycle(opts: LifecycleOpts = {}): Promise<Lifecycl
       live = { ctx, run: t.out.run };
       const rec = t.out.record;
       const firstResponse = t.firstResponseMs;
-      const clock = await clockOutsideMs(t.out.run.vm.appAddress.port);
+      const clock = await clockOutsideMs(t.out.run.vm.appAddress.port, t.out.run.vm.appAddress.host);
       const rss = await agentRssKib(t.out.run);
       thaws.push({
         wall_ms: t.wallMs, boot_mode: rec.bootMode, boot_ms: r1(rec.bootMs), gate_ms: rec.gateMs === null ? null : r1(rec.gateMs), app_start_ms: r1(rec.appStartMs),

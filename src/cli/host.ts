@@ -152,8 +152,9 @@ export function registerHost(program: Command, ctx: Ctx): void {
     .description('cold boot -> bake -> N thaws of the demo app in a temporary data folder')
     .addOption(new Option('--thaws <n>', 'number of thaws').argParser(intArg).default(5))
     .addOption(new Option('--driver <name>', 'hypervisor driver').choices(['qemu', 'firecracker']).env('THAW_DRIVER').default('qemu'))
-    .action(async (o: { thaws: number; driver: 'qemu' | 'firecracker' }, cmd: Command) => {
-      const run = await load<(opts: { thaws: number; json: boolean; driver: string }) => Promise<unknown>>(ctx, '../bench/lifecycle.ts', 'runBenchLifecycle');
-      await run({ thaws: o.thaws, json: ctx.globals(cmd).json, driver: o.driver });
+    .addOption(new Option('--netns', 'each VM in its own network namespace, its VMM jailed, as on a node (root)').default(false))
+    .action(async (o: { thaws: number; driver: 'qemu' | 'firecracker'; netns: boolean }, cmd: Command) => {
+      const run = await load<(opts: { thaws: number; json: boolean; driver: string; netns: boolean }) => Promise<unknown>>(ctx, '../bench/lifecycle.ts', 'runBenchLifecycle');
+      await run({ thaws: o.thaws, json: ctx.globals(cmd).json, driver: o.driver, netns: o.netns });
     });
 }

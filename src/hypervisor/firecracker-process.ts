@@ -1,7 +1,16 @@
-// Process plumbing of the Firecracker driver: kill and wait, wait for the API socket.
+// Process plumbing of the Firecracker driver: kill and wait, wait for the API
+// socket, connect to the guest agent over vsock.
 import type { ChildProcess } from 'node:child_process';
-import { ThawError } from '../errors.ts';
-import type { FirecrackerApi } from './firecracker-api.ts';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { ThawError, isThawError } from '../errors.ts';
+import { vsockHandshake, type FirecrackerApi } from './firecracker-api.ts';
+
+export const AGENT_VSOCK_PORT = 1024;
+/** Pause between vsock handshake attempts while the guest is not listening yet. */
+const CONNECT_RETRY_MS = 50;
+/** One attempt's limit: a CONNECT the guest never answers is dropped by Firecracker after about 2 s. */
+const CONNECT_ATTEMPT_MS = 3_000;
 
 export type Exit = { code: number | null; signal: NodeJS.Signals | null };
 
@@ -43,5 +52,29 @@ export async function waitForApi(vm: { api: FirecrackerApi; exited: Promise<Exit
     }
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * Retry the vsock handshake on `vsockSocket` until the guest's agent listens: AGENT_TIMEOUT after
+ * `timeoutMs`, VM_GONE once `exited()` reports the process gone, AGENT_PROTOCOL on a bad answer.
+ */
+export async function connectAgent(vsockSocket: string, vmId: string, timeoutMs: number, exited: () => Record<string, unknown> | null): Promise<Duplex> {
+  const deadline = Date.now() + timeoutMs;
+  for (let attempt = 1; ; attempt++) {
+    const sock = net.createConnection(vsockSocket);
+    try {
+      await vsockHandshake(sock, AGENT_VSOCK_PORT, Math.max(1, Math.min(CONNECT_ATTEMPT_MS, deadline - Date.now())));
+      return sock;
+    } catch (err) {
+      sock.destroy();
+      const gone = exited();
+      if (gone) throw new ThawError('VM_GONE', `Firecracker VM ${vmId} exited`, { cause: err, details: gone });
+      if (isThawError(err, 'AGENT_PROTOCOL')) throw err;
+      if (Date.now() + CONNECT_RETRY_MS >= deadline) {
+        throw new ThawError('AGENT_TIMEOUT', `no agent on vsock port ${AGENT_VSOCK_PORT} of VM ${vmId} after ${attempt} attempts in ${timeoutMs} ms: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    await sleep(CONNECT_RETRY_MS);
   }
 }

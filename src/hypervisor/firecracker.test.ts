@@ -10,6 +10,7 @@ import { copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
+import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { freePort } from '../lifecycle/context.ts';
 import { isThawError } from '../errors.ts';
@@ -21,8 +22,11 @@ const root = mkdtempSync(join(tmpdir(), 'thaw-fc-test-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 const KERNEL = join(root, 'vmlinux');
 const INITRD = join(root, 'initrd');
+/** Stands for the binary (the driver checks that it exists; the fake spawner runs the fake instead). */
+const FC_BIN = join(root, 'firecracker');
 writeFileSync(KERNEL, 'kernel');
 writeFileSync(INITRD, 'initrd');
+writeFileSync(FC_BIN, '#!/bin/false\n', { mode: 0o755 });
 
 type Rec = { method?: string; url?: string; body?: Record<string, unknown>; vsock?: string; running?: boolean; vsock_refused?: number; why?: string; fault?: string; argv?: string[]; cwd?: string };
 
@@ -32,7 +36,7 @@ function setup(env: Record<string, string> = {}, opts: FirecrackerOptions = {}) 
   const logFile = join(root, `${id}.jsonl`);
   writeFileSync(logFile, '');
   const fake = fakeFirecracker({ FAKE_LOG: logFile, FAKE_BOOT_MS: '100', ...env });
-  const driver = new FirecrackerDriver({ startTimeoutMs: 20_000, agentConnectTimeoutMs: 10_000, ...opts, spawn: fake.spawn });
+  const driver = new FirecrackerDriver({ binary: FC_BIN, startTimeoutMs: 20_000, agentConnectTimeoutMs: 10_000, ...opts, spawn: fake.spawn });
   const spec = vmDir(id);
   const records = (): Rec[] => readFileSync(logFile, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Rec);
   const calls = (): Rec[] => records().filter((r) => r.method && !(r.method === 'GET' && r.url === '/'));
@@ -76,10 +80,13 @@ test('boot runs Firecracker in the VM folder and configures it with relative pat
   const { driver, spec, fake, calls, records } = setup();
   const vm = await driver.boot(spec);
   t.after(() => driver.destroy(vm));
-  assert.deepEqual(fake.spawned, [{ argv: ['firecracker', '--api-sock', 'fc.sock'], cwd: spec.dir }]);
+  assert.equal(fake.spawned.length, 1);
+  assert.deepEqual(fake.spawned[0]!.argv.slice(-5), [FC_BIN, '--id', spec.id, '--api-sock', 'fc.sock'], 'its id names the VM (recover() finds it by it)');
+  assert.equal(fake.spawned[0]!.cwd, spec.dir);
   assert.equal(records()[0]!.cwd, spec.dir);
+  assert.equal(readFileSync(join(spec.dir, 'vmm.pid'), 'utf8').trim(), String(vm.pid));
   assert.deepEqual(calls().map((c) => [c.method, c.url, c.body]), [
-    ['PUT', '/boot-source', { kernel_image_path: KERNEL, initrd_path: INITRD, boot_args: 'console=ttyS0' }],
+    ['PUT', '/boot-source', { kernel_image_path: 'vmlinux', initrd_path: 'initrd', boot_args: 'console=ttyS0' }],
     ['PUT', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: 'disk.raw', is_root_device: false, is_read_only: false, cache_type: 'Writeback', io_engine: 'Sync' }],
     ['PUT', '/machine-config', { mem_size_mib: 256, vcpu_count: 2, smt: false, track_dirty_pages: false }],
     ['PUT', '/vsock', { guest_cid: 3, uds_path: 'vsock.sock' }],
@@ -90,11 +97,14 @@ test('boot runs Firecracker in the VM folder and configures it with relative pat
   assert.match(readFileSync(vm.consoleLog, 'utf8'), /hello on the serial console/);
 });
 
-test("the driver's TAP becomes eth0, with a relay from 127.0.0.1:hostPort", async (t) => {
-  const { driver, spec, calls } = setup({}, { tap: 'thawtap0' });
+test("the driver's TAP becomes eth0, with a relay from 127.0.0.1:hostPort", { skip: process.getuid?.() === 0 ? false : 'needs root for a TAP' }, async (t) => {
+  const tap = `fct${process.pid % 100000}`;
+  execFileSync('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap']);
+  t.after(() => execFileSync('ip', ['link', 'del', tap]));
+  const { driver, spec, calls } = setup({}, { tap });
   const vm = await driver.boot({ ...spec, hostPort: await freePort() });
   t.after(() => driver.destroy(vm));
-  assert.deepEqual(calls().find((c) => c.url === '/network-interfaces/eth0')?.body, { iface_id: 'eth0', host_dev_name: 'thawtap0', guest_mac: '06:00:ac:10:00:02' });
+  assert.deepEqual(calls().find((c) => c.url === '/network-interfaces/eth0')?.body, { iface_id: 'eth0', host_dev_name: tap, guest_mac: '06:00:ac:10:00:02' });
   assert.equal(calls()[0]!.body!.boot_args, 'console=ttyS0', 'the guest sets its own address (10.0.2.15/24)');
   assert.deepEqual(vm.appAddress, { host: '127.0.0.1', port: vm.spec.hostPort });
   const c = net.connect(vm.appAddress.port, vm.appAddress.host);
@@ -143,10 +153,10 @@ test('flaw 4 and flaw 1: a restore finds its disk in its own folder; the channel
   const vm = await driver.restore({ ...s2, memFile: snap.mem }, snap);
   t.after(() => driver.destroy(vm));
   assert.deepEqual(calls().at(-1), { method: 'PUT', url: '/snapshot/load', type: 'application/json', body: {
-    snapshot_path: snap.state, mem_backend: { backend_type: 'File', backend_path: snap.mem }, resume_vm: false, vsock_override: { uds_path: 'vsock.sock' },
+    snapshot_path: 'seed-state.bin', mem_backend: { backend_type: 'File', backend_path: 'seed-mem.ram' }, resume_vm: false, vsock_override: { uds_path: 'vsock.sock' },
   } });
   // Paused after the load: no CONNECT succeeds before resume (today's thaw order timed out here).
-  const impatient = new FirecrackerDriver({ agentConnectTimeoutMs: 400 });
+  const impatient = new FirecrackerDriver({ binary: FC_BIN, agentConnectTimeoutMs: 400 });
   await rejectsWith(impatient.openAgentChannel(vm), 'AGENT_TIMEOUT');
   // One pending at resume is dropped by the transport reset; the retry gets through.
   const held = records().filter((r) => r.vsock && r.running === false).length;

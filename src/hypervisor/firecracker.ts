@@ -14,21 +14,25 @@
 // - KVM only (no TCG): accel() checks that /dev/kvm opens read-write.
 // - Raw disks only (no qcow2): a thaw's copy-on-write disk is a raw reflink or
 //   sparse copy (createOverlay with diskFormat 'raw').
-// - Relative paths: Firecracker runs in the VM's folder (spec.dir) and is given
-//   `disk.raw` and `vsock.sock`, as its docs suggest. A snapshot records those
-//   relative paths, and /snapshot/load reopens them "at the same relative paths"
-//   (snapshot-support.md, "Loading snapshots"), i.e. in the NEW VM's folder: the
-//   baked VM's folder, deleted by destroy(), is never needed again.
-// - Network: only with a host TAP device (spec.tap, else the driver's `tap`
-//   option; created by the network layer or the smoke script, not here): eth0 on
-//   that TAP (the guest's init gives itself 10.0.2.15/24 via 10.0.2.2, so the
-//   TAP's host side is 10.0.2.2/24), and 127.0.0.1:hostPort relayed to
-//   guestIp:guestPort (appAddress, as under QEMU).
-// - Per-VM network namespaces (src/network/, issue 11): when the node has a VM
-//   network pool, spec.tap names the TAP inside the VM's own namespace and the
-//   app's address. NOT DONE: starting firecracker inside spec.tap.netns (jailer
-//   `--netns /run/netns/NAME`, `--uid/--gid` from spec.jail; see
-//   firecracker-jailer.ts); until then the node's pool is QEMU-only.
+// - Relative paths: Firecracker resolves every path in its work folder (the VM
+//   folder, or its jail's root; firecracker-jail.ts places the files there). A
+//   snapshot records those relative paths, and /snapshot/load reopens them "at
+//   the same relative paths" (snapshot-support.md, "Loading snapshots"), i.e.
+//   in the NEW VM's work folder.
+// - Jail (issue 11): with the jailer present (`jailer` option) it chroots,
+//   joins the VM's namespace and drops to the VM's uid; without it the process
+//   runs under the same nsenter/setpriv/mount jail as QEMU (jail.ts).
+// - Network: the VM's own namespace (spec.tap, src/network/): eth0 on its TAP
+//   `tap0`, guest MAC fixed (GUEST_MAC: a seed's guest keeps it), guest
+//   10.0.2.15 via 10.0.2.2 (set by the guest's init), the app reached at the
+//   veth address (spec.tap.address, DNATed in the namespace). A restore names
+//   the same TAP (network_overrides). Without a namespace: the driver's `tap`
+//   option (a TAP in the node's namespace, one VM at a time) with a
+//   127.0.0.1:hostPort relay; else no network.
+// - Volume (issue 12): the second drive `volume` (/dev/vdb), `volume.raw` in the
+//   work folder (a hard link to the app's current volume file). A restore finds
+//   it there, then re-points the drive to it (PATCH /drives/volume, between the
+//   load and the resume), which also makes Firecracker re-read its size.
 // - Agent channel: virtio-vsock, guest CID 3, agent port 1024, host-initiated
 //   via vsock.sock and `CONNECT 1024\n` / `OK <port>\n`. Firecracker closes the
 //   connection while nothing in the guest listens (a cold boot's agent is not up
@@ -37,36 +41,34 @@
 //   agentChannelBeforeResume is false, and thaw opens the channel after resume().
 import { spawn as nodeSpawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, open, rm } from 'node:fs/promises';
-import net from 'node:net';
+import { mkdir, open, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ThawError, isThawError, type ErrorCode } from '../errors.ts';
 import { UndoStack } from '../undo.ts';
-import { FirecrackerApi, vsockHandshake } from './firecracker-api.ts';
+import { FirecrackerApi } from './firecracker-api.ts';
 import { forwardPort, type Forward } from './firecracker-forward.ts';
-import { killAndWait, sleep, waitForApi, type Exit } from './firecracker-process.ts';
+import { collectSnapshot, DISK_FILE, INITRD_FILE, KERNEL_FILE, placement, SEED_MEM, SEED_STATE, snapshotTargets, stage, unplace, VOLUME_FILE, which, VSOCK_FILE, type FcPlace, type JailerOptions } from './firecracker-jail.ts';
+import { connectAgent, killAndWait, sleep, waitForApi, type Exit } from './firecracker-process.ts';
+import { vmmEnv } from './jail.ts';
 import type { Accel, Hypervisor, SnapshotFiles, VmHandle, VmSpec } from './types.ts';
 
-export const AGENT_VSOCK_PORT = 1024;
+export { DISK_FILE, VSOCK_FILE } from './firecracker-jail.ts';
+export { AGENT_VSOCK_PORT } from './firecracker-process.ts';
 export const GUEST_CID = 3;
 const ROOT_DRIVE = 'rootfs';
-/** File names inside the VM folder (Firecracker's working folder); snapshots record them as they are. */
-export const DISK_FILE = 'disk.raw';
-export const VSOCK_FILE = 'vsock.sock';
-const API_FILE = 'fc.sock';
-/** Pause between vsock handshake attempts while the guest is not listening yet. */
-const CONNECT_RETRY_MS = 50;
-/** One attempt's limit: a CONNECT the guest never answers is dropped by Firecracker after about 2 s. */
-const CONNECT_ATTEMPT_MS = 3_000;
+export const VOLUME_DRIVE = 'volume';
 const IFACE = 'eth0';
-const GUEST_MAC = '06:00:ac:10:00:02';
+/** The guest's MAC, the same at every boot: a seed's guest (its ARP peers) keeps it. */
+export const GUEST_MAC = '06:00:ac:10:00:02';
 
 export type SpawnFn = (command: string, args: readonly string[], options: SpawnOptions) => ChildProcess;
 
 export interface FirecrackerOptions {
   /** Firecracker binary (default 'firecracker', looked up on PATH). */
   binary?: string;
+  /** Run VMs with a VMM uid through Firecracker's jailer (firecracker-jail.ts); absent: the nsenter/setpriv jail. */
+  jailer?: JailerOptions;
   /** Process spawner; tests inject a fake Firecracker. */
   spawn?: SpawnFn;
   /** KVM device to probe (default '/dev/kvm'). */
@@ -80,25 +82,22 @@ export interface FirecrackerOptions {
    * (guest/agent/init.c, QEMU's user-mode addresses), so the TAP's host side is 10.0.2.2/24.
    */
   guestIp?: string;
-  /** TAP device for VMs whose spec names none (one VM at a time: the guest IP is in every seed). */
+  /** TAP device in the node's namespace for VMs without their own (one VM at a time: the guest IP is in every seed). */
   tap?: string;
 }
-
-
 
 /** The handle, plus what only this driver needs. */
 class FirecrackerVm implements VmHandle {
   readonly consoleLog: string;
-  readonly apiSocket: string;
-  readonly vsockSocket: string;
   readonly api: FirecrackerApi;
   exitInfo: Exit | null = null;
   destroyed: Promise<void> | null = null;
-  /** 127.0.0.1:hostPort relay to the guest (with a TAP). */
+  /** 127.0.0.1:hostPort relay to the guest (a TAP in the node's namespace only). */
   forward: Forward | null = null;
 
   constructor(
     readonly spec: VmSpec,
+    readonly place: FcPlace,
     readonly child: ChildProcess,
     readonly pid: number,
     readonly exited: Promise<Exit>,
@@ -107,13 +106,14 @@ class FirecrackerVm implements VmHandle {
     readonly privateMem: string | null,
   ) {
     this.consoleLog = join(spec.dir, 'console.log');
-    this.apiSocket = join(spec.dir, API_FILE);
-    this.vsockSocket = join(spec.dir, VSOCK_FILE);
-    this.api = new FirecrackerApi(this.apiSocket);
+    this.api = new FirecrackerApi(place.apiSocket);
     void exited.then((e) => (this.exitInfo = e));
   }
   get id(): string {
     return this.spec.id;
+  }
+  get apiSocket(): string {
+    return this.place.apiSocket;
   }
 }
 
@@ -121,6 +121,7 @@ export class FirecrackerDriver implements Hypervisor {
   readonly name = 'firecracker' as const;
   readonly diskFormat = 'raw' as const;
   readonly agentChannelBeforeResume = false;
+  readonly memImageReadOnly = true;
   private readonly binary: string;
   private readonly spawnFn: SpawnFn;
   private readonly kvmDevice: string;
@@ -128,6 +129,7 @@ export class FirecrackerDriver implements Hypervisor {
   private readonly agentTimeoutMs: number;
   private readonly guestIp: string;
   private readonly tap: string | undefined;
+  private readonly jailer: JailerOptions | undefined;
   private accelProbe: Promise<Accel> | null = null;
 
   constructor(opts: FirecrackerOptions = {}) {
@@ -138,6 +140,7 @@ export class FirecrackerDriver implements Hypervisor {
     this.agentTimeoutMs = opts.agentConnectTimeoutMs ?? 60_000;
     this.guestIp = opts.guestIp ?? '10.0.2.15';
     this.tap = opts.tap;
+    this.jailer = opts.jailer;
   }
 
   /** Firecracker has no TCG: 'kvm' when /dev/kvm opens read-write, else HYPERVISOR_UNSUPPORTED. Cached. */
@@ -159,12 +162,15 @@ export class FirecrackerDriver implements Hypervisor {
     checkSpec(spec);
     return UndoStack.run(async (undo) => {
       const tap = spec.tap?.name ?? this.tap;
-      const vm = await this.start(spec, null, undo, tap);
+      const vm = await this.start(spec, null, undo);
       const f: ErrorCode = 'VM_START_FAILED';
-      await vm.api.send('PUT /boot-source', { kernel_image_path: spec.kernel, initrd_path: spec.initrd, boot_args: spec.cmdline }, f);
+      await vm.api.send('PUT /boot-source', { kernel_image_path: KERNEL_FILE, initrd_path: INITRD_FILE, boot_args: spec.cmdline }, f);
       // Not the root device (Firecracker would append root=/dev/vda): the initrd mounts it.
       // Writeback: guest flushes become host fsyncs. Sync engine: no I/O in flight once vCPUs are paused.
       await vm.api.send('PUT /drives/', { drive_id: ROOT_DRIVE, path_on_host: DISK_FILE, is_root_device: false, is_read_only: false, cache_type: 'Writeback', io_engine: 'Sync' }, f, ROOT_DRIVE);
+      // The app's volume is the second drive (/dev/vdb), there from the cold boot on, so a seed's
+      // device configuration holds it (unmounted: the agent mounts it only after the gate).
+      if (spec.volume) await vm.api.send('PUT /drives/', { drive_id: VOLUME_DRIVE, path_on_host: VOLUME_FILE, is_root_device: false, is_read_only: false, cache_type: 'Writeback', io_engine: 'Sync' }, f, VOLUME_DRIVE);
       await vm.api.send('PUT /machine-config', { mem_size_mib: spec.memMiB, vcpu_count: spec.vcpus, smt: false, track_dirty_pages: false }, f);
       if (tap) await vm.api.send('PUT /network-interfaces/', { iface_id: IFACE, host_dev_name: tap, guest_mac: GUEST_MAC }, f, IFACE);
       await vm.api.send('PUT /vsock', { guest_cid: GUEST_CID, uds_path: VSOCK_FILE }, f);
@@ -178,21 +184,23 @@ export class FirecrackerDriver implements Hypervisor {
     if (spec.memFile !== snap.mem) throw new ThawError('INTERNAL', `restore: spec.memFile (${spec.memFile}) must be snap.mem (${snap.mem})`);
     return UndoStack.run(async (undo) => {
       const tap = spec.tap?.name ?? this.tap;
-      const vm = await this.start(spec, snap.mem, undo, tap);
+      const vm = await this.start(spec, snap, undo);
       const f: ErrorCode = 'VM_START_FAILED';
-      // backend_type 'File': Firecracker mmaps the memory file MAP_PRIVATE, so guest writes
-      // are copy-on-write in this process and the seed's memory image is never modified
-      // (the seed invariant: one seed, many thaws). Pages not yet copied still read through to
-      // the file, so nothing may rewrite snap.mem while this VM lives. The snapshot recorded
-      // `disk.raw` and `vsock.sock` relative to the baked VM's folder; Firecracker runs in this
-      // VM's folder, so they are this VM's own disk (a copy of the seed's) and socket.
+      // backend_type 'File': Firecracker opens the memory file read-only and maps it MAP_PRIVATE,
+      // so guest writes are copy-on-write in this process and the seed's memory image is never
+      // modified (one seed, many thaws). Pages not yet copied still read through to the file, so
+      // nothing may rewrite it while this VM lives. The snapshot recorded `disk.raw`,
+      // `volume.raw` and `vsock.sock` relative to the baked VM's work folder; they are this VM's.
       await vm.api.send('PUT /snapshot/load', {
-        snapshot_path: snap.state,
-        mem_backend: { backend_type: 'File', backend_path: snap.mem },
+        snapshot_path: SEED_STATE,
+        mem_backend: { backend_type: 'File', backend_path: SEED_MEM },
         resume_vm: false,
         ...(tap ? { network_overrides: [{ iface_id: IFACE, host_dev_name: tap }] } : {}),
         vsock_override: { uds_path: VSOCK_FILE },
       }, f);
+      // Paused, before the resume: point the volume drive at the app's current file. Firecracker
+      // reopens it and re-reads its size, so a volume grown since the bake shows its new size.
+      if (spec.volume) await vm.api.send('PATCH /drives/', { drive_id: VOLUME_DRIVE, path_on_host: VOLUME_FILE }, f, VOLUME_DRIVE);
       return vm;
     });
   }
@@ -207,33 +215,20 @@ export class FirecrackerDriver implements Hypervisor {
     await this.call(vm, (h) => h.api.send('PATCH /vm', { state: 'Resumed' }, 'INTERNAL'));
   }
 
+  /** Firecracker writes the snapshot in its work folder (a jailed one sees nothing else); it is then moved to `snap`. */
   async snapshot(vm: VmHandle, snap: SnapshotFiles): Promise<void> {
     const h = asFc(vm);
-    if (h.privateMem !== null && h.privateMem === snap.mem) {
+    if (h.privateMem !== null && resolve(h.privateMem) === resolve(snap.mem)) {
       throw new ThawError('INTERNAL', `snapshot: ${snap.mem} is the file this VM's memory is mapped from; write the new seed elsewhere`);
     }
-    await this.call(vm, (x) => x.api.send('PUT /snapshot/create', { snapshot_type: 'Full', snapshot_path: snap.state, mem_file_path: snap.mem }, 'INTERNAL'));
+    await this.call(vm, (x) => x.api.send('PUT /snapshot/create', { snapshot_type: 'Full', snapshot_path: snapshotTargets.state, mem_file_path: snapshotTargets.mem }, 'INTERNAL'));
+    await collectSnapshot(h.place, snap);
   }
 
   /** Retry the vsock handshake until the guest's agent listens (AGENT_TIMEOUT after agentConnectTimeoutMs). */
-  async openAgentChannel(vm: VmHandle): Promise<Duplex> {
+  openAgentChannel(vm: VmHandle): Promise<Duplex> {
     const h = asFc(vm);
-    const deadline = Date.now() + this.agentTimeoutMs;
-    for (let attempt = 1; ; attempt++) {
-      const sock = net.createConnection(h.vsockSocket);
-      try {
-        await vsockHandshake(sock, AGENT_VSOCK_PORT, Math.max(1, Math.min(CONNECT_ATTEMPT_MS, deadline - Date.now())));
-        return sock;
-      } catch (err) {
-        sock.destroy();
-        if (h.exitInfo) throw new ThawError('VM_GONE', `Firecracker VM ${vm.id} exited`, { cause: err, details: { ...h.exitInfo, consoleLog: h.consoleLog } });
-        if (isThawError(err, 'AGENT_PROTOCOL')) throw err;
-        if (Date.now() + CONNECT_RETRY_MS >= deadline) {
-          throw new ThawError('AGENT_TIMEOUT', `no agent on vsock port ${AGENT_VSOCK_PORT} of VM ${vm.id} after ${attempt} attempts in ${this.agentTimeoutMs} ms: ${(err as Error).message}`, { cause: err });
-        }
-      }
-      await sleep(CONNECT_RETRY_MS);
-    }
+    return connectAgent(h.place.vsockSocket, vm.id, this.agentTimeoutMs, () => (h.exitInfo ? { ...h.exitInfo, consoleLog: h.consoleLog } : null));
   }
 
   destroy(vm: VmHandle): Promise<void> {
@@ -243,21 +238,26 @@ export class FirecrackerDriver implements Hypervisor {
       await killAndWait(h.child, h.exited);
       await h.api.close();
       await h.forward?.close();
+      await unplace(h.place);
       await rm(h.spec.dir, { recursive: true, force: true }).catch(() => undefined);
     })();
     return h.destroyed;
   }
 
-  /** Spawn Firecracker and wait until its API answers, the process exits, or the timeout. */
-  private async start(spec: VmSpec, privateMem: string | null, undo: UndoStack, tap: string | undefined): Promise<FirecrackerVm> {
+  /** Place the files, spawn Firecracker (jailed), and wait until its API answers, the process exits, or the timeout. */
+  private async start(spec: VmSpec, snap: SnapshotFiles | null, undo: UndoStack): Promise<FirecrackerVm> {
+    for (const bin of [this.binary, ...(this.jailer && spec.jail ? [this.jailer.binary] : [])]) {
+      if (!which(bin)) throw new ThawError('HOST_MISSING_TOOL', `cannot run ${bin}: not found (set THAW_FIRECRACKER / THAW_JAILER or put it on PATH)`);
+    }
     await mkdir(spec.dir, { recursive: true });
-    // Firecracker refuses to bind an existing socket path.
-    await Promise.all([API_FILE, VSOCK_FILE].map((f) => rm(join(spec.dir, f), { force: true })));
+    const place = placement(spec, this.binary, this.jailer);
+    undo.push('remove jail', () => unplace(place));
+    await stage(spec, place, snap ?? undefined);
     const logFd = openSync(join(spec.dir, 'console.log'), 'a');
     let child: ChildProcess;
     try {
-      // In the VM's folder: every relative path in the API calls (and so in its snapshots) is a file there.
-      child = this.spawnFn(this.binary, ['--api-sock', API_FILE], { cwd: spec.dir, stdio: ['ignore', logFd, logFd] });
+      const [cmd, ...args] = place.argv;
+      child = this.spawnFn(cmd!, args, { cwd: spec.dir, stdio: ['ignore', logFd, logFd], env: vmmEnv(spec) });
     } finally {
       closeSync(logFd);
     }
@@ -272,12 +272,15 @@ export class FirecrackerDriver implements Hypervisor {
     undo.push('kill firecracker', () => killAndWait(child, exited));
     if (child.pid === undefined) {
       await exited;
-      throw new ThawError('HOST_MISSING_TOOL', `cannot run ${this.binary}: ${(spawnError as Error | null)?.message ?? 'spawn failed'}`, { cause: spawnError });
+      throw new ThawError('HOST_MISSING_TOOL', `cannot run ${place.argv[0]}: ${(spawnError as Error | null)?.message ?? 'spawn failed'}`, { cause: spawnError });
     }
-    const appAddress = spec.tap?.address ?? (tap ? { host: '127.0.0.1', port: spec.hostPort } : { host: this.guestIp, port: spec.guestPort });
-    const vm = new FirecrackerVm(spec, child, child.pid, exited, appAddress, privateMem);
+    // Every wrapper execs (nsenter, setpriv, unshare, chroot, the jailer): this pid is Firecracker's. recover() reads it.
+    await writeFile(join(spec.dir, 'vmm.pid'), `${child.pid}\n`);
+    const relay = !spec.tap && this.tap;
+    const appAddress = spec.tap?.address ?? (relay ? { host: '127.0.0.1', port: spec.hostPort } : { host: this.guestIp, port: spec.guestPort });
+    const vm = new FirecrackerVm(spec, place, child, child.pid, exited, appAddress, snap?.mem ?? null);
     undo.push('close api client', () => vm.api.close());
-    if (tap) {
+    if (relay) {
       vm.forward = await forwardPort('127.0.0.1', spec.hostPort, this.guestIp, spec.guestPort);
       undo.push('close port relay', () => vm.forward!.close());
     }

@@ -38,12 +38,15 @@ export function vmmOwner(slotIndex: number): { uid: number; gid: number } {
 const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
 const NSENTER = ['/usr/bin/nsenter', '/bin/nsenter'].find((p) => existsSync(p)) ?? 'nsenter';
 
-/** The argv that starts `vmm` (binary + args) for this VM. */
-export function vmmCommand(spec: Pick<VmSpec, 'tap' | 'jail' | 'dir'>, vmm: string[]): string[] {
+/**
+ * The argv that starts `vmm` (binary + args) for this VM. `groups`: supplementary groups the
+ * jailed VMM keeps (Firecracker: the group of /dev/kvm); default none.
+ */
+export function vmmCommand(spec: Pick<VmSpec, 'tap' | 'jail' | 'dir'>, vmm: string[], groups: readonly number[] = []): string[] {
   let argv = vmm;
   if (SETPRIV) {
     const drop = spec.jail
-      ? ['--reuid', String(spec.jail.uid), '--regid', String(spec.jail.gid), '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs']
+      ? ['--reuid', String(spec.jail.uid), '--regid', String(spec.jail.gid), ...(groups.length ? ['--groups', groups.join(',')] : ['--clear-groups']), '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs']
       : [];
     argv = [SETPRIV, ...drop, '--pdeathsig', 'KILL', '--', ...argv];
   } else if (spec.jail) throw new ThawError('HOST_MISSING_TOOL', 'setpriv (util-linux) is needed to run the VMM unprivileged');

@@ -85,6 +85,11 @@ export interface Hypervisor {
    * transport-reset event, so the channel opens only after resume().
    */
   readonly agentChannelBeforeResume: boolean;
+  /**
+   * Whether the VMM opens a seed's memory image read-only (Firecracker: File::open + MAP_PRIVATE).
+   * Absent/false (QEMU 7.2): it opens it read-write, so a bake grants the VMMs' group write (jail.ts).
+   */
+  readonly memImageReadOnly?: boolean;
   /** Accelerator this driver uses on this host (probed once, cached). */
   accel(): Promise<Accel>;
   /** Start a VM and let it run from its kernel entry point. */

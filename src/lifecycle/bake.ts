@@ -87,7 +87,7 @@ export async function bake(ctx: NodeContext, run: RunningVm): Promise<BakeResult
       // jailed thaws map it privately through the VMM group (see src/hypervisor/jail.ts).
       if (process.getuid?.() === 0) await Promise.all([mem, state, disk].map((f) => chown(f, 0, 0)));
       await Promise.all([mem, state, disk].map((f) => chmod(f, 0o444)));
-      if (run.vm.spec.jail) await shareMemImage(mem);
+      if (run.vm.spec.jail && !ctx.hv.memImageReadOnly) await shareMemImage(mem);
       await writeFile(path.join(tmp, 'manifest.json'), manifestText, { mode: 0o444 });
       await writeVerified(tmp);
       await rename(tmp, finalDir);

@@ -23,6 +23,12 @@ import { processJail, VMM_GID, vmmOwner } from '../../src/hypervisor/jail.ts';
 import { checkSeed } from '../../src/lifecycle/verify.ts';
 import type { Qmp } from '../../src/hypervisor/qmp.ts';
 import { existsSync, readdirSync } from 'node:fs';
+import type { FastifyInstance } from 'fastify';
+import pino from 'pino';
+import { startThaw, type Running } from '../../src/control/up.ts';
+import { NodeAgent, sharedImages } from '../../src/node/agent.ts';
+import { LocalNode } from '../../src/node/local.ts';
+import { createNodeServer } from '../../src/node/server.ts';
 import { appImage, fixture, qemuProcesses, ROOT, runOf, type Fixture } from './fixture.ts';
 
 const APP = path.join(ROOT, 'test', 'vm', 'apps', 'netprobe');
@@ -62,6 +68,10 @@ describe('tenant isolation (per-VM network namespaces)', { concurrency: false, s
   const thawed: RunningVm[] = [];
   let seedDir = '';
   let image = '';
+  // The real services a tenant must not reach, bound to every host address (as `thaw up --host 0.0.0.0` and a `thaw node --host 0.0.0.0` would be).
+  let thaw: Running | null = null;
+  let nodeApi: FastifyInstance | null = null;
+  const named: Record<string, number> = {};
 
   before(async () => {
     f = await fixture();
@@ -76,7 +86,15 @@ describe('tenant isolation (per-VM network namespaces)', { concurrency: false, s
     sh('ip', 'link', 'set', hostIf, 'up');
     for (const c of [['addr', 'add', '198.51.100.1/24', 'dev', 'inet0'], ['addr', 'add', '198.51.100.2/24', 'dev', 'inet0'], ['link', 'set', 'inet0', 'up'], ['link', 'set', 'lo', 'up']]) sh('ip', '-n', INET, ...c);
     sh('ip', '-n', INET, 'route', 'add', 'default', 'via', '198.51.100.254');
-    inetServer = spawn('ip', ['netns', 'exec', INET, process.execPath, '-e', "for (const p of [80, 81]) require('net').createServer((c) => c.end('inet\\n')).listen(p, '0.0.0.0'); setInterval(() => {}, 1e9)"], { stdio: 'ignore' });
+    // :80 and :81 greet; :82 is an HTTP server, silent until asked, like the control API, the router and a node API.
+    inetServer = spawn('ip', ['netns', 'exec', INET, process.execPath, '-e', "for (const p of [80, 81]) require('net').createServer((c) => c.end('inet\\n')).listen(p, '0.0.0.0'); require('http').createServer((q, s) => s.end('inet')).listen(82, '0.0.0.0'); setInterval(() => {}, 1e9)"], { stdio: 'ignore' });
+    thaw = await startThaw({ data: path.join(f.dataDir, 'control'), port: 0, apiPort: 0, domain: 'localhost', idleTimeout: 300, localNode: false, host: '0.0.0.0' }, pino({ level: 'silent' }));
+    const agent = new NodeAgent({ node: new LocalNode({ ...f.ctx, net: undefined }, 'iso-node'), s3: null, capBytes: 1 << 30, capacity: 1, images: sharedImages, log: f.ctx.log });
+    nodeApi = await createNodeServer(agent, thaw.token);
+    await nodeApi.listen({ port: 0, host: '0.0.0.0' });
+    named.controlApi = Number(new URL(thaw.apiUrl).port);
+    named.router = Number(new URL(thaw.routerUrl).port);
+    named.nodeApi = (nodeApi.server.address() as net.AddressInfo).port;
     servers.push(await greeter('0.0.0.0'), await greeter('127.0.0.1'));
     [anyPort, loopPort] = servers.map(portOf) as [number, number];
     image = await appImage(f.assets, APP);
@@ -89,6 +107,8 @@ describe('tenant isolation (per-VM network namespaces)', { concurrency: false, s
   after(async () => {
     for (const r of [a, ...thawed]) if (r) await destroyVm(f.ctx, r);
     inetServer?.kill('SIGKILL');
+    await nodeApi?.close();
+    await thaw?.stop();
     for (const s of servers) s.close();
     execFileSync('ip', ['netns', 'del', INET], { stdio: 'ignore' });
     await pool?.shutdown();
@@ -113,6 +133,21 @@ describe('tenant isolation (per-VM network namespaces)', { concurrency: false, s
     const reached = Object.entries(r).filter(([t, v]) => !t.startsWith('198.51.100.') && v === 'ok');
     assert.deepEqual(reached, [], `host targets must be unreachable: ${JSON.stringify(r)}`);
     assert.ok(hostTargets.length >= 4, 'the host has addresses to try');
+  });
+
+  test('from the guest: the control API, the router and a node API fail at every host address; the same probe reaches an HTTP server outside', async () => {
+    const addrs = [...hostAddresses().filter((ip) => !ip.startsWith('127.')), '10.0.2.2'];
+    const targets = Object.values(named).flatMap((port) => addrs.map((ip) => `${ip}:${port}`));
+    // Each service does answer at those addresses from the host: only the policy stands between it and the guest.
+    for (const t of targets.filter((x) => !x.startsWith('10.0.2.2:'))) {
+      const [host, port] = [t.slice(0, t.lastIndexOf(':')), Number(t.slice(t.lastIndexOf(':') + 1))];
+      await new Promise<void>((resolve, reject) => net.connect({ host, port }).once('connect', function (this: net.Socket) { this.destroy(); resolve(); }).once('error', reject));
+    }
+    const r = await probe(a!, ['198.51.100.1:82', ...targets]);
+    assert.equal(r['198.51.100.1:82'], 'ok', `the probe reports a reached HTTP server: ${JSON.stringify(r)}`);
+    const reached = targets.filter((t) => r[t] === 'ok');
+    assert.deepEqual(reached, [], `the control API (${named.controlApi}), router (${named.router}) and node API (${named.nodeApi}) must be unreachable: ${JSON.stringify(r)}`);
+    assert.equal(targets.length, 3 * addrs.length);
   });
 
   test('one seed thawed twice at once: same guest IP, two namespaces; neither reaches the other; egress none + allow-list', async () => {

@@ -25,7 +25,8 @@ test('cold boot → bake → thaw → gate fallback, through the Firecracker dri
     const kvm = await file('kvm', '');
     const image = await file('image.raw', Buffer.alloc(64 * 1024));
     const fake = fakeFirecracker({ FAKE_BOOT_MS: '200' });
-    const hv = new FirecrackerDriver({ spawn: fake.spawn, kvmDevice: kvm, agentConnectTimeoutMs: 15_000, startTimeoutMs: 30_000 });
+    const fc = await file('firecracker', '#!/bin/false\n');
+    const hv = new FirecrackerDriver({ binary: fc, spawn: fake.spawn, kvmDevice: kvm, agentConnectTimeoutMs: 15_000, startTimeoutMs: 30_000 });
     const ctx: NodeContext = {
       hv,
       assets: { dir, kernel: await file('vmlinux', 'k'), initrd: await file('initrd', 'i'), rootfs: dir, agent: '', kernelSha256: 'k', initrdSha256: 'i', key: 'fake' },

@@ -22,9 +22,14 @@
 //   snapshot-support.md, "Loading snapshots"). On failure "the current
 //   Firecracker process is ended" (same section): the fake exits after answering.
 // - F3 /snapshot/create writes snapshot_path and mem_file_path; their folder must exist.
+// - F4 PATCH /drives/{id} (post-boot, so also on a loaded, paused VM) reopens
+//   the drive at path_on_host; the known workaround of firecracker#1974 and the
+//   way to point a restored drive at a new file (firecracker#4036).
 // - The loaded VM is Paused unless resume_vm (same section).
-import { access, constants, readFile, writeFile } from 'node:fs/promises';
+// Paths go through host.ts (J1 the jail's root, J2 the VMM's own uid, N1 TAPs).
+import { readFile, writeFile } from 'node:fs/promises';
 import { FakeGuest, type GuestMemory } from './guest.ts';
+import { at, checkTap, fileFacts, mustAccess } from './host.ts';
 import { FakeVsock } from './vsock.ts';
 
 export type VmState = 'Not started' | 'Running' | 'Paused';
@@ -35,17 +40,24 @@ export class Fault extends Error {
 }
 
 interface Drive { drive_id: string; path_on_host: string; is_read_only: boolean }
-interface Snapshot { magic: 'fake-firecracker-snapshot'; drives: Drive[]; vsock: { guest_cid: number; uds_path: string } | null; ifaces: string[]; machine: unknown }
+interface Iface { iface_id: string; host_dev_name: string }
+interface Snapshot { magic: 'fake-firecracker-snapshot'; drives: Drive[]; vsock: { guest_cid: number; uds_path: string } | null; ifaces: Iface[]; machine: unknown }
 type Body = Record<string, any>;
 
 const PRE_BOOT = new Set(['PUT /boot-source', 'PUT /drives/{drive_id}', 'PUT /machine-config', 'PUT /network-interfaces/{iface_id}', 'PUT /vsock', 'PUT /cpu-config', 'PUT /entropy', 'PATCH /machine-config']);
 const POST_BOOT = new Set(['PATCH /drives/{drive_id}', 'PATCH /network-interfaces/{iface_id}', 'PUT /snapshot/create', 'PATCH /vm']);
 
 async function mustOpen(path: string, what: string, write = false): Promise<void> {
+  await mustAccess(path, what, write).catch((err: Error) => {
+    throw new Fault(err.message);
+  });
+}
+
+function tap(name: string): void {
   try {
-    await access(path, constants.R_OK | (write ? constants.W_OK : 0));
+    checkTap(name); // N1
   } catch (err) {
-    throw new Fault(`${what}: ${(err as Error).message}`);
+    throw new Fault((err as Error).message);
   }
 }
 
@@ -56,18 +68,19 @@ export class FakeMicroVm {
   private bootSource: Body | null = null;
   private machine: unknown = null;
   private readonly drives = new Map<string, Drive>();
-  private readonly ifaces = new Set<string>();
+  private readonly ifaces = new Map<string, Iface>();
   private vsockCfg: { guest_cid: number; uds_path: string } | null = null;
   readonly vsock: FakeVsock;
   readonly guest: FakeGuest;
 
-  constructor(log: (o: object) => void, bootMs: number) {
+  constructor(private readonly log: (o: object) => void, bootMs: number) {
     this.vsock = new FakeVsock(log);
     this.guest = new FakeGuest(this.vsock, () => this.rootDisk(), bootMs);
   }
 
   private rootDisk(): string | null {
-    return [...this.drives.values()][0]?.path_on_host ?? null;
+    const d = [...this.drives.values()][0];
+    return d ? at(d.path_on_host) : null;
   }
 
   /** Handle one validated request (`key` is METHOD + spec path template). */
@@ -86,19 +99,22 @@ export class FakeMicroVm {
       case 'PUT /drives/{drive_id}':
         await mustOpen(body.path_on_host, 'Unable to create the block device', !body.is_read_only); // F1
         this.drives.set(body.drive_id, { drive_id: body.drive_id, path_on_host: body.path_on_host, is_read_only: body.is_read_only });
+        await this.logDrive(body.drive_id, body.path_on_host);
         break;
       case 'PATCH /drives/{drive_id}': {
         const d = this.drives.get(body.drive_id);
         if (!d) throw new Fault(`Invalid block device ID: ${body.drive_id}`);
-        if (body.path_on_host !== undefined) await mustOpen(body.path_on_host, 'Unable to patch the block device', !d.is_read_only);
+        if (body.path_on_host !== undefined) await mustOpen(body.path_on_host, 'Unable to patch the block device', !d.is_read_only); // F4
         d.path_on_host = body.path_on_host ?? d.path_on_host;
+        await this.logDrive(d.drive_id, d.path_on_host, 'patch');
         return; // not a configuration step
       }
       case 'PUT /machine-config':
         this.machine = body;
         break;
       case 'PUT /network-interfaces/{iface_id}':
-        this.ifaces.add(body.iface_id);
+        tap(body.host_dev_name);
+        this.ifaces.set(body.iface_id, { iface_id: body.iface_id, host_dev_name: body.host_dev_name });
         break;
       case 'PUT /vsock':
         this.vsockCfg = { guest_cid: body.guest_cid, uds_path: body.uds_path };
@@ -107,7 +123,7 @@ export class FakeMicroVm {
         if (body.action_type !== 'InstanceStart') return;
         if (started) throw new Fault('The requested operation is not supported after starting the microVM.'); // M1
         if (!this.bootSource) throw new Fault('Cannot start microvm without kernel configuration.'); // M5
-        if (this.vsockCfg) await this.vsock.bind(this.vsockCfg.uds_path).catch((e: Error) => { throw new Fault(`Error binding to host-side Unix socket: ${e.message}`); });
+        if (this.vsockCfg) await this.vsock.bind(at(this.vsockCfg.uds_path)).catch((e: Error) => { throw new Fault(`Error binding to host-side Unix socket: ${e.message}`); });
         this.state = 'Running';
         this.vsock.setRunning(true);
         this.guest.start();
@@ -135,31 +151,46 @@ export class FakeMicroVm {
     this.configured = true;
   }
 
+  private async logDrive(drive: string, path: string, how = 'put'): Promise<void> {
+    this.log({ drive, how, path, ...(await fileFacts(path)) });
+  }
+
   private async create(body: Body): Promise<void> {
-    const snap: Snapshot = { magic: 'fake-firecracker-snapshot', drives: [...this.drives.values()], vsock: this.vsockCfg, ifaces: [...this.ifaces], machine: this.machine };
+    const snap: Snapshot = { magic: 'fake-firecracker-snapshot', drives: [...this.drives.values()], vsock: this.vsockCfg, ifaces: [...this.ifaces.values()], machine: this.machine };
     try {
-      await writeFile(body.snapshot_path, JSON.stringify(snap)); // F3
-      await writeFile(body.mem_file_path, JSON.stringify(this.guest.memory));
+      await writeFile(at(body.snapshot_path), JSON.stringify(snap)); // F3
+      await writeFile(at(body.mem_file_path), JSON.stringify(this.guest.memory));
     } catch (err) {
       throw new Fault(`Cannot create snapshot: ${(err as Error).message}`);
     }
   }
 
   private async load(body: Body): Promise<void> {
-    const snap = JSON.parse(await readFile(body.snapshot_path, 'utf8')) as Snapshot; // F2
+    await mustOpen(body.snapshot_path, 'snapshot file'); // F2, J1
+    const snap = JSON.parse(await readFile(at(body.snapshot_path), 'utf8')) as Snapshot;
     if (snap.magic !== 'fake-firecracker-snapshot') throw new Error('invalid snapshot state file');
     const memPath: string = body.mem_backend?.backend_path ?? body.mem_file_path;
-    const memory = JSON.parse(await readFile(memPath, 'utf8')) as GuestMemory;
+    // Firecracker opens the memory file read-only (File::open) and maps it MAP_PRIVATE: read access is all it needs.
+    await mustOpen(memPath, 'memory file');
+    const memory = JSON.parse(await readFile(at(memPath), 'utf8')) as GuestMemory;
     if (memory.magic !== 'fake-guest-memory') throw new Error('invalid memory file');
+    this.log({ mem: memPath, ...(await fileFacts(memPath)) });
     for (const d of snap.drives) {
       await mustOpen(d.path_on_host, `Failed to restore block device ${d.drive_id}`, !d.is_read_only);
       this.drives.set(d.drive_id, { ...d });
+      await this.logDrive(d.drive_id, d.path_on_host, 'load');
     }
-    for (const o of (body.network_overrides ?? []) as { iface_id: string }[]) {
-      if (!snap.ifaces.includes(o.iface_id)) throw new Error(`network override: unknown iface_id ${o.iface_id}`);
+    const overrides = (body.network_overrides ?? []) as Iface[];
+    for (const o of overrides) {
+      if (!snap.ifaces.some((i) => i.iface_id === o.iface_id)) throw new Error(`network override: unknown iface_id ${o.iface_id}`);
+    }
+    for (const i of snap.ifaces) {
+      const name = overrides.find((o) => o.iface_id === i.iface_id)?.host_dev_name ?? i.host_dev_name;
+      tap(name); // N1: the TAP the restored interface attaches to
+      this.ifaces.set(i.iface_id, { iface_id: i.iface_id, host_dev_name: name });
     }
     this.vsockCfg = snap.vsock && { ...snap.vsock, uds_path: body.vsock_override?.uds_path ?? snap.vsock.uds_path };
-    if (this.vsockCfg) await this.vsock.bind(this.vsockCfg.uds_path);
+    if (this.vsockCfg) await this.vsock.bind(at(this.vsockCfg.uds_path));
     this.machine = snap.machine;
     this.guest.restore(memory);
     this.loaded = true;

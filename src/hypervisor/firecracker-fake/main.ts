@@ -6,18 +6,31 @@
 // runs a fake guest behind a fake vsock (guest.ts, vsock.ts).
 // Environment: FAKE_LOG (JSONL file: argv, cwd, every request and vsock event),
 // FAKE_BOOT_MS (guest boot time, default 300), FAKE_MODE (exit | hang | slow),
-// FAKE_FAULT ("METHOD /path": answer it with a 400 fault).
-import { appendFileSync } from 'node:fs';
+// FAKE_FAULT ("METHOD /path": answer it with a 400 fault), FAKE_CHROOT (its
+// jail root, set by the fake jailer) and FAKE_VISIBLE (the one host folder a
+// mount-jailed VMM sees besides /usr), see host.ts.
+import { appendFileSync, readlinkSync } from 'node:fs';
 import http from 'node:http';
 import { Fault, FakeMicroVm } from './machine.ts';
 import { route, validate } from './spec.ts';
+import { at } from './host.ts';
 
-const sock = process.argv[process.argv.indexOf('--api-sock') + 1];
-const { FAKE_LOG, FAKE_MODE = '', FAKE_FAULT = '', FAKE_BOOT_MS = '300' } = process.env;
+/** `--flag value` or `--flag=value` (Firecracker's argument parser takes both). */
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  if (i >= 0) return process.argv[i + 1];
+  return process.argv.find((a) => a.startsWith(`${name}=`))?.slice(name.length + 1);
+}
+const sockArg = arg('--api-sock');
+const sock = sockArg === undefined ? undefined : at(sockArg);
+const instanceId = arg('--id') ?? 'anonymous-instance';
+const { FAKE_LOG, FAKE_LOG_FD, FAKE_MODE = '', FAKE_FAULT = '', FAKE_BOOT_MS = '300' } = process.env;
+// FAKE_LOG_FD: the log as an inherited descriptor (spawn.ts), so a fake running as a VMM uid can write it.
+const logTo = FAKE_LOG_FD ? Number(FAKE_LOG_FD) : FAKE_LOG;
 const log = (o: object): void => {
-  if (FAKE_LOG) appendFileSync(FAKE_LOG, `${JSON.stringify(o)}\n`);
+  if (logTo !== undefined) appendFileSync(logTo, `${JSON.stringify(o)}\n`);
 };
-log({ argv: process.argv.slice(2), cwd: process.cwd() });
+log({ argv: process.argv.slice(2), cwd: process.cwd(), uid: process.getuid?.(), gid: process.getgid?.(), groups: process.getgroups?.(), netns: readlinkSync('/proc/self/ns/net'), chroot: process.env.FAKE_CHROOT ?? null, visible: process.env.FAKE_VISIBLE ?? null });
 console.log('fake firecracker: hello on the serial console');
 if (FAKE_MODE === 'exit') {
   console.error('fake firecracker: boom');
@@ -38,7 +51,7 @@ function reply(res: http.ServerResponse, status: number, body?: object): void {
 async function serve(method: string, url: string, text: string, res: http.ServerResponse): Promise<void> {
   const r = route(method, url); // S1
   if (!r) return reply(res, 400, { fault_message: 'Invalid request method and/or path.' });
-  if (method === 'GET' && r.template === '/') return reply(res, 200, { app_name: 'Firecracker', id: 'anonymous-instance', state: vm.state, vmm_version: '1.17.0-dev' });
+  if (method === 'GET' && r.template === '/') return reply(res, 200, { app_name: 'Firecracker', id: instanceId, state: vm.state, vmm_version: '1.17.0-dev' });
   if (!r.body) return reply(res, 400, { fault_message: `the fake does not implement ${method} ${r.template}` });
   let body: unknown;
   try {

@@ -1,7 +1,9 @@
 // VM test app (test/vm/isolation.test.ts): GET /probe?t=HOST:PORT,HOST:PORT
 // opens a TCP connection to each target from inside the guest, at once, and
 // answers {"HOST:PORT": "ok" | "ERRCODE"}. "ok" means the peer accepted and
-// sent its first bytes (the test's servers greet). Anything else: GET / -> "netprobe".
+// sent bytes: the test's servers greet at once; a silent one (an HTTP server:
+// the control API, the router, a node API) gets a request line after 200 ms,
+// so it answers too. Anything else: GET / -> "netprobe".
 import http from 'node:http';
 import net from 'node:net';
 
@@ -15,6 +17,9 @@ function tryConnect(target) {
       resolve(r);
     };
     const timer = setTimeout(() => done('TIMEOUT'), 3000);
+    let ask;
+    s.once('connect', () => (ask = setTimeout(() => s.write('HEAD / HTTP/1.0\r\n\r\n'), 200)));
+    s.once('close', () => clearTimeout(ask));
     s.once('data', () => done('ok'));
     s.once('error', (e) => done(e.code ?? 'ERROR'));
   });
