@@ -8,8 +8,15 @@ import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promis
 import os from 'node:os';
 import path from 'node:path';
 import { isThawError } from '../errors.ts';
+import { execFile as execFileCb } from 'node:child_process';
+import { promisify } from 'node:util';
+import { yarn4Env } from '../../test/helpers/npmapp.ts';
+import { cacheRoot } from '../guest/cache.ts';
 import { ensureNodeRuntime } from '../guest/node-runtime.ts';
+import { ensureTool, TOOLS } from '../guest/toolchain.ts';
 import { buildNodeApp, buildSteps } from './node.ts';
+
+const execFile = promisify(execFileCb);
 
 async function app(t: { after: (fn: () => Promise<void>) => void }, pkg: object): Promise<{ d: string; dir: string }> {
   const d = await mkdtemp(path.join(os.tmpdir(), 'thaw-i15-build-'));
@@ -99,6 +106,35 @@ test('a shipped node_modules with a native module for another ABI is NODE_ABI_MI
     assert.ok(isThawError(e, 'NODE_ABI_MISMATCH'), String(e));
     assert.match(e.message, /o\.node \(115\)/);
     assert.match(e.message, /--build/);
+    return true;
+  });
+});
+
+test('Yarn 4 with the node_modules linker: installed from its Berry lockfile, built, pruned; Plug\'n\'Play is BUILD_PNP_UNSUPPORTED', async (t) => {
+  const node = await ensureNodeRuntime(24);
+  const build = `node -e "require('fs').writeFileSync('built.txt',process.version+' '+require('semver').valid('1.2.3')+' '+(process.env.npm_config_user_agent||''))"`;
+  const { dir } = await app(t, { packageManager: `yarn@${TOOLS.yarn4.version}`, scripts: { start: 'node s.js', build }, dependencies: { ms: '2.1.3' }, devDependencies: { semver: '7.6.3' } });
+  await writeFile(path.join(dir, '.yarnrc.yml'), 'nodeLinker: node-modules\n');
+  // The app's lockfile, as its developer's real Yarn 4 writes it.
+  const yarn = path.join(await ensureTool('yarn4'), TOOLS.yarn4.entry);
+  await execFile(node.bin, [yarn, 'install', '--mode=update-lockfile'], { cwd: dir, env: { ...process.env, ...(await yarn4Env(path.join(cacheRoot(), 'test-pm', 'yarn4'))) }, maxBuffer: 16 << 20 });
+  const lock = await readFile(path.join(dir, 'yarn.lock'), 'utf8');
+  assert.match(lock, /^__metadata:/m);
+  await rm(path.join(dir, 'node_modules'), { recursive: true, force: true });
+  const lines: string[] = [];
+  assert.equal(await buildNodeApp({ appDir: dir, nodeDir: node.dir, nodeVersion: node.version, log: (l) => lines.push(l) }), true, lines.join('\n'));
+  assert.ok(lines.some((l) => l.includes(`building with yarn4 (yarn.lock) on Node ${node.version}`)), lines.join('\n'));
+  assert.ok(lines.some((l) => l.includes('yarn install --immutable --mode=skip-build')), 'fetch with the lockfile as it is, no build scripts');
+  assert.match(await readFile(path.join(dir, 'built.txt'), 'utf8'), new RegExp(`^v${node.version} 1\\.2\\.3`), 'build ran with the devDependency, on the pinned Node');
+  assert.deepEqual((await readdir(path.join(dir, 'node_modules'))).filter((n) => !n.startsWith('.')), ['ms'], 'devDependencies pruned');
+  assert.equal(await readFile(path.join(dir, 'yarn.lock'), 'utf8'), lock, 'the Berry lockfile is left as it was');
+
+  // Plug'n'Play (Yarn's default linker) is refused, naming the fix.
+  await rm(path.join(dir, 'node_modules'), { recursive: true, force: true });
+  await writeFile(path.join(dir, '.yarnrc.yml'), 'enableTelemetry: false\n');
+  await assert.rejects(buildNodeApp({ appDir: dir, nodeDir: node.dir, nodeVersion: node.version, log: () => {} }), (e) => {
+    assert.ok(isThawError(e, 'BUILD_PNP_UNSUPPORTED'), String(e));
+    assert.match(e.message, /nodeLinker: node-modules/);
     return true;
   });
 });
