@@ -3,9 +3,12 @@
 // the per-VM TAP vs user-mode hostfwd), the cluster benchmark (seed
 // bytes, pack/upload/pull/unpack, local vs cross-node thaw vs cold) and the burst
 // benchmark (N apps woken at once through admission control). Each writes its own
+// benchmark (N apps woken at once through admission control), the Next.js app's
+// deploy, cold boot and thaws (`nextjs`) and the cost of npm's start semantics
+// under TCG (`npm-start`). Each writes its own
 // bench/results/NAME-*.json and NAME-latest.md; this writes the combined
 // bench/results/latest.md from the -latest.md files.
-//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|burst] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
+//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|vmnet|burst|nextjs|npm-start] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -16,8 +19,10 @@ import { benchRouter } from './router.ts';
 import { benchCluster } from './cluster.ts';
 import { benchVmNet } from './vmnet.ts';
 import { benchBurst } from './burst.ts';
+import { benchNextjs } from './nextjs.ts';
+import { benchNpmStart } from './npm-start.ts';
 
-const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet', 'burst'] as const;
+const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet', 'burst', 'nextjs', 'npm-start'] as const;
 type Name = (typeof NAMES)[number];
 
 async function main(): Promise<void> {
@@ -44,6 +49,12 @@ async function main(): Promise<void> {
         const ks = list(values.ks);
         const r = await benchBurst({ ...(sizes ? { sizes } : {}), ...(ks ? { ks } : {}) });
         console.log(`\nburst (K=${r.k_default}, one thaw ${r.single_thaw_ms} ms):\n${r.bursts.map((b) => `N=${b.n}: total ${b.total_ms} ms, p50 ${b.p50_wall_ms} ms, max ${b.max_wall_ms} ms, fallbacks ${b.fallbacks}`).join('\n')}\n`);
+      } else if (name === 'nextjs') {
+        const r = await benchNextjs({ thaws: Math.min(3, Number(values.thaws)) });
+        console.log(`\nnextjs: deploy ${r.deploy.total_ms} ms (install ${r.deploy.install_ms}, build ${r.deploy.build_ms}, image ${r.deploy.image_ms}), cold ${r.cold.ms} ms, thaws ${r.thaws.map((t) => t.ms).join(', ')} ms\n`);
+      } else if (name === 'npm-start') {
+        const r = await benchNpmStart({ rounds: Number(values.thaws) });
+        console.log(`\nnpm-start: median ms ${JSON.stringify(r.median_ms)}\n`);
       } else {
         const r = await benchRouter();
         console.log(`\nrouter: adds p50 ${r.addedLatencyMs.p50} ms, p99 ${r.addedLatencyMs.p99} ms; router/nginx throughput ${r.routerNginxThroughputRatio ?? 'n/a'}x\n`);
