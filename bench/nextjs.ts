@@ -81,7 +81,9 @@ export async function benchNextjs(opts: { thaws: number }) {
       ['cold boot to first byte', fmt(cold.ms, 0)],
       [`thaw to first byte, median of ${snap.length} (${thaws.map((t) => `${t.ms} ${t.boot}`).join(', ')})`, fmt(snap.length ? median(snap) : NaN, 0)],
     ])}\n\nMachine: ${JSON.stringify(machineFacts())}, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}\n`;
-    await writeResult('nextjs', { deploy: split, cold, thaws, machine: machineFacts(), loadavg: os.loadavg(), opts }, md);
+    // Each wake's stages (restore, agent, gate, app start, first response), as `thaw wakes` shows them.
+    const wakes = await api.wakes('next');
+    await writeResult('nextjs', { deploy: split, cold, thaws, wakes, machine: machineFacts(), loadavg: os.loadavg(), opts }, md);
     return { deploy: split, cold, thaws };
   } finally {
     await thaw.stop();
