@@ -1,11 +1,14 @@
 // `npm run bench`: the lifecycle benchmark (cold wake, bake, thaws of a real VM),
 // the router benchmark (proxy overhead, no VM; `vmnet`: router -> a real VM over
 // the per-VM TAP vs user-mode hostfwd), the cluster benchmark (seed
-// bytes, pack/upload/pull/unpack, local vs cross-node thaw vs cold) and the burst
-// benchmark (N apps woken at once through admission control). Each writes its own
+// bytes, pack/upload/pull/unpack, local vs cross-node thaw vs cold), the burst
+// benchmark (N apps woken at once through admission control), the volume backup
+// (`volume-backup`), the Next.js app's
+// deploy, cold boot and thaws (`nextjs`) and the cost of npm's start semantics
+// under TCG (`npm-start`). Each writes its own
 // bench/results/NAME-*.json and NAME-latest.md; this writes the combined
 // bench/results/latest.md from the -latest.md files.
-//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|burst|volume-backup] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
+//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|vmnet|burst|volume-backup|nextjs|npm-start] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -17,8 +20,10 @@ import { benchCluster } from './cluster.ts';
 import { benchVmNet } from './vmnet.ts';
 import { benchBurst } from './burst.ts';
 import { benchVolumeBackup } from './volume-backup.ts';
+import { benchNextjs } from './nextjs.ts';
+import { benchNpmStart } from './npm-start.ts';
 
-const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet', 'burst', 'volume-backup'] as const;
+const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet', 'burst', 'volume-backup', 'nextjs', 'npm-start'] as const;
 type Name = (typeof NAMES)[number];
 
 async function main(): Promise<void> {
@@ -48,6 +53,12 @@ async function main(): Promise<void> {
         const ks = list(values.ks);
         const r = await benchBurst({ ...(sizes ? { sizes } : {}), ...(ks ? { ks } : {}) });
         console.log(`\nburst (K=${r.k_default}, one thaw ${r.single_thaw_ms} ms):\n${r.bursts.map((b) => `N=${b.n}: total ${b.total_ms} ms, p50 ${b.p50_wall_ms} ms, max ${b.max_wall_ms} ms, fallbacks ${b.fallbacks}`).join('\n')}\n`);
+      } else if (name === 'nextjs') {
+        const r = await benchNextjs({ thaws: Math.min(3, Number(values.thaws)) });
+        console.log(`\nnextjs: deploy ${r.deploy.total_ms} ms (install ${r.deploy.install_ms}, build ${r.deploy.build_ms}, image ${r.deploy.image_ms}), cold ${r.cold.ms} ms, thaws ${r.thaws.map((t) => t.ms).join(', ')} ms\n`);
+      } else if (name === 'npm-start') {
+        const r = await benchNpmStart({ rounds: Number(values.thaws) });
+        console.log(`\nnpm-start: median ms ${JSON.stringify(r.median_ms)}\n`);
       } else {
         const r = await benchRouter();
         console.log(`\nrouter: adds p50 ${r.addedLatencyMs.p50} ms, p99 ${r.addedLatencyMs.p99} ms; router/nginx throughput ${r.routerNginxThroughputRatio ?? 'n/a'}x\n`);

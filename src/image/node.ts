@@ -35,23 +35,37 @@ export interface NodeBuildOpts {
 export const BUILD_TIMEOUT_MS = 20 * 60_000;
 export const BUILD_MEMORY_BYTES = 3 * 1024 ** 3;
 
-/** The package manager a folder's lockfile names; PnP Yarn is refused (BUILD_PNP_UNSUPPORTED). */
-export async function packageManagerOf(appDir: string): Promise<{ pm: PackageManager; lockfile: string | null; berry: boolean }> {
+/**
+ * The package manager a folder's lockfile names: pnpm-lock.yaml, yarn.lock
+ * (Yarn 1, or Yarn 4 when it is a Berry lockfile with `__metadata:`),
+ * package-lock.json / npm-shrinkwrap.json, else npm. Yarn 2+ is built with
+ * the node_modules linker only. Errors: BUILD_PNP_UNSUPPORTED (Plug'n'Play,
+ * Yarn 2+'s default), BUILD_PM_UNSUPPORTED (the pnpm linker, or Yarn plugins,
+ * which are app code the network-enabled fetch step would run).
+ */
+export async function packageManagerOf(appDir: string): Promise<{ pm: PackageManager; lockfile: string | null }> {
   const has = (f: string) => existsSync(path.join(appDir, f));
-  if (has('pnpm-lock.yaml')) return { pm: 'pnpm', lockfile: 'pnpm-lock.yaml', berry: false };
+  if (has('pnpm-lock.yaml')) return { pm: 'pnpm', lockfile: 'pnpm-lock.yaml' };
   if (has('yarn.lock')) {
-    const berry = has('.yarnrc.yml') || !(await readFile(path.join(appDir, 'yarn.lock'), 'utf8')).includes('# yarn lockfile v1');
-    if (berry) {
-      const rc = await readFile(path.join(appDir, '.yarnrc.yml'), 'utf8').catch(() => '');
-      if (!/^\s*nodeLinker:\s*["']?node-modules/m.test(rc)) {
-        throw new ThawError('BUILD_PNP_UNSUPPORTED', 'this Yarn project uses Plug\'n\'Play; set `nodeLinker: node-modules` in .yarnrc.yml', { details: { lockfile: 'yarn.lock' } });
-      }
-      throw new ThawError('BUILD_PM_UNSUPPORTED', 'Yarn 2+ projects are not built by Thaw yet; run `yarn install` and deploy with node_modules', { details: { lockfile: 'yarn.lock' } });
+    const lock = await readFile(path.join(appDir, 'yarn.lock'), 'utf8');
+    const berry = /^__metadata:/m.test(lock) || (!lock.includes('# yarn lockfile v1') && has('.yarnrc.yml'));
+    if (!berry) return { pm: 'yarn', lockfile: 'yarn.lock' };
+    const rc = await readFile(path.join(appDir, '.yarnrc.yml'), 'utf8').catch(() => '');
+    const linker = /^nodeLinker:\s*["']?([\w-]+)/m.exec(rc)?.[1] ?? 'pnp';
+    const details = { lockfile: 'yarn.lock', nodeLinker: linker };
+    if (linker === 'pnp') {
+      throw new ThawError('BUILD_PNP_UNSUPPORTED', `this Yarn project uses Plug'n'Play (nodeLinker ${JSON.stringify(linker)}${/^nodeLinker:/m.test(rc) ? '' : ', Yarn\'s default'}); add \`nodeLinker: node-modules\` to .yarnrc.yml, run \`yarn install\` and deploy again`, { details });
     }
-    return { pm: 'yarn', lockfile: 'yarn.lock', berry: false };
+    if (linker !== 'node-modules') {
+      throw new ThawError('BUILD_PM_UNSUPPORTED', `Yarn's ${JSON.stringify(linker)} linker is not built by Thaw; set \`nodeLinker: node-modules\` in .yarnrc.yml`, { details });
+    }
+    if (/^plugins:/m.test(rc)) {
+      throw new ThawError('BUILD_PM_UNSUPPORTED', 'this Yarn project loads Yarn plugins (`plugins:` in .yarnrc.yml): they are app code that would run while packages download, with network; remove them (Yarn 4 bundles the official ones) or deploy with node_modules', { details });
+    }
+    return { pm: 'yarn4', lockfile: 'yarn.lock' };
   }
-  for (const f of ['package-lock.json', 'npm-shrinkwrap.json']) if (has(f)) return { pm: 'npm', lockfile: f, berry: false };
-  return { pm: 'npm', lockfile: null, berry: false };
+  for (const f of ['package-lock.json', 'npm-shrinkwrap.json']) if (has(f)) return { pm: 'npm', lockfile: f };
+  return { pm: 'npm', lockfile: null };
 }
 
 interface Step {
@@ -69,13 +83,18 @@ export function buildSteps(pm: PackageManager, lockfile: string | null, install:
     if (pm === 'npm') steps.push(npm('install (fetch)', true, lockfile ? 'ci' : 'install', '--include=dev', '--ignore-scripts', '--no-audit', '--no-fund'));
     if (pm === 'pnpm') steps.push({ what: 'install (fetch)', argv: ['pnpm', 'install', '--frozen-lockfile', '--prod=false', '--ignore-scripts', '--config.node-linker=hoisted'], network: true });
     if (pm === 'yarn') steps.push({ what: 'install (fetch)', argv: ['yarn', 'install', '--frozen-lockfile', '--production=false', '--ignore-scripts', '--non-interactive'], network: true });
+    // Yarn 4: the lockfile as it is, no build scripts; the registry npm uses (Yarn's own default is another host).
+    if (pm === 'yarn4') steps.push({ what: 'install (fetch)', argv: ['sh', '-c', 'grep -qs "^npmRegistryServer:" .yarnrc.yml || export YARN_NPM_REGISTRY_SERVER="$(npm config get registry)"; exec yarn install --immutable --mode=skip-build'], network: true });
     // The dependencies' install scripts (native modules) and the app's own, without network.
     steps.push(npm('install scripts', false, 'rebuild', '--foreground-scripts'));
     for (const s of ['preinstall', 'install', 'postinstall', 'prepare']) if (typeof scripts[s] === 'string') steps.push(npm(s, false, 'run', s));
   }
   else steps.push(npm('rebuild native modules', false, 'rebuild', '--foreground-scripts'));
   if (hasBuild) steps.push(npm('build', false, 'run', 'build'));
-  steps.push(npm('prune devDependencies', false, 'prune', '--omit=dev', '--no-audit', '--no-fund'));
+  const prune = npm('prune devDependencies', false, 'prune', '--omit=dev', '--no-audit', '--no-fund');
+  // npm rewrites a yarn.lock it finds (in Yarn 1's format, even with --no-save): keep the app's own.
+  if (pm === 'yarn' || pm === 'yarn4') prune.argv = ['sh', '-c', 'cp -p yarn.lock /tmp/yarn.lock.app && "$@" && cp -p /tmp/yarn.lock.app yarn.lock', 'sh', ...prune.argv];
+  steps.push(prune);
   return steps;
 }
 
@@ -118,7 +137,7 @@ export async function buildNodeApp(o: NodeBuildOpts): Promise<boolean> {
     [npmDir]: '/opt/thaw/node/lib/node_modules/npm',
   };
   if (pm !== 'npm') ro[await ensureTool(pm, o.log)] = `/opt/thaw/node/lib/node_modules/${pm}`;
-  const shims = (['npm', 'npx', 'pnpm', 'yarn'] as const).filter((t) => t === 'npm' || t === 'npx' || t === pm);
+  const shims = [...new Set(['npm', 'npx', pm])];
   const cache = path.join(cacheRoot(), 'build-cache');
   await run('mkdir', ['-p', cache]);
   await run('chown', [`${BUILD_UID}:${BUILD_UID}`, cache]);
@@ -135,6 +154,8 @@ export async function buildNodeApp(o: NodeBuildOpts): Promise<boolean> {
     npm_config_update_notifier: 'false',
     ...(pm === 'pnpm' ? { npm_config_store_dir: '/cache/pnpm-store' } : {}),
     YARN_CACHE_FOLDER: '/cache/yarn',
+    // Yarn 4: never the app's own `yarnPath` release, no telemetry, its cache under the build cache.
+    ...(pm === 'yarn4' ? { YARN_IGNORE_PATH: '1', YARN_ENABLE_TELEMETRY: '0', YARN_GLOBAL_FOLDER: '/cache/yarn-berry', YARN_ENABLE_GLOBAL_CACHE: '1', YARN_ENABLE_PROGRESS_BARS: '0' } : {}),
     ...hostNetworkEnv(),
   };
   for (const step of buildSteps(pm, lockfile, install, pkg.scripts ?? {})) {
@@ -148,7 +169,7 @@ export async function buildNodeApp(o: NodeBuildOpts): Promise<boolean> {
         last = performance.now();
       }
     }, 5_000);
-    const shimArgs = shims.map((t) => (t === 'npx' ? `npx:npm/bin/npx-cli.js` : `${t}:${t}/${TOOLS[t].entry}`));
+    const shimArgs = shims.map((t) => (t === 'npx' ? `npx:npm/bin/npx-cli.js` : `${TOOLS[t as PackageManager].bin ?? t}:${t}/${TOOLS[t as PackageManager].entry}`));
     const res = await runSandboxed({
       argv: ['/bin/sh', '-c', SHIM_SCRIPT, 'sh', shimArgs.join(' '), ...step.argv],
       appDir: o.appDir,

@@ -15,6 +15,7 @@ import { promisify } from 'node:util';
 import { cacheRoot } from '../guest/cache.ts';
 import { ensureNodeRuntime } from '../guest/node-runtime.ts';
 import { ensureTool, TOOLS, type PackageManager } from '../guest/toolchain.ts';
+import { yarn4Env } from '../../test/helpers/npmapp.ts';
 import { packAppDir } from './pack.ts';
 import { extractAppTarball } from './tarball.ts';
 
@@ -61,9 +62,11 @@ const ADD: Record<PackageManager, (cache: string) => string[]> = {
   npm: (cache) => ['install', 'ms@2.1.3', 'semver@7.6.3', '--no-audit', '--no-fund', `--cache=${cache}`],
   pnpm: (cache) => ['add', 'ms@2.1.3', 'semver@7.6.3', `--store-dir=${cache}`, '--config.package-import-method=hardlink'],
   yarn: (cache) => ['add', 'ms@2.1.3', 'semver@7.6.3', `--cache-folder=${cache}`, '--non-interactive', '--no-progress'],
+  // Yarn 4 takes its cache from the environment (yarn4Env) and its linker from .yarnrc.yml.
+  yarn4: () => ['add', 'ms@2.1.3', 'semver@7.6.3'],
 };
 
-for (const pm of ['npm', 'pnpm', 'yarn'] as const) {
+for (const pm of ['npm', 'pnpm', 'yarn', 'yarn4'] as const) {
   test(`a tree ${pm} installs comes through pack and extract unchanged`, async (t) => {
     const node = await ensureNodeRuntime(26);
     const tool = await ensureTool(pm);
@@ -72,12 +75,13 @@ for (const pm of ['npm', 'pnpm', 'yarn'] as const) {
     const app = path.join(d, 'app');
     await mkdir(app);
     await writeFile(path.join(app, 'package.json'), JSON.stringify({ name: `pm-${pm}`, version: '1.0.0', private: true, scripts: { start: 'node -e 0' } }));
+    if (pm === 'yarn4') await writeFile(path.join(app, '.yarnrc.yml'), 'nodeLinker: node-modules\n');
     // The store/cache lives next to the app (same file system), so pnpm hard-links from it as it does on most hosts.
     const cache = path.join(cacheRoot(), 'test-pm', pm);
     await mkdir(cache, { recursive: true });
     await execFile(node.bin, [path.join(tool, TOOLS[pm].entry), ...ADD[pm](cache)], {
       cwd: app,
-      env: { ...process.env, PATH: `${path.dirname(node.bin)}:${process.env.PATH ?? ''}`, npm_config_update_notifier: 'false', CI: 'true' },
+      env: { ...process.env, PATH: `${path.dirname(node.bin)}:${process.env.PATH ?? ''}`, npm_config_update_notifier: 'false', CI: 'true', ...(pm === 'yarn4' ? await yarn4Env(cache) : {}) },
       maxBuffer: 16 << 20,
     });
     // What node-gyp leaves: a hard link inside the folder.

@@ -25,3 +25,9 @@ export async function installedApp(src: string): Promise<string> {
   await rename(tmp, out);
   return out;
 }
+
+/** Yarn 4 settings for a test's own install on the host: its cache folder, the registry npm uses, no telemetry. */
+export async function yarn4Env(cache: string): Promise<Record<string, string>> {
+  const { stdout } = await execFile('npm', ['config', 'get', 'registry']);
+  return { YARN_GLOBAL_FOLDER: cache, YARN_ENABLE_GLOBAL_CACHE: '1', YARN_ENABLE_TELEMETRY: '0', YARN_NPM_REGISTRY_SERVER: stdout.trim(), YARN_ENABLE_PROGRESS_BARS: '0' };
+}

@@ -3,9 +3,12 @@
 // module (better-sqlite3) Thaw builds from source in the build sandbox, with
 // the pinned Node 22 headers (engines.node "22.x"), started by an
 // `npm run serve` start script; it answers cold and again after a thaw.
-// Then a deploy whose build fails leaves the running deploy serving.
+// A pages-router Next.js source folder (test/vm/apps/nextjs: package.json and
+// lockfile only, no node_modules, no .next) is installed, `next build`-ed and
+// pruned by Thaw, and answers cold and after a thaw. Then a deploy whose build
+// fails leaves the running deploy serving.
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -46,10 +49,10 @@ describe('Node apps as users install them', { concurrency: false }, () => {
   let api: ApiClient;
   let routerPort: number;
 
-  const get = async (host: string) => {
-    const res = await request(`http://127.0.0.1:${routerPort}/`, { headers: { host } });
+  const get = async (host: string, urlPath = '/') => {
+    const res = await request(`http://127.0.0.1:${routerPort}${urlPath}`, { headers: { host } });
     const text = await res.body.text();
-    return { status: res.statusCode, boot: res.headers['x-thaw-boot'], text, json: () => JSON.parse(text) as Record<string, unknown> };
+    return { status: res.statusCode, boot: res.headers['x-thaw-boot'], wakeMs: Number(res.headers['x-thaw-wake-ms']), text, json: () => JSON.parse(text) as Record<string, unknown> };
   };
   const waitState = async (name: string, state: string, ms = 180_000) => {
     const t0 = Date.now();
@@ -111,6 +114,42 @@ describe('Node apps as users install them', { concurrency: false }, () => {
     assert.equal(warm.boot, 'snapshot');
     assert.match(String(warm.json().sqlite), /^3\./, 'the native module loads again in the new process after the thaw');
     console.log(`# better-sqlite3 app: deploy ${deployMs} ms`);
+  });
+
+  test('a Next.js source folder (no node_modules, no .next) is installed, built by `next build` and pruned; cold, then thaw', async () => {
+    const dir = path.join(src, 'next');
+    await cp(path.join(import.meta.dirname, 'apps', 'nextjs'), dir, { recursive: true });
+    const lines: string[] = [];
+    const t0 = Date.now();
+    await api.deploy('next', await packAppStream(dir), { idleTimeoutS: 3, onProgress: (l) => lines.push(l) });
+    const deployMs = Date.now() - t0;
+    const log = lines.join('\n');
+    assert.match(log, /building with npm \(package-lock\.json\) on Node 26\./, log.slice(-3000));
+    assert.match(log, /Next\.js 16\.4\.6/, 'next build ran');
+    assert.match(log, /○ \/about/, 'the static page was pre-rendered at build time');
+    const steps = Object.fromEntries([...log.matchAll(/\((install \(fetch\)|build|prune devDependencies): (\d+) ms\)/g)].map((m) => [m[1], Number(m[2])]));
+
+    // Next.js's cold start under TCG can outlast the router's wake wait on a busy host: the wake goes on, ask again.
+    let cold = await get('next.localhost');
+    for (let i = 0; i < 3 && cold.status === 503 && /still waking/.test(cold.text); i++) cold = await get('next.localhost');
+    if (cold.status !== 200) {
+      const out: string[] = [];
+      for await (const l of await api.logs('next')) out.push(l);
+      assert.fail(`${cold.status} ${cold.text.slice(0, 500)}\n${out.join('\n').slice(-4000)}\n${JSON.stringify(await api.wakes('next'))}`);
+    }
+    assert.equal(cold.boot, 'cold');
+    assert.match(cold.text, /thaw-next-ok/);
+    assert.match(cold.text, new RegExp(`v${NODE_RUNTIMES[26].version.replace(/\./g, '\\.')}`), 'no engines.node: the newest line');
+    const about = await get('next.localhost', '/about');
+    assert.match(about.text, /built-by-next-build/);
+    const info = (await get('next.localhost', '/api/info')).json();
+    assert.deepEqual([info.env, info.event], ['production', 'start'], "next start's production mode, with npm's environment");
+    await waitState('next', 'asleep');
+    const warm = await get('next.localhost');
+    assert.equal(warm.status, 200, warm.text.slice(0, 2000));
+    assert.equal(warm.boot, 'snapshot');
+    assert.match(warm.text, /thaw-next-ok/);
+    console.log(`# next.js app: deploy ${deployMs} ms (${JSON.stringify(steps)}), cold wake ${cold.wakeMs} ms, thaw ${warm.wakeMs} ms`);
   });
 
   test('a deploy whose build fails reports the log tail and leaves the running deploy serving', async () => {
