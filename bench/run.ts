@@ -2,10 +2,11 @@
 // the router benchmark (proxy overhead, no VM; `vmnet`: router -> a real VM over
 // the per-VM TAP vs user-mode hostfwd), the cluster benchmark (seed
 // bytes, pack/upload/pull/unpack, local vs cross-node thaw vs cold) and the burst
-// benchmark (N apps woken at once through admission control). Each writes its own
+// benchmark (N apps woken at once through admission control) and the thaw
+// breakdown (where a thaw's wall time goes, per variant, interleaved). Each writes its own
 // bench/results/NAME-*.json and NAME-latest.md; this writes the combined
 // bench/results/latest.md from the -latest.md files.
-//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|burst] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
+//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|burst|thaw-breakdown] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -16,8 +17,9 @@ import { benchRouter } from './router.ts';
 import { benchCluster } from './cluster.ts';
 import { benchVmNet } from './vmnet.ts';
 import { benchBurst } from './burst.ts';
+import { benchThawBreakdown } from './thaw-breakdown.ts';
 
-const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet', 'burst'] as const;
+const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet', 'burst', 'thaw-breakdown'] as const;
 type Name = (typeof NAMES)[number];
 
 async function main(): Promise<void> {
@@ -39,6 +41,9 @@ async function main(): Promise<void> {
       } else if (name === 'vmnet') {
         const r = await benchVmNet({ thaws: Math.min(3, Number(values.thaws)), durationS: 6 });
         console.log(`\nvmnet: router->app p50/p99 tap ${r.routerToApp.tap.p50.toFixed(2)}/${r.routerToApp.tap.p99.toFixed(2)} ms, hostfwd ${r.routerToApp.hostfwd.p50.toFixed(2)}/${r.routerToApp.hostfwd.p99.toFixed(2)} ms\n`);
+      } else if (name === 'thaw-breakdown') {
+        const r = await benchThawBreakdown({ thaws: Math.min(4, Number(values.thaws)) });
+        console.log(`\nthaw-breakdown: ${r.thaws.length} thaws of ${r.variants.length} variants, see bench/results/thaw-breakdown-latest.md\n`);
       } else if (name === 'burst') {
         const sizes = list(values.sizes);
         const ks = list(values.ks);
