@@ -179,7 +179,7 @@ export async function benchThawBreakdown(o: { thaws: number; variants?: string[]
       log(`${v.name}: cold boot + bake`);
       const cold = await wake(f.ctx, { app: v.name, deployId: 'd1', image, seedDir: null, seedSource: 'none', env: { WHO: 'cold' }, run });
       live.push(cold.run);
-      await getUntil200(cold.run.vm.appAddress.port, 120_000);
+      await getUntil200(cold.run.vm.appAddress.port, 120_000, cold.run.vm.appAddress.host);
       // As an idle timeout would: the bake comes once the compile cache preload has flushed (an app without a SIGTERM handler writes nothing at exit).
       const entries = run.env.NODE_COMPILE_CACHE ? await waitForCacheEntries(cold.run, 90_000) : 0;
       live.pop();
@@ -198,7 +198,7 @@ export async function benchThawBreakdown(o: { thaws: number; variants?: string[]
         const tWoke = performance.now();
         live.push(out.run);
         if (out.record.bootMode !== 'snapshot') throw new ThawError('WAKE_FAILED', `${v.name}: thaw fell back: ${out.record.fallbackReason}`);
-        const body = (await getUntil200(out.run.vm.appAddress.port)) as { start_ms: Timing; compile_cache: string | null };
+        const body = (await getUntil200(out.run.vm.appAddress.port, 30_000, out.run.vm.appAddress.host)) as { start_ms: Timing; compile_cache: string | null };
         const end = performance.now();
         const majflt = await majorFaults(out.run, out.record.pid);
         live.pop();

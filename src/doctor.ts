@@ -101,10 +101,10 @@ export interface HttpResult {
   body: string;
 }
 
-/** One request to 127.0.0.1:port without keep-alive (nothing lingers after the VM is gone). */
-export function httpRequest(port: number, opts: { method?: string; body?: string; timeoutMs?: number } = {}): Promise<HttpResult> {
+/** One request to HOST:port (default 127.0.0.1) without keep-alive (nothing lingers after the VM is gone). */
+export function httpRequest(port: number, opts: { method?: string; body?: string; timeoutMs?: number; host?: string } = {}): Promise<HttpResult> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path: '/', method: opts.method ?? 'GET', agent: false, timeout: opts.timeoutMs ?? 10_000 }, (res) => {
+    const req = http.request({ host: opts.host ?? '127.0.0.1', port, path: '/', method: opts.method ?? 'GET', agent: false, timeout: opts.timeoutMs ?? 10_000 }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
@@ -117,12 +117,12 @@ export function httpRequest(port: number, opts: { method?: string; body?: string
 }
 
 /** GET / until it answers 200 (the forwarded port may refuse for a moment); the JSON body. */
-export async function getUntil200(port: number, timeoutMs = 30_000): Promise<Record<string, unknown>> {
+export async function getUntil200(port: number, timeoutMs = 30_000, host = '127.0.0.1'): Promise<Record<string, unknown>> {
   const deadline = Date.now() + timeoutMs;
   let last = 'no attempt';
   for (;;) {
     try {
-      const r = await httpRequest(port, { timeoutMs: Math.max(1000, deadline - Date.now()) });
+      const r = await httpRequest(port, { host, timeoutMs: Math.max(1000, deadline - Date.now()) });
       if (r.status === 200) {
         try {
           return JSON.parse(r.body) as Record<string, unknown>;
