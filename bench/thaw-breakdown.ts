@@ -6,7 +6,7 @@
 // - the app started through /bin/sh -c "exec node …" (the run config of every
 //   Node folder) or exec'd directly;
 // - user-mode hostfwd or the per-VM TAP network with a jailed QEMU;
-// - Node's on-disk compile cache off or on;
+// - Node's on-disk compile cache off or on, with or without the flush preload;
 // - the demo app (one ESM file) or an Express app with a real module graph
 //   (json-server 0.17, ~110 CommonJS packages).
 // Each variant gets its own image, cold boot and bake. Both apps report their
@@ -21,7 +21,7 @@ import { QemuDriver } from '../src/hypervisor/qemu.ts';
 import { DEMO_APP_DIR, getUntil200 } from '../src/doctor.ts';
 import { ThawError } from '../src/errors.ts';
 import { cacheRoot } from '../src/guest/assets.ts';
-import { COMPILE_CACHE_DIR } from '../src/guest/compile-cache.ts';
+import { COMPILE_CACHE_DIR, COMPILE_CACHE_PRELOAD } from '../src/guest/compile-cache.ts';
 import type { RunningVm } from '../src/lifecycle/context.ts';
 import { destroyVm } from '../src/lifecycle/destroy.ts';
 import { sleepVm } from '../src/lifecycle/sleep.ts';
@@ -42,18 +42,23 @@ export interface Variant {
   /** Start through the run config's /bin/sh (default) or exec node directly. */
   direct?: boolean;
   tap?: boolean;
-  /** false: the run config as before the compile cache (no NODE_COMPILE_CACHE, no flush preload). */
+  /** false: the run config as before the compile cache (no NODE_COMPILE_CACHE). */
   compileCache?: boolean;
+  /** Run env entries to add. */
+  env?: Record<string, string>;
 }
 
 export const VARIANTS: Variant[] = [
   { name: 'hello-n26', app: 'hello' }, // = the demo as `npm start` deploys it, minus the TAP network
   { name: 'hello-n26-nocc', app: 'hello', compileCache: false },
+  { name: 'hello-n26-preload', app: 'hello', env: { NODE_OPTIONS: `--require=${COMPILE_CACHE_PRELOAD}` } },
+  { name: 'hello-n26-preload-only', app: 'hello', env: { NODE_OPTIONS: `--require=${COMPILE_CACHE_PRELOAD}`, NODE_DISABLE_COMPILE_CACHE: '1' } },
   { name: 'hello-n24', app: 'hello', node: '24.x' },
   { name: 'hello-n22', app: 'hello', node: '22.x' },
   { name: 'hello-n26-direct', app: 'hello', direct: true },
   { name: 'hello-n26-tap', app: 'hello', tap: true },
   { name: 'express-n26', app: 'express' },
+  { name: 'express-n26-preload', app: 'express', env: { NODE_OPTIONS: `--require=${COMPILE_CACHE_PRELOAD}` } },
   { name: 'express-n26-nocc', app: 'express', compileCache: false },
 ];
 
@@ -126,13 +131,13 @@ function runFor(v: Variant, base: RunConfig): RunConfig {
   return {
     ...base,
     ...(v.direct ? { argv: ['/usr/local/bin/node', entry] } : {}),
-    env: v.compileCache === false ? withoutCompileCache(base.env) : base.env,
+    env: { ...(v.compileCache === false ? withoutCompileCache(base.env) : base.env), ...v.env },
   };
 }
 
-/** The run env as it was before the compile cache (no NODE_COMPILE_CACHE, no flush preload). */
+/** The run env as it was before the compile cache (no NODE_COMPILE_CACHE). */
 function withoutCompileCache(env: Record<string, string>): Record<string, string> {
-  const { NODE_COMPILE_CACHE: _c, NODE_OPTIONS: _o, ...rest } = env;
+  const { NODE_COMPILE_CACHE: _c, ...rest } = env;
   return rest;
 }
 
@@ -181,7 +186,7 @@ export async function benchThawBreakdown(o: { thaws: number; variants?: string[]
       live.push(cold.run);
       await getUntil200(cold.run.vm.appAddress.port, 120_000, cold.run.vm.appAddress.host);
       // As an idle timeout would: the bake comes once the compile cache preload has flushed (an app without a SIGTERM handler writes nothing at exit).
-      const entries = run.env.NODE_COMPILE_CACHE ? await waitForCacheEntries(cold.run, 90_000) : 0;
+      const entries = run.env.NODE_COMPILE_CACHE && run.env.NODE_OPTIONS && !run.env.NODE_DISABLE_COMPILE_CACHE ? await waitForCacheEntries(cold.run, 90_000) : 0;
       live.pop();
       const baked = await sleepVm(f.ctx, cold.run, { haveSeed: false });
       if (!baked.baked) throw new ThawError('BAKE_FAILED', baked.error ?? 'no seed');

@@ -14,18 +14,20 @@
 //   is recompiled from source, never run.
 // - It holds bytecode of the app's own source files (already on the disk), no
 //   runtime values: no env, no secret.
-// - Node writes new entries at a normal exit; an app that dies on SIGTERM
-//   (no handler, the common case) never gets there. The preload below flushes
-//   them 3, 10, 30 and 60 s after the start (module.flushCompileCache, Node >=
-//   22.10; a flush with nothing new writes nothing), so modules loaded late,
-//   on the first requests, are kept too.
-// Apps opt out with NODE_DISABLE_COMPILE_CACHE=1 in their env; an app env
-// NODE_OPTIONS replaces the preload (entries are then written at exit only).
+// - Node writes new entries at a normal exit: at the bake's SIGTERM for an app
+//   that exits on it (examples/hello, Next.js). An app that dies on SIGTERM
+//   (no handler) never gets there; it can opt in to the preload below, which
+//   flushes them 3, 10, 30 and 60 s after the start (module.flushCompileCache,
+//   Node >= 22.10): NODE_OPTIONS=--require=COMPILE_CACHE_PRELOAD. The preload
+//   is not on by default: in the interleaved thaw-breakdown runs it cost the
+//   demo's thaw more (the CommonJS loader's path, translated again by TCG
+//   after every restore) than the cache saved it (docs/BENCHMARKS.md).
+// Apps opt out with NODE_DISABLE_COMPILE_CACHE=1 in their env.
 
 /** The compile cache folder on the guest's root disk. */
 export const COMPILE_CACHE_DIR = '/var/cache/thaw/node-compile-cache';
 
-/** The flush preload in every Node base root (src/guest/assets.ts). */
+/** The flush preload in every Node base root (src/guest/assets.ts); apps opt in with NODE_OPTIONS. */
 export const COMPILE_CACHE_PRELOAD = '/usr/local/lib/thaw/compile-cache.cjs';
 
 export const COMPILE_CACHE_PRELOAD_SOURCE = `'use strict';
@@ -41,5 +43,4 @@ if (typeof m.flushCompileCache === 'function' && typeof m.getCompileCacheDir ===
 /** The env a Node-folder app gets for the compile cache (the app's own env wins). */
 export const COMPILE_CACHE_ENV: Readonly<Record<string, string>> = {
   NODE_COMPILE_CACHE: COMPILE_CACHE_DIR,
-  NODE_OPTIONS: `--require=${COMPILE_CACHE_PRELOAD}`,
 };

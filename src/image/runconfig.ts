@@ -59,8 +59,5 @@ export async function runConfigFromImage(image: string): Promise<RunConfig> {
   if (!text.trim()) {
     throw new ThawError('APP_NOT_DEPLOYED', `the deploy's image ${image} has no run config and no readable /app/package.json (${stderr.trim().split('\n').at(-1) ?? ''}); deploy the app again`);
   }
-  // An image this old has no compile-cache preload in its base root: NODE_OPTIONS would name a missing file.
-  const run = nodeRunConfig(packageScripts(text));
-  delete run.env.NODE_OPTIONS;
-  return run;
+  return nodeRunConfig(packageScripts(text));
 }

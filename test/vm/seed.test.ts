@@ -22,23 +22,11 @@ async function cacheEntries(run: RunningVm): Promise<string[]> {
   return r.stdout.split('\n').filter((l) => l && !l.endsWith(':')).sort();
 }
 
-async function waitForCacheEntries(run: RunningVm, ms: number): Promise<string[]> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const e = await cacheEntries(run);
-    if (e.length > 0 || Date.now() > deadline) {
-      assert.ok(e.length > 0, `no compile cache entry in ${COMPILE_CACHE_DIR} within ${ms} ms`);
-      return e;
-    }
-    await new Promise((r) => setTimeout(r, 1000));
-  }
-}
 
 describe('bake and thaw', { concurrency: false }, () => {
   let f: Fixture;
   let seedDir: string;
   let pidBefore: number;
-  let cacheBeforeBake: string[] = [];
   const marker = `marker-${randomBytes(6).toString('hex')}`;
 
   const wakeWith = (over: Partial<Parameters<typeof wake>[1]> = {}): Promise<WakeOutcome> =>
@@ -54,8 +42,6 @@ describe('bake and thaw', { concurrency: false }, () => {
     pidBefore = r.body.pid;
     const w = await getJson(port, { method: 'POST', body: marker });
     assert.equal(w.status, 201);
-    // The compile cache preload flushes while the app runs (no exit needed): the entry is on the disk before the bake.
-    cacheBeforeBake = await waitForCacheEntries(cold.run, 60_000);
     const slept = await sleepVm(f.ctx, cold.run, { haveSeed: false });
     assert.equal(slept.error, null);
     assert.ok(slept.baked);
@@ -99,8 +85,8 @@ describe('bake and thaw', { concurrency: false }, () => {
       const logs = (await out.run.agent.request({ op: 'logs', max_bytes: 65536 }, 10_000)).text;
       assert.match(logs, /V8 code cache for ESM file:\/\/\/app\/server\.js was accepted/, `no cache hit in the app's log:\n${logs.slice(-2000)}`);
       assert.doesNotMatch(logs, /server\.js (was rejected|was not initialized)/);
-      const after = await cacheEntries(out.run);
-      assert.deepEqual(cacheBeforeBake.filter((e) => !after.includes(e)), [], 'the seed disk holds every entry written before the bake');
+      // The demo exits on the bake's SIGTERM, so Node wrote the entry before scrub's sync: it is on the seed's disk.
+      assert.ok((await cacheEntries(out.run)).length > 0, `no entry in ${COMPILE_CACHE_DIR} on the thawed disk`);
     } finally {
       await sleepVm(f.ctx, out.run, { haveSeed: true });
     }
