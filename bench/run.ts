@@ -3,12 +3,12 @@
 // the per-VM TAP vs user-mode hostfwd), the cluster benchmark (seed
 // bytes, pack/upload/pull/unpack, local vs cross-node thaw vs cold), the burst
 // benchmark (N apps woken at once through admission control), the volume backup
-// (`volume-backup`), the Next.js app's
-// deploy, cold boot and thaws (`nextjs`) and the cost of npm's start semantics
-// under TCG (`npm-start`). Each writes its own
+// (`volume-backup`), the Next.js app's deploy, cold boot and thaws (`nextjs`),
+// the cost of npm's start semantics under TCG (`npm-start`) and the thaw
+// breakdown (where a thaw's wall time goes, per variant, interleaved). Each writes its own
 // bench/results/NAME-*.json and NAME-latest.md; this writes the combined
 // bench/results/latest.md from the -latest.md files.
-//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|vmnet|burst|volume-backup|nextjs|npm-start] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
+//   node --import tsx bench/run.ts [--only lifecycle|router|cluster|vmnet|burst|volume-backup|nextjs|npm-start|thaw-breakdown] [--thaws 5] [--sizes 1,2,4,8] [--ks 1,2,4,8]
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -22,8 +22,9 @@ import { benchBurst } from './burst.ts';
 import { benchVolumeBackup } from './volume-backup.ts';
 import { benchNextjs } from './nextjs.ts';
 import { benchNpmStart } from './npm-start.ts';
+import { benchThawBreakdown } from './thaw-breakdown.ts';
 
-const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet', 'burst', 'volume-backup', 'nextjs', 'npm-start'] as const;
+const NAMES = ['lifecycle', 'router', 'cluster', 'vmnet', 'burst', 'volume-backup', 'nextjs', 'npm-start', 'thaw-breakdown'] as const;
 type Name = (typeof NAMES)[number];
 
 async function main(): Promise<void> {
@@ -48,6 +49,9 @@ async function main(): Promise<void> {
       } else if (name === 'volume-backup') {
         const r = await benchVolumeBackup({ runs: Math.min(3, Number(values.thaws)) });
         console.log(`\nvolume backup (1 GiB, 10 MB of data): ${Object.entries(r).map(([k, x]) => `${k}: ${(x.packed_bytes / 1e6).toFixed(1)} MB, pack ${x.pack_ms} ms, upload ${x.upload_ms} ms`).join('; ')}\n`);
+      } else if (name === 'thaw-breakdown') {
+        const r = await benchThawBreakdown({ thaws: Math.min(4, Number(values.thaws)) });
+        console.log(`\nthaw-breakdown: ${r.thaws.length} thaws of ${r.variants.length} variants, see bench/results/thaw-breakdown-latest.md\n`);
       } else if (name === 'burst') {
         const sizes = list(values.sizes);
         const ks = list(values.ks);

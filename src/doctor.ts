@@ -101,7 +101,7 @@ export interface HttpResult {
   body: string;
 }
 
-/** One request to 127.0.0.1:port without keep-alive (nothing lingers after the VM is gone). */
+/** One request to HOST:port (default 127.0.0.1) without keep-alive (nothing lingers after the VM is gone). */
 export function httpRequest(port: number, opts: { method?: string; body?: string; timeoutMs?: number; host?: string } = {}): Promise<HttpResult> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: opts.host ?? '127.0.0.1', port, path: '/', method: opts.method ?? 'GET', agent: false, timeout: opts.timeoutMs ?? 10_000 }, (res) => {

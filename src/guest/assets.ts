@@ -22,13 +22,14 @@ import { agentSources, buildAgent } from './agent-build.ts';
 import { cacheRoot } from './cache.ts';
 import { DEFAULT_NODE_LINE, ensureNodeRuntime, NODE_RUNTIMES, type NodeLine, type NodeRuntime } from './node-runtime.ts';
 import { MODULES } from './scripts.ts';
+import { COMPILE_CACHE_PRELOAD, COMPILE_CACHE_PRELOAD_SOURCE } from './compile-cache.ts';
 import { ensureTool, TOOLS } from './toolchain.ts';
 
 export { cacheRoot };
 
 const execFile = promisify(execFileCb);
 const ASSETS_FORMAT = 6; // bump when the layout below changes
-const ROOTFS_FORMAT = 2; // bump when buildRootfs changes
+const ROOTFS_FORMAT = 3; // bump when buildRootfs changes
 
 export interface GuestAssets {
   dir: string;
@@ -210,6 +211,7 @@ async function buildNodeRoot(line: NodeLine, log: (l: string) => void): Promise<
   const bst = await stat(busybox);
   const key = createHash('sha256')
     .update(`rootfs ${ROOTFS_FORMAT}\nnode ${pin.version} ${pin.sha256}\nnpm ${TOOLS.npm.version} ${TOOLS.npm.integrity}\n${busybox} ${bst.size} ${bst.mtimeMs}\n`)
+    .update(COMPILE_CACHE_PRELOAD_SOURCE)
     .digest('hex')
     .slice(0, 16);
   const top = path.join(cacheRoot(), 'rootfs', key);
@@ -265,6 +267,8 @@ async function buildRootfs(root: string, busybox: string, node: NodeRuntime, npm
     await mkdir(path.dirname(dest), { recursive: true });
     await copyFile(lib, dest);
   }
+  await mkdir(path.join(root, path.dirname(COMPILE_CACHE_PRELOAD)), { recursive: true });
+  await writeFile(path.join(root, COMPILE_CACHE_PRELOAD), COMPILE_CACHE_PRELOAD_SOURCE);
   await writeFile(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
   await writeFile(path.join(root, 'etc/group'), 'root:x:0:\nnogroup:x:65534:\n');
 }

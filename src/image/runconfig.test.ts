@@ -4,6 +4,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { COMPILE_CACHE_DIR, COMPILE_CACHE_PRELOAD } from '../guest/compile-cache.ts';
 import { appEnvironment } from '../wire/run.ts';
 import { nodeRunConfig, runConfigFromImage, startScript } from './runconfig.ts';
 
@@ -13,6 +14,15 @@ test('a Node folder starts scripts.start under /bin/sh in /app, node_modules/.bi
   assert.equal(r.env.npm_lifecycle_event, 'start');
   assert.equal(r.cwd, '/app');
   assert.match(r.env.PATH!, /^\/app\/node_modules\/\.bin:/);
+});
+
+test("a Node folder's app gets Node's compile cache on the root disk, not the flush preload (opt-in); its own env can opt out", () => {
+  const r = nodeRunConfig('node server.js');
+  assert.equal(r.env.NODE_COMPILE_CACHE, COMPILE_CACHE_DIR);
+  assert.match(COMPILE_CACHE_DIR, /^\/var\//, 'on the root disk (part of the seed), not /tmp (a tmpfs scrub empties) or a volume');
+  assert.equal(r.env.NODE_OPTIONS, undefined, 'the preload costs a small app more than it saves: opt-in only');
+  assert.match(COMPILE_CACHE_PRELOAD, /^\/usr\/local\/lib\//);
+  assert.equal(appEnvironment(r, { NODE_DISABLE_COMPILE_CACHE: '1' }).NODE_DISABLE_COMPILE_CACHE, '1');
 });
 
 test('env precedence: image env < app env < PORT', () => {

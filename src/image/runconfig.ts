@@ -5,6 +5,7 @@
 import { execFile as execFileCb } from 'node:child_process';
 import { promisify } from 'node:util';
 import { ThawError } from '../errors.ts';
+import { COMPILE_CACHE_ENV } from '../guest/compile-cache.ts';
 import type { RunConfig } from '../wire/run.ts';
 import { npmStart, type PackageScripts } from './npm-start.ts';
 
@@ -17,6 +18,8 @@ export const NODE_APP_ENV: Readonly<Record<string, string>> = {
   PATH: '/app/node_modules/.bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin',
   HOME: '/root',
   NODE_ENV: 'production',
+  // Node's on-disk compile cache, filled by the cold boot and kept in the seed (src/guest/compile-cache.ts).
+  ...COMPILE_CACHE_ENV,
 };
 
 /** Run config for a Node folder: its package.json, or just its `scripts.start`. */

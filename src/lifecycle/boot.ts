@@ -62,14 +62,17 @@ export async function refreshGuest(agent: AgentClient): Promise<void> {
 /**
  * Start the deploy's program with its full environment (image env < app env <
  * PORT), sealed to the agent's key. Resolves to the app's pid once it listens.
+ * `sw` (optional) gets `app_listen_ms`: the agent's own time from spawning the
+ * app's process to seeing its port listen (the app's part of app_start_ms).
  */
-export async function startApp(ctx: NodeContext, agent: AgentClient, run: RunConfig, env: Record<string, string>, pubkey = agent.lastHello?.pubkey): Promise<number> {
+export async function startApp(ctx: NodeContext, agent: AgentClient, run: RunConfig, env: Record<string, string>, pubkey = agent.lastHello?.pubkey, sw?: Stopwatch): Promise<number> {
   if (!pubkey) throw new ThawError('INTERNAL', 'startApp before the agent said hello');
   const sealed = sealEnv(appEnvironment(run, env), pubkey);
   const r = await agent.request(
     { op: 'start_app', argv: run.argv, cwd: run.cwd, uid: run.uid, gid: run.gid, env: sealed, port: run.port, listen_timeout_ms: ctx.appStartTimeoutMs },
     ctx.appStartTimeoutMs + 5000,
   );
+  if (sw) sw.stages.app_listen_ms = r.listen_ms;
   return r.pid;
 }
 
@@ -111,7 +114,7 @@ export async function coldBoot(ctx: NodeContext, p: ColdBootParams, sw = new Sto
     sw.lap('boot_ms');
     await refreshGuest(agent);
     await mountVolume(agent, vol, sw);
-    const appPid = await startApp(ctx, agent, p.run, p.env);
+    const appPid = await startApp(ctx, agent, p.run, p.env, undefined, sw);
     sw.lap('app_start_ms');
     ctx.log.info({ app: p.app, vm: id, pid: vm.pid, appPid }, 'cold boot ready');
     return { app: p.app, deployId: p.deployId, vm, agent, appPid, bootMode: 'cold', seedId: null, startedAt: Date.now(), volume: vol };

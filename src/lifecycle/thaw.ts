@@ -97,7 +97,7 @@ export async function thaw(ctx: NodeContext, p: ThawParams, sw = new Stopwatch()
     // The volume is mounted only once the gate has passed (the agent refuses it after a failed one).
     const mountP = mountVolume(agent, vol, sw);
     mountP.catch(() => {});
-    const appP = startApp(ctx, agent, p.run, p.env, p.manifest.agent_pubkey).then((pid) => {
+    const appP = startApp(ctx, agent, p.run, p.env, p.manifest.agent_pubkey, sw).then((pid) => {
       sw.stages.app_start_ms = Math.round(performance.now() - t);
       return pid;
     });

@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { chmod, open, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { COMPILE_CACHE_DIR } from '../../src/guest/compile-cache.ts';
 import { bake, seedsDir } from '../../src/lifecycle/bake.ts';
 import type { RunningVm } from '../../src/lifecycle/context.ts';
 import { sleepVm } from '../../src/lifecycle/sleep.ts';
@@ -14,6 +15,13 @@ import { countOccurrences, fixture, getJson, qemuProcesses, type Fixture } from 
 
 const SECRET = `s3cret-${randomBytes(8).toString('hex')}`;
 const ROTATED = `rotated-${randomBytes(4).toString('hex')}`;
+
+/** The files in the VM's Node compile cache folder (one folder per Node/V8 tag), as `TAG/ENTRY` lines. */
+async function cacheEntries(run: RunningVm): Promise<string[]> {
+  const r = await run.agent.request({ op: 'exec', argv: ['sh', '-c', `cd ${COMPILE_CACHE_DIR} 2>/dev/null && ls -1 */`], timeout_ms: 10_000 }, 15_000);
+  return r.stdout.split('\n').filter((l) => l && !l.endsWith(':')).sort();
+}
+
 
 describe('bake and thaw', { concurrency: false }, () => {
   let f: Fixture;
@@ -60,8 +68,9 @@ describe('bake and thaw', { concurrency: false }, () => {
     }
   });
 
-  test('thaw serves the marker written before the bake, a new pid, the rotated env, zero fs errors', async () => {
-    const out = await wakeWith();
+  test('thaw serves the marker written before the bake, a new pid, the rotated env, zero fs errors; its app used the compile cache', async () => {
+    // NODE_DEBUG_NATIVE=COMPILE_CACHE: Node logs each module's cache lookup to stderr (the agent's log ring).
+    const out = await wakeWith({ env: { WHO: ROTATED, NODE_DEBUG_NATIVE: 'COMPILE_CACHE' } });
     try {
       assert.equal(out.record.bootMode, 'snapshot', `fallback: ${out.record.fallbackReason}`);
       assert.equal(out.record.fallbackReason, null);
@@ -72,6 +81,24 @@ describe('bake and thaw', { concurrency: false }, () => {
       assert.equal(r.body.who, ROTATED);
       assert.notEqual(r.body.pid, pidBefore);
       assert.equal(r.body.pid, out.record.pid);
+      // The new process found the seed's compile cache and V8 accepted the entry of the app's module.
+      const logs = (await out.run.agent.request({ op: 'logs', max_bytes: 65536 }, 10_000)).text;
+      assert.match(logs, /V8 code cache for ESM file:\/\/\/app\/server\.js was accepted/, `no cache hit in the app's log:\n${logs.slice(-2000)}`);
+      assert.doesNotMatch(logs, /server\.js (was rejected|was not initialized)/);
+      // The demo exits on the bake's SIGTERM, so Node wrote the entry before scrub's sync: it is on the seed's disk.
+      assert.ok((await cacheEntries(out.run)).length > 0, `no entry in ${COMPILE_CACHE_DIR} on the thawed disk`);
+    } finally {
+      await sleepVm(f.ctx, out.run, { haveSeed: true });
+    }
+  });
+
+  test('an app that opts out (NODE_DISABLE_COMPILE_CACHE=1) compiles from source and still answers', async () => {
+    const out = await wakeWith({ env: { WHO: ROTATED, NODE_DEBUG_NATIVE: 'COMPILE_CACHE', NODE_DISABLE_COMPILE_CACHE: '1' } });
+    try {
+      assert.equal(out.record.bootMode, 'snapshot', `fallback: ${out.record.fallbackReason}`);
+      assert.equal((await getJson(out.run.vm.appAddress.port)).status, 200);
+      const logs = (await out.run.agent.request({ op: 'logs', max_bytes: 65536 }, 10_000)).text;
+      assert.doesNotMatch(logs, /was accepted/);
     } finally {
       await sleepVm(f.ctx, out.run, { haveSeed: true });
     }
