@@ -36,3 +36,27 @@ test('deleting a seed that backs a running VM waits until the VM is stopped', as
   assert.ok(!existsSync(seedDir), 'deleted once the VM is gone');
   await agent.deleteSeed('s2'); // not in use: at once, and no error for a missing seed
 });
+
+test('a shutdown aborts a wake in progress with SHUTTING_DOWN and waits for it to unwind; later wakes are refused', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'thaw-agent-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const node = new LocalNode({ dataDir: dir } as NodeContext, 'n');
+  let started!: () => void;
+  const inWake = new Promise<void>((r) => (started = r));
+  let unwound = false;
+  // A cold boot that would take forever: it ends only when its signal aborts (as the lifecycle's steps do), then undoes itself.
+  node.wake = (req) =>
+    new Promise((_, reject) => {
+      started();
+      req.signal!.addEventListener('abort', () => setTimeout(() => ((unwound = true), reject(req.signal!.reason)), 50), { once: true });
+    });
+  const agent = new NodeAgent({ node, s3: null, capBytes: 1 << 30, capacity: 2, images: sharedImages, log: pino({ level: 'silent' }) });
+  const run = { argv: ['/bin/true'], cwd: '/', uid: 0, gid: 0, port: 8080, env: {} };
+  const wake = agent.wake({ app: 'x', deployId: 'd1', image: '/img', seed: null, env: {}, run });
+  const failed = wake.then(() => null, (e: { code?: string }) => e.code);
+  await inWake;
+  await agent.abortWakes();
+  assert.ok(unwound, 'abortWakes resolved only after the wake unwound');
+  assert.equal(await failed, 'SHUTTING_DOWN');
+  await assert.rejects(agent.wake({ app: 'y', deployId: 'd1', image: '/img', seed: null, env: {}, run }), { code: 'SHUTTING_DOWN' });
+});

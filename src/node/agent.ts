@@ -65,6 +65,10 @@ export class NodeAgent implements InProcessNode {
   readonly volumes: VolumeTransfers;
   /** Wakes waiting for a slot, by app: aborting drops one from the queue. */
   private readonly queuedWakes = new Map<string, AbortController>();
+  /** Aborted when the node shuts down: every started wake stops at its next step and undoes itself. */
+  private readonly closing = new AbortController();
+  /** Started wakes (admitted, running the lifecycle), so a shutdown can wait for them to unwind. */
+  private readonly started = new Set<Promise<unknown>>();
   /** app -> the seed its VM was woken with (thawed from it, or cold-booted on its disk copy). */
   private readonly seedOfApp = new Map<string, string>();
   /** Seeds to delete once no VM uses them any more. */
@@ -177,9 +181,12 @@ export class NodeAgent implements InProcessNode {
       if (this.queuedWakes.get(req.app) === drop) this.queuedWakes.delete(req.app);
     }
     const deadline = wakeDeadline(this.o.wakeDeadlineMs ?? WAKE_DEADLINE_MS, req.app);
+    const signal = AbortSignal.any([deadline.signal, this.closing.signal]);
     let out;
     try {
-      out = await this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env, run: req.run, volume: req.volume ?? null, signal: deadline.signal }, extra);
+      const running = this.o.node.wake({ app: req.app, deployId: req.deployId, image, seedId: req.seed?.id ?? null, env: req.env, run: req.run, volume: req.volume ?? null, signal }, extra);
+      this.started.add(running);
+      out = await running.finally(() => this.started.delete(running));
     } catch (err) {
       const e = asThawError(err);
       const rec = e.details?.record as WakeRow | undefined;
@@ -309,8 +316,20 @@ export class NodeAgent implements InProcessNode {
     await Promise.all([...this.o.node.running.keys()].map((app) => this.stop(app)));
   }
 
-  async close(): Promise<void> {
+  /**
+   * Shutting down: no wake is admitted any more, queued ones fail, and every started wake
+   * (a cold boot or a thaw in progress) is aborted with SHUTTING_DOWN at its next step, which
+   * deletes its VM. Resolves once they have all unwound. Without this a wake in flight kept
+   * its VMM, its HTTP request and so the whole node process alive after SIGTERM.
+   */
+  async abortWakes(): Promise<void> {
     this.admission.close();
+    if (!this.closing.signal.aborted) this.closing.abort(new ThawError('SHUTTING_DOWN', 'the node is shutting down'));
+    await Promise.allSettled([...this.started]);
+  }
+
+  async close(): Promise<void> {
+    await this.abortWakes();
     await this.stopAll();
     await this.o.node.ctx.net?.shutdown(); // the pool's ready namespaces, then the host table
     this.o.s3?.destroy();

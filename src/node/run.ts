@@ -182,6 +182,7 @@ export async function startNode(o: NodeOptions, log: Logger = pino({ level: proc
       // While this node still serves its API, the control plane sleeps its apps gracefully
       // (router drain, SIGTERM, grace, sleep records); whatever is left is stopped below.
       await send({ ...status(), draining: true }).then((r) => r.body.dump(), () => {});
+      await agent.abortWakes();
       await agent.stopAll();
       // Tell the control plane at once, so requests do not wait for the node timeout.
       await send({ ...status(), leaving: true }).then((r) => r.body.dump(), () => {});
