@@ -8,17 +8,14 @@
 // pruned by Thaw, and answers cold and after a thaw. Then a deploy whose build
 // fails leaves the running deploy serving.
 import assert from 'node:assert/strict';
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import pino from 'pino';
-import { request } from 'undici';
-import { ApiClient } from '../../src/api/client.ts';
-import { startThaw, type Running } from '../../src/control/up.ts';
+import type { ApiClient } from '../../src/api/client.ts';
 import { NODE_RUNTIMES } from '../../src/guest/node-runtime.ts';
 import { packAppStream } from '../../src/image/pack.ts';
-import { qemuProcesses } from './fixture.ts';
+import { startTestThaw, type TestThaw } from '../helpers/thaw-up.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -43,40 +40,24 @@ http.createServer((req, res) => {
 `;
 
 describe('Node apps as users install them', { concurrency: false }, () => {
-  let data: string;
+  let up: TestThaw;
   let src: string;
-  let thaw: Running;
   let api: ApiClient;
-  let routerPort: number;
 
   const get = async (host: string, urlPath = '/') => {
-    const res = await request(`http://127.0.0.1:${routerPort}${urlPath}`, { headers: { host } });
-    const text = await res.body.text();
-    return { status: res.statusCode, boot: res.headers['x-thaw-boot'], wakeMs: Number(res.headers['x-thaw-wake-ms']), text, json: () => JSON.parse(text) as Record<string, unknown> };
+    const r = await up.get(host, { path: urlPath });
+    return { ...r, wakeMs: Number(r.headers.get('x-thaw-wake-ms')) };
   };
-  const waitState = async (name: string, state: string, ms = 180_000) => {
-    const t0 = Date.now();
-    for (;;) {
-      const a = await api.getApp(name);
-      if (a.state === state) return a;
-      if (Date.now() - t0 > ms) assert.fail(`${name} stayed ${a.state}, expected ${state}`);
-      await sleep(250);
-    }
-  };
+  const waitState = (name: string, state: 'asleep' | 'running', ms = 180_000) => up.waitState(name, state, ms);
 
   before(async () => {
-    data = await mkdtemp(path.join(os.tmpdir(), 'thaw-i15-apps-'));
     src = await mkdtemp(path.join(os.tmpdir(), 'thaw-i15-src-'));
-    thaw = await startThaw({ data, port: 0, apiPort: 0, domain: 'localhost', idleTimeout: 300 }, pino({ level: 'silent' }));
-    routerPort = Number(new URL(thaw.routerUrl).port);
-    api = new ApiClient({ url: thaw.apiUrl, token: (await readFile(path.join(data, 'token'), 'utf8')).trim() });
+    up = await startTestThaw({ prefix: 'thaw-i15-apps-' });
+    api = up.api;
   });
 
   after(async () => {
-    await thaw.stop();
-    await api.close();
-    assert.deepEqual(qemuProcesses(data), [], 'shutdown leaves no QEMU running');
-    await rm(data, { recursive: true, force: true });
+    await up.stop();
     await rm(src, { recursive: true, force: true });
   });
 
