@@ -100,6 +100,7 @@ export const ERROR_CODES = {
   S3_ERROR: { kind: 'system', status: 502, hint: 'Object storage failed; check --s3-endpoint and credentials.' },
   STORE_ERROR: { kind: 'system', status: 500, hint: 'The state database failed.' },
   NODE_UNREACHABLE: { kind: 'system', status: 502, hint: 'A node agent did not answer; the wake is retried on another node. Check `thaw nodes`.' },
+  CONTROL_UNREACHABLE: { kind: 'system', status: 502, hint: 'The node could not reach the control plane (to fetch the app\'s image); the wake is retried on another node. Check the node\'s --control URL and the network between them.' },
   VOLUME_BUSY: { kind: 'system', status: 409, hint: 'The volume is mounted by another VM (its lease is held); retry once that VM has stopped.' },
   VOLUME_UNAVAILABLE: { kind: 'system', status: 503, hint: "The volume's home node is down; bring it back (a volume lives on one node)." },
   VOLUME_BACKUP_CORRUPT: { kind: 'system', status: 502, hint: 'The backup\'s bytes are not the ones recorded (SHA-256 mismatch or an archive tar/zstd refuse); nothing was replaced. Restore an older backup with --backup ID.' },

@@ -114,7 +114,7 @@ export class Runs {
           await this.recordFailed(name, app.seedId, err);
           // Skipped for this wake only: a node that is really gone is marked down by its missing
           // heartbeats, and one that is alive is told to stop a VM it may have started.
-          if (!isThawError(err, 'NODE_UNREACHABLE')) throw err;
+          if (!isThawError(err, 'NODE_UNREACHABLE') && !isThawError(err, 'CONTROL_UNREACHABLE')) throw err;
           this.o.log.warn({ app: name, node: p.member.name, err: err.message }, 'node broke off the wake; trying another node');
         } finally {
           p.member.wakesInFlight--;

@@ -137,6 +137,20 @@ for (const backend of ['sqlite', 'postgres'] as const) {
   });
 }
 
+test('a node that cannot reach the control plane for the image (CONTROL_UNREACHABLE) is skipped like one that broke off', async (t) => {
+  const store = await openStore(await sqliteOpts(t));
+  t.after(() => store.close());
+  const a = new FakeNode('a');
+  const b = new FakeNode('b');
+  a.failNext = new ThawError('CONTROL_UNREACHABLE', 'node could not fetch the image of x: connect ECONNREFUSED');
+  const { service } = controlPlane(t, store, [a, b]);
+  await deployed(store, 'x');
+  const w = await service.wake('x');
+  assert.equal(w.node, 'b');
+  assert.match(w.placement ?? '', /after a broke off/);
+  await service.sleep('x');
+});
+
 test('remote node: heartbeats join it, a silent node is marked down, its apps wake elsewhere and it is told to stop stale VMs', async (t) => {
   const store = await openStore(await sqliteOpts(t));
   t.after(() => store.close());

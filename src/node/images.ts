@@ -36,7 +36,10 @@ export class ImageFetcher implements ImageSource {
     await mkdir(this.dir, { recursive: true });
     const tmp = `${file}.partial-${process.pid}`;
     try {
-      const res = await request(`${this.controlUrl}/v1/apps/${app}/deploys/${deployId}/image`, { headers: { authorization: `Bearer ${this.token}` }, ...(this.dispatcher ? { dispatcher: this.dispatcher } : {}) });
+      const res = await request(`${this.controlUrl}/v1/apps/${app}/deploys/${deployId}/image`, { headers: { authorization: `Bearer ${this.token}` }, ...(this.dispatcher ? { dispatcher: this.dispatcher } : {}) }).catch((err: unknown) => {
+        // Not a fault of the app or of Thaw's code: this node cannot reach the control plane now.
+        throw new ThawError('CONTROL_UNREACHABLE', `node could not fetch the image of ${app} (${deployId}) from the control plane at ${this.controlUrl}: ${(err as Error).message}`, { cause: err });
+      });
       if (res.statusCode !== 200) throw errorFromBody(res.statusCode, await res.body.json().catch(() => null));
       const want = Number(res.headers['x-image-bytes']);
       // zstd writes its output sparse: the zero blocks of the image take no space here either.

@@ -235,6 +235,8 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
       proxy.heal();
       await up('d');
     } finally {
+      // d reaches the control plane only through the proxy: it leaves before the proxy goes.
+      await procs.get('d')?.stop();
       proxy.close();
     }
   });
@@ -242,10 +244,18 @@ describe('nodes as processes: cross-node thaw and nodes killed mid-flight', { co
   test('a volume: backed up at sleep; its home SIGKILLed is VOLUME_UNAVAILABLE; restore onto another node serves the last sleep; move back while asleep', async () => {
     const vol = async (method: 'GET' | 'POST' = 'GET', body?: string) => {
       const r = await request(`http://127.0.0.1:${routerPort}/`, { method, headers: { host: 'volapp.localhost' }, ...(body ? { body } : {}) });
-      return { status: r.statusCode, json: (await r.body.json()) as { marker: string | null } };
+      const text = await r.body.text();
+      return { status: r.statusCode, text, json: JSON.parse(text) as { marker: string | null } };
     };
+    // The tests before stopped or killed a, b and c: this one needs two nodes up.
+    for (const n of ['a', 'b']) {
+      if ((await nodeState(n)) === 'up') continue;
+      await startNode(n);
+      await up(n);
+    }
     await api.deploy('volapp', await packAppDir(HELLO), { env: { WHO: 'vol' }, volume: '/app/data:64MiB', wakeTimeoutS: 600 }); // a cold boot on a loaded 2-core host can take minutes
-    assert.equal((await vol('POST', 'kept-by-backup')).status, 201);
+    const first = await vol('POST', 'kept-by-backup');
+    assert.equal(first.status, 201, first.text);
     const home = (await api.wakes('volapp', 1))[0]!.node!;
     const slept = await api.sleep('volapp');
     assert.ok(slept.seed);
