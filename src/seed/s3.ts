@@ -51,16 +51,25 @@ export function s3FromFlags(o: { s3Endpoint?: string; s3Bucket?: string; s3Regio
 
 /** Object key of a seed: `${prefix}${app}/${seedId}.tar.zst`. */
 export function seedKey(app: string, seedId: string, prefix = DEFAULT_PREFIX): string {
-  for (const [what, v] of [['app', app], ['seed id', seedId]] as const) {
-    if (!SAFE_NAME.test(v)) throw new ThawError('INVALID_REQUEST', `invalid ${what} for a seed key: ${JSON.stringify(v)}`);
+  return objectKey(prefix, app, seedId, 'seed');
+}
+
+/**
+ * Object key `${prefix}${app}/${id}.tar.zst` of one of an app's objects (`kind`: seed, backup).
+ * Both names must be safe path segments: INVALID_REQUEST otherwise.
+ */
+export function objectKey(prefix: string, app: string, id: string, kind: string): string {
+  for (const [what, v] of [['app', app], [`${kind} id`, id]] as const) {
+    if (!SAFE_NAME.test(v)) throw new ThawError('INVALID_REQUEST', `invalid ${what} for a ${kind} key: ${JSON.stringify(v)}`);
   }
-  return `${prefix}${app}/${seedId}.tar.zst`;
+  return `${prefix}${app}/${id}.tar.zst`;
 }
 
 type AwsError = Error & { code?: string; $metadata?: { httpStatusCode?: number }; $retryable?: unknown; Code?: string };
 const NET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED']);
 
-function isNotFound(err: unknown): boolean {
+/** The object (or bucket key) is not there: 404 in any of the SDK's spellings. */
+export function isNotFound(err: unknown): boolean {
   const e = err as AwsError;
   return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || e?.$metadata?.httpStatusCode === 404;
 }
@@ -73,7 +82,8 @@ function isNetworkError(err: unknown): boolean {
     || (e.$metadata?.httpStatusCode ?? 0) >= 500 || Boolean(e.$retryable);
 }
 
-function s3Error(what: string, err: unknown): ThawError {
+/** An object-storage failure as S3_ERROR (a ThawError passes through), with the SDK's name, code and status. */
+export function s3Error(what: string, err: unknown): ThawError {
   if (isThawError(err)) return err;
   const e = err as AwsError;
   const detail = [e?.name, e?.code, e?.message].filter(Boolean).join(': ') || String(err);

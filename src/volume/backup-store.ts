@@ -8,32 +8,16 @@ import { rm, stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { ThawError, isThawError } from '../errors.ts';
-import type { SeedStore } from '../seed/s3.ts';
+import { ThawError } from '../errors.ts';
+import { isNotFound, objectKey, s3Error, type SeedStore } from '../seed/s3.ts';
 import { verifyPacked } from './backup.ts';
 
 export const BACKUP_PREFIX = 'volumes/';
 const META_SHA = 'sha256';
-const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-
 /** Object key of one backup of an app's volume. */
 export function backupKey(app: string, backupId: string): string {
-  for (const [what, v] of [['app', app], ['backup id', backupId]] as const) {
-    if (!SAFE_ID.test(v)) throw new ThawError('INVALID_REQUEST', `invalid ${what} for a backup key: ${JSON.stringify(v)}`);
-  }
-  return `${BACKUP_PREFIX}${app}/${backupId}.tar.zst`;
+  return objectKey(BACKUP_PREFIX, app, backupId, 'backup');
 }
-
-function s3Failed(what: string, err: unknown): ThawError {
-  if (isThawError(err)) return err;
-  const e = err as Error & { $metadata?: { httpStatusCode?: number } };
-  return new ThawError('S3_ERROR', `${what}: ${[e?.name, e?.message].filter(Boolean).join(': ')}`, { cause: err });
-}
-
-const notFound = (err: unknown): boolean => {
-  const e = err as Error & { $metadata?: { httpStatusCode?: number } };
-  return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || e?.$metadata?.httpStatusCode === 404;
-};
 
 /** Upload a packed backup file under `key`; resolves once HeadObject shows the same size and hash. */
 export async function uploadBackup(s3: SeedStore, packed: string, key: string, sha256: string): Promise<{ bytes: number; ms: number }> {
@@ -47,7 +31,7 @@ export async function uploadBackup(s3: SeedStore, packed: string, key: string, s
       throw new ThawError('S3_ERROR', `uploaded volume backup ${key} does not check out (${h.ContentLength} bytes, sha256 ${h.Metadata?.[META_SHA]})`);
     }
   } catch (err) {
-    throw s3Failed(`uploading volume backup to ${key} failed`, err);
+    throw s3Error(`uploading volume backup to ${key} failed`, err);
   }
   return { bytes: size, ms: Math.round(performance.now() - t0) };
 }
@@ -63,13 +47,13 @@ export async function downloadBackup(s3: SeedStore, key: string, sha256: string,
   try {
     res = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
   } catch (err) {
-    if (notFound(err)) throw new ThawError('VOLUME_BACKUP_NOT_FOUND', `no volume backup ${key} in bucket ${s3.bucket}`, { cause: err });
-    throw s3Failed(`fetching volume backup ${key} failed`, err);
+    if (isNotFound(err)) throw new ThawError('VOLUME_BACKUP_NOT_FOUND', `no volume backup ${key} in bucket ${s3.bucket}`, { cause: err });
+    throw s3Error(`fetching volume backup ${key} failed`, err);
   }
   if (!(res.Body instanceof Readable)) throw new ThawError('S3_ERROR', `volume backup ${key} has no readable body`);
   try {
     await pipeline(res.Body, createWriteStream(dest, { mode: 0o600 })).catch((err) => {
-      throw s3Failed(`reading volume backup ${key} failed`, err);
+      throw s3Error(`reading volume backup ${key} failed`, err);
     });
     if (res.Metadata?.[META_SHA] !== undefined && res.Metadata[META_SHA] !== sha256) {
       throw new ThawError('VOLUME_BACKUP_CORRUPT', `volume backup ${key} says SHA-256 ${res.Metadata[META_SHA]}, recorded ${sha256}`);
@@ -87,6 +71,6 @@ export async function removeBackup(s3: SeedStore, key: string): Promise<void> {
   try {
     await s3.client.send(new DeleteObjectCommand({ Bucket: s3.bucket, Key: key }));
   } catch (err) {
-    if (!notFound(err)) throw s3Failed(`deleting volume backup ${key} failed`, err);
+    if (!isNotFound(err)) throw s3Error(`deleting volume backup ${key} failed`, err);
   }
 }
